@@ -1,0 +1,495 @@
+"""The training engine: one object owning model, optimizer, noise and accountant.
+
+A DP step reads like the algorithm::
+
+    forward_backward(batch)  →  per-example losses → one backward pass →
+                                clip each example to C → add to the clipped sum
+    optim_step()             →  check budget → draw N(0, σ²C²) once → divide by q·N →
+                                optimizer step → one accountant step
+
+Several ``forward_backward`` calls before an ``optim_step`` form one logical batch.
+With ``DPConfig(enabled=False)`` the engine trains without privacy (for comparison
+and non-sensitive data); a DP engine never falls back to that path.
+
+Every operation validates its input first and changes no state when it raises.
+The engine is not thread-safe: callers (the server's worker) serialise operations
+per run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tensafe.engine.optimizers import (
+    AdamParams,
+    OptimizerConfig,
+    apply_adam_params,
+    build_optimizer,
+)
+from tensafe.engine.results import (
+    DPMetrics,
+    EngineInfo,
+    ForwardBackwardResult,
+    LossFnOutput,
+    OptimStepResult,
+)
+from tensafe.errors import BudgetExceededError, EngineStateError, InvalidBatchError, PrivacyError
+from tensafe.losses import (
+    BatchLimits,
+    Datum,
+    TokenBatch,
+    batch_from_arrays,
+    batch_from_datums,
+    compute_loss,
+    get_loss_function,
+)
+from tensafe.models import LoadedModel, LoRAConfig, apply_lora
+from tensafe.privacy.accountant import PrivacyAccountant
+from tensafe.privacy.config import DPConfig
+from tensafe.privacy.noise import NoiseSource
+from tensafe.privacy.per_example import PerExampleClipper
+
+BatchInput = TokenBatch | Sequence[Datum] | Mapping[str, Any]
+
+STATE_FORMAT = 1
+
+
+class TrainingEngine:
+    """Trains one model under DP-SGD (or plainly, when DP is disabled).
+
+    Example::
+
+        from tensafe.models import build_tiny_llama, LoRAConfig
+        from tensafe.privacy import DPConfig
+        engine = TrainingEngine(
+            model=build_tiny_llama(),
+            lora_config=LoRAConfig(rank=8),
+            dp_config=DPConfig(noise_multiplier=1.0, dataset_size=1000, expected_batch_size=8),
+        )
+        engine.forward_backward({"input_ids": [[1, 2, 3]], "labels": [[2, 3, -100]]})
+        result = engine.optim_step()
+        print(result.step, result.dp_metrics.epsilon_spent)
+
+    Args:
+        model: the loaded base model and tokenizer.
+        lora_config: LoRA adapter settings, or ``None`` for full fine-tuning.
+        dp_config: required — pass ``DPConfig(enabled=False)`` to train without privacy.
+        optimizer: the run's optimizer (AdamW by default).
+        seed: seeds LoRA initialisation and (outside secure mode) the noise.
+        device: where the model lives; the model is moved *before* LoRA wrapping
+            and the optimizer is built last, so it holds the live parameters.
+        limits: batch-size and sequence-length limits.
+
+    Raises:
+        ConfigError: invalid LoRA, optimizer or DP settings.
+        PrivacyError: DP requested on a model with trainable layers whose
+            per-example gradients cannot be computed.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: LoadedModel,
+        lora_config: LoRAConfig | None,
+        dp_config: DPConfig,
+        optimizer: OptimizerConfig = OptimizerConfig(),
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        limits: BatchLimits = BatchLimits(),
+    ) -> None:
+        self.device = torch.device(device)
+        self.name = model.name
+        self.arch = model.arch
+        self.tokenizer = model.tokenizer
+        self.lora_config = lora_config
+        self.optimizer_config = optimizer
+        self.dp_config = dp_config
+        self.limits = limits
+        self.vocab_size = int(model.model.get_input_embeddings().weight.shape[0])
+        net: nn.Module = model.model.to(self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if lora_config is not None:
+                net = apply_lora(net, lora_config)
+            else:
+                for p in net.parameters():
+                    p.requires_grad_(True)
+        net.train()
+        self.model = net
+        self.params: list[nn.Parameter] = [p for p in net.parameters() if p.requires_grad]
+        if not self.params:
+            raise PrivacyError("the model has no trainable parameters")
+        self._param_names = {id(p): n for n, p in net.named_parameters() if p.requires_grad}
+        self.optimizer = build_optimizer(self.params, optimizer)
+        self.step = 0
+        self._acc: dict[nn.Parameter, torch.Tensor] = {}
+        self._acc_examples = 0
+        self._acc_losses: list[float] = []
+        if dp_config.enabled:
+            self.privacy = dp_config.resolve()
+            self.accountant: PrivacyAccountant | None = PrivacyAccountant(
+                accountant=self.privacy.accountant
+            )
+            self.noise: NoiseSource | None = NoiseSource(
+                secure_mode=self.privacy.secure_mode, seed=seed, device=self.device
+            )
+            self.clipper: PerExampleClipper | None = PerExampleClipper(net)
+        else:
+            self.privacy = None
+            self.accountant = None
+            self.noise = None
+            self.clipper = None
+
+    # ------------------------------------------------------------------ input
+    def to_batch(
+        self, batch: BatchInput, *, required_inputs: Sequence[str] = ("target_tokens",)
+    ) -> TokenBatch:
+        """Validate any accepted batch form and return a :class:`TokenBatch`.
+
+        Raises:
+            InvalidBatchError: naming the offending field (see :mod:`tensafe.losses.batch`).
+        """
+        if isinstance(batch, TokenBatch):
+            return batch
+        if isinstance(batch, Mapping):
+            unknown = set(batch) - {"input_ids", "attention_mask", "labels"}
+            if unknown:
+                raise InvalidBatchError(
+                    sorted(unknown)[0],
+                    "unknown field; BatchData has input_ids, attention_mask, labels",
+                )
+            if "input_ids" not in batch:
+                raise InvalidBatchError("input_ids", "is required")
+            return batch_from_arrays(
+                input_ids=batch["input_ids"],
+                attention_mask=batch.get("attention_mask"),
+                labels=batch.get("labels"),
+                vocab_size=self.vocab_size,
+                limits=self.limits,
+            )
+        return batch_from_datums(
+            list(batch),
+            vocab_size=self.vocab_size,
+            required_inputs=required_inputs,
+            limits=self.limits,
+        )
+
+    def _logits(self, batch: TokenBatch) -> torch.Tensor:
+        positions = torch.arange(batch.input_ids.shape[1], device=self.device)
+        out = self.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=positions.unsqueeze(0).expand_as(batch.input_ids),
+            use_cache=False,
+        )
+        return out.logits
+
+    # --------------------------------------------------------------- forward
+    def forward(
+        self,
+        batch: BatchInput,
+        *,
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float] | None = None,
+    ) -> ForwardBackwardResult:
+        """Loss and log-probabilities without gradients; changes no state."""
+        fn = get_loss_function(loss_fn)
+        cfg = fn.resolve_config(loss_fn_config)
+        tb = self.to_batch(batch, required_inputs=fn.required_inputs).to(self.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = compute_loss(self._logits(tb), tb, loss_fn=fn, config=cfg)
+        finally:
+            self.model.train(was_training)
+        return self._result(fn.name, tb, out, grad_norm=None, extra={})
+
+    def forward_backward(
+        self,
+        batch: BatchInput,
+        *,
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float] | None = None,
+    ) -> ForwardBackwardResult:
+        """Accumulate this batch's gradient into the current logical batch.
+
+        Under DP each example's gradient is clipped to ``max_grad_norm`` and only the
+        clipped sum is kept; no noise is added here. State changes only after the
+        whole computation succeeded.
+
+        Raises:
+            InvalidBatchError, ConfigError: bad input (nothing changed).
+            PrivacyError: per-example gradients could not be computed safely.
+        """
+        fn = get_loss_function(loss_fn)
+        cfg = fn.resolve_config(loss_fn_config)
+        tb = self.to_batch(batch, required_inputs=fn.required_inputs).to(self.device)
+        extra: dict[str, float] = {}
+        if self.clipper is not None:
+            assert self.privacy is not None
+            with self.clipper.collect(batch_size=tb.batch_size) as collector:
+                out = compute_loss(self._logits(tb), tb, loss_fn=fn, config=cfg)
+                out.per_example.sum().backward()
+            stray = [self._param_names[id(p)] for p in self.params if p.grad is not None]
+            if stray:
+                for p in self.params:
+                    p.grad = None
+                raise PrivacyError(
+                    "gradients reached parameters outside per-example clipping: "
+                    + ", ".join(stray[:5])
+                )
+            clip = collector.clip(self.privacy.max_grad_norm)
+            sums = clip.sums
+            extra = {
+                "dp/clip_fraction": float((clip.factors < 1.0).float().mean()),
+                "dp/per_example_grad_norm:mean": float(clip.norms.mean()),
+            }
+        else:
+            out = compute_loss(self._logits(tb), tb, loss_fn=fn, config=cfg)
+            grads = torch.autograd.grad(out.per_example.sum(), self.params, allow_unused=True)
+            sums = {p: g for p, g in zip(self.params, grads, strict=True) if g is not None}
+        grad_sq = sum(float(s.float().pow(2).sum()) for s in sums.values())
+        for p, s in sums.items():  # commit: from here on nothing can fail
+            acc = self._acc.get(p)
+            s32 = s.to(torch.promote_types(s.dtype, torch.float32))
+            self._acc[p] = s32 if acc is None else acc.add_(s32)
+        self._acc_examples += tb.batch_size
+        result = self._result(
+            fn.name, tb, out, grad_norm=math.sqrt(grad_sq) / tb.batch_size, extra=extra
+        )
+        self._acc_losses.append(result.loss)
+        return result
+
+    def _result(self, name, tb, out, *, grad_norm, extra) -> ForwardBackwardResult:
+        wsum = float(out.weight_sum.sum())
+        loss_sum = float(out.elementwise.sum())
+        loss_mean = loss_sum / wsum if wsum > 0 else 0.0
+        logprobs = out.logprobs.float().cpu().numpy()
+        elementwise = out.elementwise.float().cpu().numpy()
+        outputs = [
+            LossFnOutput(
+                logprobs=logprobs[i, :n].copy(), elementwise_loss=elementwise[i, :n].copy()
+            )
+            for i, n in enumerate(tb.lengths)
+        ]
+        metrics = {
+            "loss:mean": loss_mean,
+            "loss:sum": loss_sum,
+            "num_examples:sum": float(tb.batch_size),
+            "step:max": float(self.step),
+            **extra,
+        }
+        return ForwardBackwardResult(
+            loss=loss_mean,
+            grad_norm=grad_norm,
+            tokens_processed=tb.num_tokens,
+            loss_fn_output_type=name,
+            loss_fn_outputs=outputs,
+            metrics=metrics,
+        )
+
+    # ------------------------------------------------------------ optimizer
+    def epsilon(self, delta: float | None = None) -> float:
+        """ε spent so far at ``delta`` (the run's δ by default); 0 before any step."""
+        if self.accountant is None or self.privacy is None:
+            raise EngineStateError("this run does not use differential privacy")
+        return self.accountant.epsilon(self.privacy.delta if delta is None else delta)
+
+    def would_exceed(self, cap: float) -> bool:
+        """Whether one more noisy step would push ε (at the run's δ) above ``cap``."""
+        if self.accountant is None or self.privacy is None:
+            raise EngineStateError("this run does not use differential privacy")
+        return self.accountant.would_exceed(
+            cap,
+            delta=self.privacy.delta,
+            noise_multiplier=self.privacy.noise_multiplier,
+            sample_rate=self.privacy.sample_rate,
+        )
+
+    def optim_step(
+        self, adam_params: AdamParams | None = None, *, epsilon_cap: float | None = None
+    ) -> OptimStepResult:
+        """Apply the logical batch: noise once (DP), scale, optimizer step, account.
+
+        Under DP the clipped sum gets N(0, σ²C²) per coordinate and is divided by
+        the *expected* batch size q·N, whatever the realised batch size; a step
+        with no examples is legal (Poisson sampling can draw an empty batch) and
+        applies noise only. Without DP the summed gradient is divided by the
+        number of examples, and a step without examples is refused.
+
+        Args:
+            adam_params: per-step hyperparameters (Tinker style); the run's
+                optimizer config otherwise.
+            epsilon_cap: refuse the step, before noise is drawn, if it would take
+                ε above this cap.
+
+        Raises:
+            BudgetExceededError: the step would exceed ``epsilon_cap``; nothing applied.
+            EngineStateError: non-DP step with no accumulated gradient.
+            PrivacyError: a trainable tensor did not change after the first step
+                (the optimizer is not updating the model).
+        """
+        if self.privacy is None and self._acc_examples == 0:
+            raise EngineStateError(
+                "optim_step: no gradients accumulated; call forward_backward first"
+            )
+        if epsilon_cap is not None and self.would_exceed(epsilon_cap):
+            raise BudgetExceededError(
+                f"step {self.step + 1} would take ε above the cap {epsilon_cap:g} "
+                f"(ε now {self.epsilon():.4f}); nothing was applied"
+            )
+        snapshot = [p.detach().clone() for p in self.params] if self.step == 0 else None
+        for p in self.params:
+            acc = self._acc.get(p)
+            if self.privacy is not None:
+                assert self.noise is not None
+                total = (
+                    acc
+                    if acc is not None
+                    else torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32))
+                )
+                std = self.privacy.noise_multiplier * self.privacy.max_grad_norm
+                total = total + self.noise.gaussian_like(total, std=std)
+                grad = total / self.privacy.expected_batch_size
+            else:
+                grad = acc / self._acc_examples if acc is not None else None
+            p.grad = None if grad is None else grad.to(p.dtype)
+        if adam_params is not None:
+            apply_adam_params(self.optimizer, adam_params, name=self.optimizer_config.name)
+        self.optimizer.step()
+        if snapshot is not None:
+            self._check_weights_moved(snapshot)
+        self.optimizer.zero_grad(set_to_none=True)
+        dp_metrics = None
+        if self.privacy is not None and self.accountant is not None:
+            self.accountant.record_step(
+                noise_multiplier=self.privacy.noise_multiplier, sample_rate=self.privacy.sample_rate
+            )
+            dp_metrics = DPMetrics(
+                epsilon_spent=self.accountant.epsilon(self.privacy.delta),
+                delta=self.privacy.delta,
+                noise_multiplier=self.privacy.noise_multiplier,
+                sample_rate=self.privacy.sample_rate,
+                max_grad_norm=self.privacy.max_grad_norm,
+                expected_batch_size=self.privacy.expected_batch_size,
+                accountant=self.privacy.accountant,
+                steps=self.accountant.steps,
+            )
+        self.step += 1
+        examples = self._acc_examples
+        recent = float(np.mean(self._acc_losses)) if self._acc_losses else float("nan")
+        self._acc.clear()
+        self._acc_examples = 0
+        self._acc_losses.clear()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        return OptimStepResult(
+            step=self.step,
+            learning_rate=lr,
+            examples_in_batch=examples,
+            dp_metrics=dp_metrics,
+            metrics={
+                "step:max": float(self.step),
+                "learning_rate:mean": lr,
+                "recent_loss:mean": recent,
+            },
+        )
+
+    def _check_weights_moved(self, snapshot: list[torch.Tensor]) -> None:
+        # A tensor with a non-zero gradient and a positive learning rate must move.
+        # Under DP every gradient is non-zero (noise), so every tensor must move;
+        # catching the "optimizer holds stale copies" failure (e.g. a model moved
+        # to a device after the optimizer was built).
+        frozen = [
+            self._param_names[id(p)]
+            for p, before in zip(self.params, snapshot, strict=True)
+            if p.grad is not None and bool(p.grad.ne(0).any()) and torch.equal(p.detach(), before)
+        ]
+        if frozen:
+            raise PrivacyError(
+                "trainable tensors did not change after step 1 although they had gradients: "
+                + ", ".join(frozen[:5])
+            )
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Trainable weights (by parameter name), optimizer state, accountant
+        history and step. Refuses while gradients are pending, so a checkpoint
+        always sits on a step boundary."""
+        if self._acc_examples:
+            raise EngineStateError("save_state: gradients are pending; call optim_step first")
+        return {
+            "format": STATE_FORMAT,
+            "step": self.step,
+            "weights": {self._param_names[id(p)]: p.detach().clone() for p in self.params},
+            # torch returns live state tensors; copy so the checkpoint is a snapshot
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "accountant": None if self.accountant is None else self.accountant.state_dict(),
+            "noise": {} if self.noise is None else self.noise.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`. Everything is checked (names, shapes, DP
+        mode) before anything is written; pending gradients are discarded.
+
+        Raises:
+            EngineStateError: the state does not belong to this kind of run.
+        """
+        if state.get("format") != STATE_FORMAT:
+            raise EngineStateError(f"unsupported engine state format {state.get('format')!r}")
+        weights = state["weights"]
+        by_name = {self._param_names[id(p)]: p for p in self.params}
+        if set(weights) != set(by_name):
+            missing = sorted(set(by_name) - set(weights))[:3]
+            extra = sorted(set(weights) - set(by_name))[:3]
+            raise EngineStateError(
+                f"checkpoint weights do not match this run (missing {missing}, unexpected {extra})"
+            )
+        for name, tensor in weights.items():
+            if tuple(tensor.shape) != tuple(by_name[name].shape):
+                raise EngineStateError(
+                    f"checkpoint weight {name} has shape {tuple(tensor.shape)}, "
+                    f"expected {tuple(by_name[name].shape)}"
+                )
+        if (state.get("accountant") is None) != (self.accountant is None):
+            raise EngineStateError("checkpoint DP mode does not match this run's")
+        probe = build_optimizer(self.params, self.optimizer_config)
+        probe.load_state_dict(copy.deepcopy(state["optimizer"]))  # validates before we touch ours
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                by_name[name].copy_(tensor.to(by_name[name].device, by_name[name].dtype))
+        self.optimizer = probe
+        if self.accountant is not None:
+            self.accountant.load_state_dict(state["accountant"])
+        if self.noise is not None:
+            self.noise.load_state_dict(state.get("noise", {}))
+        self.step = int(state["step"])
+        self._acc.clear()
+        self._acc_examples = 0
+        self._acc_losses.clear()
+
+    def info(self) -> EngineInfo:
+        """Model name, architecture, LoRA rank and parameter counts."""
+        trainable = sum(p.numel() for p in self.params)
+        total = sum(p.numel() for p in self.model.parameters())
+        return EngineInfo(
+            model_name=self.name,
+            arch=self.arch,
+            is_lora=self.lora_config is not None,
+            lora_rank=None if self.lora_config is None else self.lora_config.rank,
+            trainable_params=trainable,
+            total_params=total,
+            vocab_size=self.vocab_size,
+            dp_enabled=self.privacy is not None,
+            step=self.step,
+        )
+
+
+__all__ = ["BatchInput", "TrainingEngine"]

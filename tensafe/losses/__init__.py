@@ -1,0 +1,33 @@
+"""Per-example losses and the batch forms they consume."""
+
+from tensafe.losses.batch import (
+    IGNORE_INDEX,
+    BatchLimits,
+    Datum,
+    TokenBatch,
+    batch_from_arrays,
+    batch_from_datums,
+)
+from tensafe.losses.functions import (
+    LOSS_FUNCTIONS,
+    LossFunction,
+    LossOutput,
+    compute_loss,
+    get_loss_function,
+    token_logprobs,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "LOSS_FUNCTIONS",
+    "BatchLimits",
+    "Datum",
+    "LossFunction",
+    "LossOutput",
+    "TokenBatch",
+    "batch_from_arrays",
+    "batch_from_datums",
+    "compute_loss",
+    "get_loss_function",
+    "token_logprobs",
+]

@@ -1,0 +1,364 @@
+"""One internal batch form for both client input shapes.
+
+Clients send either Tinker datums (``model_input`` tokens plus ``loss_fn_inputs``
+such as ``target_tokens`` and ``weights``) or ``BatchData`` (``input_ids``,
+``attention_mask``, ``labels`` with ``-100`` for ignored positions). Both become a
+:class:`TokenBatch`: right-padded ``(B, T)`` tensors where position ``t`` of example
+``b`` predicts ``targets[b, t]`` with weight ``weights[b, t]``.
+
+Label alignment: as in the TenSafe training guide (``input_ids=[1, 2, 3, 4]``,
+``labels=[2, 3, 4, -100]``) and in Tinker's ``target_tokens``, targets are already
+aligned with positions — ``labels[t]`` is the token the model should predict *at*
+position ``t``. No further shift is applied.
+
+Every check happens before a tensor is built, and errors name the offending field
+(``data[2].loss_fn_inputs.weights``), so a bad batch never changes engine state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tensafe.errors import InvalidBatchError
+
+IGNORE_INDEX = -100
+
+# Loss-function inputs that are per-token float arrays (besides target_tokens).
+_FLOAT_INPUTS = ("weights", "logprobs", "advantages")
+
+
+@dataclass(frozen=True)
+class Datum:
+    """One training example in Tinker form.
+
+    ``tokens`` is the model input; ``loss_fn_inputs`` maps names to per-token arrays
+    of the same length (``target_tokens`` required; ``weights`` defaults to ones;
+    ``logprobs`` and ``advantages`` for the RL losses).
+    """
+
+    tokens: Sequence[int]
+    loss_fn_inputs: Mapping[str, Sequence[float] | np.ndarray]
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """A validated, right-padded batch. All tensors are ``(B, T)``.
+
+    ``lengths[b]`` is the number of real (non-padding) positions of example ``b``.
+    ``extras`` holds the optional per-token float inputs (``logprobs``,
+    ``advantages``) used by RL losses, padded with zeros.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    targets: torch.Tensor
+    weights: torch.Tensor
+    lengths: tuple[int, ...]
+    extras: Mapping[str, torch.Tensor]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        """Real (non-padding) input positions in the batch."""
+        return int(sum(self.lengths))
+
+    def to(self, device: torch.device | str) -> TokenBatch:
+        return TokenBatch(
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            targets=self.targets.to(device),
+            weights=self.weights.to(device),
+            lengths=self.lengths,
+            extras={k: v.to(device) for k, v in self.extras.items()},
+        )
+
+
+def _as_int_list(value: object, *, field: str) -> list[int]:
+    arr = np.asarray(value)
+    if arr.ndim != 1:
+        raise InvalidBatchError(field, f"must be a 1-D sequence of ints, got shape {arr.shape}")
+    if (
+        arr.size
+        and not np.issubdtype(arr.dtype, np.integer)
+        and (not np.issubdtype(arr.dtype, np.floating) or not np.all(np.mod(arr, 1) == 0))
+    ):
+        raise InvalidBatchError(field, f"must contain integers, got dtype {arr.dtype}")
+    return [int(v) for v in arr.tolist()]
+
+
+def _as_float_list(value: object, *, field: str) -> list[float]:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidBatchError(field, f"must be a 1-D sequence of numbers ({exc})") from None
+    if arr.ndim != 1:
+        raise InvalidBatchError(field, f"must be a 1-D sequence of numbers, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise InvalidBatchError(field, "must be finite (no NaN or infinity)")
+    return arr.tolist()
+
+
+def _check_tokens(tokens: list[int], *, field: str, vocab_size: int) -> None:
+    for pos, tok in enumerate(tokens):
+        if tok < 0 or tok >= vocab_size:
+            raise InvalidBatchError(
+                field,
+                f"token id {tok} at position {pos} is outside the vocabulary [0, {vocab_size})",
+            )
+
+
+def _check_limits(batch_size: int, max_len: int, *, field: str, limits: BatchLimits) -> None:
+    if batch_size == 0:
+        raise InvalidBatchError(field, "batch is empty")
+    if batch_size > limits.max_batch_size:
+        raise InvalidBatchError(
+            field, f"batch has {batch_size} examples; the limit is {limits.max_batch_size}"
+        )
+    if max_len > limits.max_seq_len:
+        raise InvalidBatchError(
+            field, f"a sequence has {max_len} tokens; the limit is {limits.max_seq_len}"
+        )
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Upper bounds enforced on every batch (the server sets them from its settings)."""
+
+    max_batch_size: int = 1024
+    max_seq_len: int = 8192
+
+
+def _pad(rows: Sequence[Sequence[float]], *, width: int, fill: float, dtype: torch.dtype):
+    out = torch.full((len(rows), width), fill, dtype=dtype)
+    for i, row in enumerate(rows):
+        if row:
+            out[i, : len(row)] = torch.tensor(row, dtype=dtype)
+    return out
+
+
+def batch_from_datums(
+    data: Sequence[Datum],
+    *,
+    vocab_size: int,
+    required_inputs: Sequence[str] = ("target_tokens",),
+    limits: BatchLimits = BatchLimits(),
+) -> TokenBatch:
+    """Validate Tinker datums and build a :class:`TokenBatch`.
+
+    Raises:
+        InvalidBatchError: empty batch, length mismatch between ``model_input`` and
+            a loss input, token ids outside ``[0, vocab_size)``, negative or
+            non-finite weights, a missing required input, or an unknown input name.
+            ``field`` names the offending datum and input.
+    """
+    if not isinstance(data, Sequence) or isinstance(data, (str, bytes)):
+        raise InvalidBatchError("data", "must be a list of datums")
+    lengths = [len(d.tokens) for d in data]
+    _check_limits(len(data), max(lengths, default=0), field="data", limits=limits)
+    token_rows: list[list[int]] = []
+    target_rows: list[list[int]] = []
+    float_rows: dict[str, list[list[float]]] = {name: [] for name in _FLOAT_INPUTS}
+    present: set[str] = set()
+    for i, datum in enumerate(data):
+        base = f"data[{i}]"
+        tokens = _as_int_list(datum.tokens, field=f"{base}.model_input")
+        if not tokens:
+            raise InvalidBatchError(f"{base}.model_input", "must contain at least one token")
+        _check_tokens(tokens, field=f"{base}.model_input", vocab_size=vocab_size)
+        inputs = dict(datum.loss_fn_inputs)
+        unknown = set(inputs) - {"target_tokens", *_FLOAT_INPUTS}
+        if unknown:
+            raise InvalidBatchError(
+                f"{base}.loss_fn_inputs",
+                f"unknown input(s) {sorted(unknown)}; allowed: target_tokens, "
+                + ", ".join(_FLOAT_INPUTS),
+            )
+        for name in required_inputs:
+            if name not in inputs:
+                raise InvalidBatchError(f"{base}.loss_fn_inputs.{name}", "is required")
+        targets = _as_int_list(
+            inputs["target_tokens"], field=f"{base}.loss_fn_inputs.target_tokens"
+        )
+        if len(targets) != len(tokens):
+            raise InvalidBatchError(
+                f"{base}.loss_fn_inputs.target_tokens",
+                f"has length {len(targets)} but model_input has {len(tokens)}",
+            )
+        _check_tokens(targets, field=f"{base}.loss_fn_inputs.target_tokens", vocab_size=vocab_size)
+        token_rows.append(tokens)
+        target_rows.append(targets)
+        for name in _FLOAT_INPUTS:
+            field = f"{base}.loss_fn_inputs.{name}"
+            if name in inputs:
+                present.add(name)
+                values = _as_float_list(inputs[name], field=field)
+                if len(values) != len(tokens):
+                    raise InvalidBatchError(
+                        field, f"has length {len(values)} but model_input has {len(tokens)}"
+                    )
+                if name == "weights" and any(v < 0 for v in values):
+                    raise InvalidBatchError(field, "weights must be non-negative")
+            else:
+                values = [1.0] * len(tokens) if name == "weights" else [0.0] * len(tokens)
+            float_rows[name].append(values)
+    for name in present - {"weights"}:
+        missing = [i for i, d in enumerate(data) if name not in d.loss_fn_inputs]
+        if missing:
+            raise InvalidBatchError(
+                f"data[{missing[0]}].loss_fn_inputs.{name}", "must be given for every datum"
+            )
+    width = max(lengths)
+    return TokenBatch(
+        input_ids=_pad(token_rows, width=width, fill=0, dtype=torch.long),
+        attention_mask=_pad([[1] * n for n in lengths], width=width, fill=0, dtype=torch.long),
+        targets=_pad(target_rows, width=width, fill=0, dtype=torch.long),
+        weights=_pad(float_rows["weights"], width=width, fill=0.0, dtype=torch.float32),
+        lengths=tuple(lengths),
+        extras={
+            name: _pad(float_rows[name], width=width, fill=0.0, dtype=torch.float32)
+            for name in present - {"weights"}
+        },
+    )
+
+
+def batch_from_arrays(
+    *,
+    input_ids: object,
+    attention_mask: object | None = None,
+    labels: object | None = None,
+    vocab_size: int,
+    limits: BatchLimits = BatchLimits(),
+) -> TokenBatch:
+    """Validate ``BatchData`` arrays and build a :class:`TokenBatch`.
+
+    ``input_ids`` is a list of rows (ragged rows are refused: pad them and say so
+    with ``attention_mask``). ``attention_mask`` must be 1s followed by 0s (right
+    padding). ``labels`` are aligned targets with ``-100`` for ignored positions;
+    if omitted, the next input token is the target at each position.
+
+    Raises:
+        InvalidBatchError: empty batch, ragged or mismatched shapes, a mask that is
+            not right padding, token ids or labels outside the vocabulary.
+    """
+    rows = _rows(input_ids, field="input_ids")
+    _check_limits(
+        len(rows), max((len(r) for r in rows), default=0), field="input_ids", limits=limits
+    )
+    width = len(rows[0])
+    if width == 0:
+        raise InvalidBatchError("input_ids", "rows must contain at least one token")
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise InvalidBatchError(
+                f"input_ids[{i}]",
+                f"has length {len(row)} but input_ids[0] has {width}; "
+                "rows must be padded to one length",
+            )
+        _check_tokens(row, field=f"input_ids[{i}]", vocab_size=vocab_size)
+    if attention_mask is None:
+        mask_rows = [[1] * width for _ in rows]
+    else:
+        mask_rows = _rows(attention_mask, field="attention_mask")
+        _same_shape(mask_rows, rows, field="attention_mask")
+        for i, row in enumerate(mask_rows):
+            if any(v not in (0, 1) for v in row):
+                raise InvalidBatchError(f"attention_mask[{i}]", "must contain only 0 and 1")
+            n = sum(row)
+            if row != [1] * n + [0] * (width - n):
+                raise InvalidBatchError(
+                    f"attention_mask[{i}]", "must be right padding: 1s followed by 0s"
+                )
+            if n == 0:
+                raise InvalidBatchError(f"attention_mask[{i}]", "example has no real tokens")
+    lengths = tuple(sum(r) for r in mask_rows)
+    if labels is None:
+        label_rows = [
+            row[1:n] + [IGNORE_INDEX] * (width - n + 1)
+            for row, n in zip(rows, lengths, strict=True)
+        ]
+    else:
+        label_rows = _rows(labels, field="labels")
+        _same_shape(label_rows, rows, field="labels")
+    weights = []
+    targets = []
+    for i, (row, n) in enumerate(zip(label_rows, lengths, strict=True)):
+        w, t = [], []
+        for pos, lab in enumerate(row):
+            if lab == IGNORE_INDEX or pos >= n:
+                w.append(0.0)
+                t.append(0)
+            elif 0 <= lab < vocab_size:
+                w.append(1.0)
+                t.append(lab)
+            else:
+                raise InvalidBatchError(
+                    f"labels[{i}]",
+                    f"label {lab} at position {pos} is outside the vocabulary [0, {vocab_size}) "
+                    f"and is not the ignore index {IGNORE_INDEX}",
+                )
+        weights.append(w)
+        targets.append(t)
+    return TokenBatch(
+        input_ids=torch.tensor(
+            [
+                [t if m else 0 for t, m in zip(r, mr, strict=True)]
+                for r, mr in zip(rows, mask_rows, strict=True)
+            ]
+        ),
+        attention_mask=torch.tensor(mask_rows, dtype=torch.long),
+        targets=torch.tensor(targets, dtype=torch.long),
+        weights=torch.tensor(weights, dtype=torch.float32),
+        lengths=lengths,
+        extras={},
+    )
+
+
+def _rows(value: object, *, field: str) -> list[list[int]]:
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        value = value.tolist()
+    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
+        raise InvalidBatchError(field, "must be a list of rows")
+    if not value:
+        raise InvalidBatchError(field, "batch is empty")
+    out = []
+    for i, row in enumerate(value):
+        if isinstance(row, (str, bytes)) or not isinstance(row, (Sequence, np.ndarray)):
+            raise InvalidBatchError(f"{field}[{i}]", "must be a list of integers")
+        vals = []
+        for v in row:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                if isinstance(v, float) and math.isfinite(v) and v == int(v):
+                    v = int(v)
+                else:
+                    raise InvalidBatchError(f"{field}[{i}]", f"must contain integers, got {v!r}")
+            vals.append(int(v))
+        out.append(vals)
+    return out
+
+
+def _same_shape(a: list[list[int]], b: list[list[int]], *, field: str) -> None:
+    if len(a) != len(b):
+        raise InvalidBatchError(field, f"has {len(a)} rows but input_ids has {len(b)}")
+    for i, (ra, rb) in enumerate(zip(a, b, strict=True)):
+        if len(ra) != len(rb):
+            raise InvalidBatchError(
+                f"{field}[{i}]", f"has length {len(ra)} but input_ids[{i}] has {len(rb)}"
+            )
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "BatchLimits",
+    "Datum",
+    "TokenBatch",
+    "batch_from_arrays",
+    "batch_from_datums",
+]

@@ -1,0 +1,155 @@
+"""Per-example loss functions.
+
+Each loss turns token log-probabilities into a per-token loss; the shared
+:func:`compute_loss` then reduces it **per example**: example ``b``'s loss is the
+weighted mean of its token losses, ``sum_t w[b,t] * l[b,t] / sum_t w[b,t]``.
+Nothing ever averages tokens across examples: one example is the privacy unit,
+and its gradient must not depend on any other example (DP-SGD's sensitivity
+bound relies on it). Examples whose weights are all zero contribute zero loss.
+
+The registry :data:`LOSS_FUNCTIONS` maps Tinker's loss names to implementations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from tensafe.errors import ConfigError
+from tensafe.losses.batch import TokenBatch
+
+TokenLoss = Callable[[torch.Tensor, TokenBatch, Mapping[str, float]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LossFunction:
+    """A named per-token loss.
+
+    ``required_inputs`` are the ``loss_fn_inputs`` each datum must carry;
+    ``config_defaults`` lists the accepted ``loss_fn_config`` keys and defaults.
+    """
+
+    name: str
+    token_loss: TokenLoss
+    required_inputs: tuple[str, ...]
+    config_defaults: Mapping[str, float]
+
+    def resolve_config(self, config: Mapping[str, float] | None) -> dict[str, float]:
+        """Merge ``config`` over the defaults; unknown keys raise :class:`ConfigError`."""
+        merged = dict(self.config_defaults)
+        for key, value in (config or {}).items():
+            if key not in merged:
+                allowed = ", ".join(sorted(merged)) or "none"
+                raise ConfigError(
+                    f"loss_fn_config.{key}", f"unknown key for {self.name!r}; allowed: {allowed}"
+                )
+            merged[key] = float(value)
+        return merged
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """The result of a loss evaluation on one batch.
+
+    ``per_example`` is differentiable, shape ``(B,)``. ``logprobs`` and
+    ``elementwise`` are detached ``(B, T)`` tensors (padding positions are 0).
+    """
+
+    per_example: torch.Tensor
+    logprobs: torch.Tensor
+    elementwise: torch.Tensor
+    weight_sum: torch.Tensor
+
+
+def _cross_entropy(logprobs: torch.Tensor, batch: TokenBatch, cfg: Mapping[str, float]):
+    return -logprobs
+
+
+def _ratio(logprobs: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+    return torch.exp(logprobs - batch.extras["logprobs"].to(logprobs.dtype))
+
+
+def _importance_sampling(logprobs: torch.Tensor, batch: TokenBatch, cfg: Mapping[str, float]):
+    return -_ratio(logprobs, batch) * batch.extras["advantages"].to(logprobs.dtype)
+
+
+def _ppo(logprobs: torch.Tensor, batch: TokenBatch, cfg: Mapping[str, float]):
+    ratio = _ratio(logprobs, batch)
+    adv = batch.extras["advantages"].to(logprobs.dtype)
+    clipped = ratio.clamp(cfg["clip_low_threshold"], cfg["clip_high_threshold"])
+    return -torch.minimum(ratio * adv, clipped * adv)
+
+
+LOSS_FUNCTIONS: Mapping[str, LossFunction] = {
+    f.name: f
+    for f in (
+        LossFunction("cross_entropy", _cross_entropy, ("target_tokens",), {}),
+        LossFunction(
+            "importance_sampling",
+            _importance_sampling,
+            ("target_tokens", "logprobs", "advantages"),
+            {},
+        ),
+        LossFunction(
+            "ppo",
+            _ppo,
+            ("target_tokens", "logprobs", "advantages"),
+            {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
+        ),
+    )
+}
+
+
+def get_loss_function(name: str) -> LossFunction:
+    """Look up a loss by name; unknown names raise :class:`ConfigError` (field ``loss_fn``)."""
+    try:
+        return LOSS_FUNCTIONS[name]
+    except (KeyError, TypeError):
+        allowed = ", ".join(sorted(LOSS_FUNCTIONS))
+        raise ConfigError("loss_fn", f"unknown loss {name!r}; allowed: {allowed}") from None
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log p(target)`` per position, ``(B, T)``, computed in fp32 without
+    materialising a second ``(B, T, V)`` log-softmax tensor."""
+    flat = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+    return -flat.view(targets.shape)
+
+
+def compute_loss(
+    logits: torch.Tensor,
+    batch: TokenBatch,
+    *,
+    loss_fn: LossFunction,
+    config: Mapping[str, float],
+) -> LossOutput:
+    """Evaluate ``loss_fn`` and reduce it per example (weighted token mean)."""
+    logprobs = token_logprobs(logits, batch.targets)
+    weights = batch.weights.to(logprobs.dtype)
+    token_loss = loss_fn.token_loss(logprobs, batch, config)
+    weighted = token_loss * weights
+    weight_sum = weights.sum(dim=1)
+    per_example = torch.where(
+        weight_sum > 0,
+        weighted.sum(dim=1) / weight_sum.clamp(min=torch.finfo(weights.dtype).tiny),
+        0.0,
+    )
+    return LossOutput(
+        per_example=per_example,
+        logprobs=logprobs.detach(),
+        elementwise=weighted.detach(),
+        weight_sum=weight_sum.detach(),
+    )
+
+
+__all__ = [
+    "LOSS_FUNCTIONS",
+    "LossFunction",
+    "LossOutput",
+    "compute_loss",
+    "get_loss_function",
+    "token_logprobs",
+]

@@ -1,0 +1,359 @@
+"""Per-example gradient clipping in a single backward pass ("book-keeping").
+
+How it works. Every module that owns a trainable parameter has its ``forward``
+routed through a custom autograd function. In the backward pass that function
+returns the gradient for the module *input* only — autograd never builds the
+summed weight gradient — and hands the layer's activations and output gradients
+to a :class:`ClipCollector`, which computes each example's contribution with
+Opacus' per-layer samplers:
+
+* **instantiate** (Opacus ``GRAD_SAMPLERS``): the ``(B, *param.shape)`` per-example
+  gradient is materialised; used for small layers (all LoRA matrices), norms,
+  embeddings, and for any parameter shared by several modules (tied input
+  embedding / LM head), whose per-example gradient is the *sum* over its uses
+  before the norm is taken — so tied weights are clipped exactly.
+* **ghost** (Opacus ``NORM_SAMPLERS``): for a large linear layer used once per
+  forward, only the per-example norm is computed from activation and gradient Gram
+  matrices; the clipped sum is formed afterwards as one matmul of the stored
+  activations and re-weighted output gradients (``2T² < in·out``, Bu et al.).
+
+After the backward pass, :meth:`ClipCollector.clip` computes the per-example
+global norms, the clip factors ``min(1, C / (‖g_i‖ + 1e-6))`` (Opacus' formula),
+and the clipped sum ``Σ_i c_i g_i`` for every parameter. Compared with Opacus'
+stock hooks this skips autograd's redundant summed weight gradient; compared with
+its ghost clipping it needs one backward pass, not two.
+
+Fail-closed rules: a trainable parameter owned by a module type we cannot handle
+is refused at attach time; a layer whose input does not lead with the batch
+dimension is refused at backward time; a backward pass without an active
+collector is refused. Nothing falls back to non-private gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from opacus.grad_sample import GradSampleModule
+from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
+    GradSampleModuleFastGradientClipping,
+)
+from torch import nn
+
+from tensafe.errors import PrivacyError
+
+# RMSNorm implementations whose forward is exactly ``weight * (x * rsqrt(mean(x²) + eps))``
+# computed in fp32 and cast back (LLaMA-family). Others (e.g. Gemma's ``1 + weight``)
+# are refused rather than handled approximately.
+_RMSNORM_CLASSES = frozenset(
+    {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Phi3RMSNorm"}
+)
+
+CLIP_EPS = 1e-6  # as in opacus.optimizers.optimizer: C / (norm + 1e-6)
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    """Outcome of clipping one backward pass.
+
+    ``norms``: per-example gradient norms before clipping, ``(B,)``.
+    ``factors``: per-example clip factors, ``(B,)``.
+    ``sums``: parameter → ``Σ_i factor_i · g_i`` (parameters no example touched are absent).
+    """
+
+    norms: torch.Tensor
+    factors: torch.Tensor
+    sums: dict[nn.Parameter, torch.Tensor]
+
+
+class _Site:
+    """One patched module and how its per-example contributions are computed."""
+
+    def __init__(self, module: nn.Module, kind: str, shared: bool, owner: PerExampleClipper):
+        self.module = module
+        self.kind = kind
+        self.shared = shared
+        self.owner = owner
+
+    def record(self, inp: torch.Tensor, grad_out: torch.Tensor) -> None:
+        collector = self.owner._active
+        if collector is None:
+            raise PrivacyError(
+                "a backward pass ran through a DP-wrapped layer with no active clip collector"
+            )
+        collector.add(self, inp.detach(), grad_out.detach())
+
+
+class _LinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, site):  # type: ignore[override]
+        ctx.site = site
+        ctx.save_for_backward(x, weight)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        grad_x = grad_out.matmul(weight.to(grad_out.dtype)) if ctx.needs_input_grad[0] else None
+        ctx.site.record(x, grad_out)
+        return grad_x, None, None, None
+
+
+class _EmbeddingFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ids, weight, site):  # type: ignore[override]
+        ctx.site = site
+        ctx.save_for_backward(ids)
+        return F.embedding(ids, weight, site.module.padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        (ids,) = ctx.saved_tensors
+        ctx.site.record(ids, grad_out)
+        return None, None, None
+
+
+class _ScaleFn(torch.autograd.Function):
+    """``x * weight`` with weight broadcast over the last dim (the RMSNorm gain)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, site):  # type: ignore[override]
+        ctx.site = site
+        ctx.save_for_backward(x, weight)
+        return weight * x
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        grad_x = grad_out * weight if ctx.needs_input_grad[0] else None
+        ctx.site.record(x, grad_out)
+        return grad_x, None, None
+
+
+def _linear_forward(site: _Site):
+    def forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        return _LinearFn.apply(x, self.weight, self.bias, site)
+
+    return forward
+
+
+def _embedding_forward(site: _Site):
+    def forward(self: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        return _EmbeddingFn.apply(ids, self.weight, site)
+
+    return forward
+
+
+def _rmsnorm_forward(site: _Site):
+    def forward(self: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        dtype = hidden.dtype
+        h = hidden.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return _ScaleFn.apply(h.to(dtype), self.weight, site)
+
+    return forward
+
+
+def _site_kind(module: nn.Module) -> str | None:
+    if type(module) is nn.Linear:
+        return "linear"
+    if type(module) is nn.Embedding:
+        if module.max_norm is not None or module.scale_grad_by_freq or module.sparse:
+            return None
+        return "embedding"
+    if type(module).__name__ in _RMSNORM_CLASSES and hasattr(module, "variance_epsilon"):
+        return "rmsnorm"
+    return None
+
+
+_FORWARDS = {
+    "linear": _linear_forward,
+    "embedding": _embedding_forward,
+    "rmsnorm": _rmsnorm_forward,
+}
+
+
+class ClipCollector:
+    """Gathers per-example contributions during one backward pass of a batch of ``B``."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self._per_sample: dict[nn.Parameter, torch.Tensor] = {}
+        self._ghost: list[tuple[_Site, torch.Tensor, torch.Tensor]] = []
+        self._ghost_sq: torch.Tensor | None = None
+        self._ghost_seen: set[int] = set()
+        #: how many layer calls used each strategy in this pass (for tests and metrics)
+        self.strategy_counts: dict[str, int] = {"ghost": 0, "instantiate": 0}
+
+    def _accumulate(self, param: nn.Parameter, grad_sample: torch.Tensor) -> None:
+        prev = self._per_sample.get(param)
+        self._per_sample[param] = grad_sample if prev is None else prev.add_(grad_sample)
+
+    def add(self, site: _Site, inp: torch.Tensor, grad_out: torch.Tensor) -> None:
+        """Record one layer call's activations and output gradients."""
+        if inp.shape[0] != self.batch_size or grad_out.shape[0] != self.batch_size:
+            raise PrivacyError(
+                f"layer {type(site.module).__name__} saw a leading dimension of {inp.shape[0]} "
+                f"but the batch has {self.batch_size} examples; "
+                "per-example attribution is impossible"
+            )
+        module = site.module
+        if site.kind == "linear":
+            seq = inp.shape[1] if inp.dim() == 3 else 1
+            big = 2 * seq * seq < module.in_features * module.out_features
+            if big and not site.shared and id(module) not in self._ghost_seen:
+                self._ghost_seen.add(id(module))
+                sampler = GradSampleModuleFastGradientClipping.NORM_SAMPLERS[nn.Linear]
+                for norm in sampler(module, [inp], grad_out).values():
+                    sq = norm.to(torch.promote_types(norm.dtype, torch.float32)).pow(2)
+                    self._ghost_sq = sq if self._ghost_sq is None else self._ghost_sq + sq
+                self._ghost.append((site, inp, grad_out))
+                self.strategy_counts["ghost"] += 1
+                return
+            if id(module) in self._ghost_seen:
+                raise PrivacyError(
+                    f"{type(module).__name__} was used twice in one forward pass after ghost "
+                    "clipping was chosen for it; this model is not supported"
+                )
+            sampler = GradSampleModule.GRAD_SAMPLERS[nn.Linear]
+            for param, gs in sampler(module, [inp], grad_out).items():
+                self._accumulate(param, gs)
+            self.strategy_counts["instantiate"] += 1
+        elif site.kind == "embedding":
+            if not module.weight.requires_grad:
+                return
+            weight = module.weight
+            ids = inp.reshape(self.batch_size, -1)
+            g = grad_out.reshape(self.batch_size, -1, module.embedding_dim)
+            if module.padding_idx is not None:  # F.embedding gives the padding row no gradient
+                g = g.masked_fill((ids == module.padding_idx).unsqueeze(-1), 0)
+            buf = self._per_sample.get(weight)
+            if buf is None:
+                buf = torch.zeros(self.batch_size, *weight.shape, dtype=g.dtype, device=g.device)
+                self._per_sample[weight] = buf
+            index = ids.unsqueeze(-1).expand(-1, -1, module.embedding_dim)
+            buf.scatter_add_(1, index, g.to(buf.dtype))
+        else:  # rmsnorm gain
+            if not module.weight.requires_grad:
+                return
+            gs = (grad_out * inp).reshape(self.batch_size, -1, inp.shape[-1]).sum(dim=1)
+            self._accumulate(module.weight, gs)
+
+    def clip(self, max_grad_norm: float) -> ClipResult:
+        """Clip every example's gradient to ``max_grad_norm`` and sum over examples."""
+        sq = self._ghost_sq
+        for gs in self._per_sample.values():
+            contrib = (
+                gs.reshape(self.batch_size, -1)
+                .to(torch.promote_types(gs.dtype, torch.float32))
+                .pow(2)
+                .sum(dim=1)
+            )
+            sq = contrib if sq is None else sq + contrib
+        if sq is None:  # no trainable parameter was touched
+            sq = torch.zeros(self.batch_size)
+        norms = sq.clamp(min=0).sqrt()
+        factors = (max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0)
+        sums: dict[nn.Parameter, torch.Tensor] = {}
+        for param, gs in self._per_sample.items():
+            sums[param] = torch.einsum("b,b...->...", factors.to(gs.dtype), gs)
+        for site, inp, grad_out in self._ghost:
+            module = site.module
+            scale = factors.to(grad_out.dtype).view(-1, *([1] * (grad_out.dim() - 1)))
+            g = (grad_out * scale).reshape(-1, grad_out.shape[-1])
+            a = inp.reshape(-1, inp.shape[-1]).to(g.dtype)
+            if module.weight.requires_grad:
+                w = g.t().matmul(a)
+                sums[module.weight] = sums[module.weight] + w if module.weight in sums else w
+            if module.bias is not None and module.bias.requires_grad:
+                b = g.sum(dim=0)
+                sums[module.bias] = sums[module.bias] + b if module.bias in sums else b
+        self._per_sample.clear()
+        self._ghost.clear()
+        return ClipResult(norms=norms, factors=factors, sums=sums)
+
+
+class PerExampleClipper:
+    """Routes a model's trainable layers through per-example clipping.
+
+    Example::
+
+        clipper = PerExampleClipper(model)
+        with clipper.collect(batch_size=len(batch)) as collector:
+            per_example_losses.sum().backward()
+        result = collector.clip(max_grad_norm=1.0)   # result.sums[param] is Σ clip(g_i)
+
+    Raises:
+        PrivacyError: at construction, if a trainable parameter belongs to a module
+            type whose per-example gradient we cannot compute (names listed).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._active: ClipCollector | None = None
+        self._sites: list[_Site] = []
+        owners: dict[int, int] = {}
+        unsupported: list[str] = []
+        candidates: list[tuple[str, nn.Module, str]] = []
+        for name, module in model.named_modules(remove_duplicate=False):
+            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            if not own:
+                continue
+            kind = _site_kind(module)
+            if kind is None:
+                unsupported += [
+                    f"{name}.{n}"
+                    for n, p in module.named_parameters(recurse=False)
+                    if p.requires_grad
+                ]
+                continue
+            for p in own:
+                owners[id(p)] = owners.get(id(p), 0) + 1
+            candidates.append((name, module, kind))
+        if unsupported:
+            raise PrivacyError(
+                "per-example gradients are not supported for these trainable parameters: "
+                + ", ".join(sorted(set(unsupported))[:20])
+                + "; freeze them or use LoRA"
+            )
+        seen: set[int] = set()
+        for _name, module, kind in candidates:
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            shared = any(
+                owners[id(p)] > 1 for p in module.parameters(recurse=False) if p.requires_grad
+            )
+            site = _Site(module, kind, shared, self)
+            module.forward = types.MethodType(_FORWARDS[kind](site), module)
+            self._sites.append(site)
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+
+    @property
+    def num_sites(self) -> int:
+        return len(self._sites)
+
+    @contextlib.contextmanager
+    def collect(self, *, batch_size: int) -> Iterator[ClipCollector]:
+        """Activate a fresh collector for one forward/backward of ``batch_size`` examples."""
+        if self._active is not None:
+            raise PrivacyError("a clip collector is already active on this model")
+        collector = ClipCollector(batch_size)
+        self._active = collector
+        try:
+            yield collector
+        finally:
+            self._active = None
+
+    def detach(self) -> None:
+        """Restore every patched module's original ``forward``."""
+        for site in self._sites:
+            site.module.__dict__.pop("forward", None)  # fall back to the class's forward
+        self._sites.clear()
+
+
+__all__ = ["CLIP_EPS", "ClipCollector", "ClipResult", "PerExampleClipper"]
