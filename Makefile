@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(VPY) -m tensafe.demo
+	$(VPY) examples/engine_quickstart.py
 
 test: install
 	$(VPY) -m ruff check .
