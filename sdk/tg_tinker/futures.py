@@ -1,0 +1,278 @@
+"""APIFuture: the handle every training operation returns at once.
+
+The server answers an operation with ``202 FutureRef``; the operation then runs
+in submission order on the run's worker. :meth:`APIFuture.result` long-polls
+``GET /v1/futures/{id}?wait=S`` (``S`` at most 30 s per request) until the
+operation finishes, and turns the outcome into the typed response model, the
+typed exception, or :class:`~tg_tinker.FutureCancelledError`.
+
+Attribute forwarding: reading an attribute that an APIFuture does not have
+(``checkpoint.artifact_id``) waits for the result, with no timeout, and reads it
+from the result, as in the TenSafe training guide. Names that start with ``_``
+are never forwarded. Use ``.result(timeout=...)`` when you want a bound on the wait.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import pydantic
+
+from tg_tinker.errors import FutureCancelledError, FutureTimeoutError, ServerError, error_from_body
+from tg_tinker.types import CancelResponse, ErrorBody, FutureRef, FutureState
+
+if TYPE_CHECKING:
+    from tg_tinker._http import HTTPCore
+
+T = TypeVar("T", bound=pydantic.BaseModel)
+
+MAX_POLL_WAIT = 30.0  # seconds per long-poll request (the server's default cap)
+_FINAL = frozenset({"completed", "failed", "cancelled"})
+# If the server answers a long poll early without a result, wait this long (doubling
+# up to the cap) before asking again, instead of spinning.
+_EARLY_GAP = 0.05
+_EARLY_GAP_CAP = 1.0
+
+
+def _wait_param(seconds: float) -> dict[str, str]:
+    return {"wait": f"{max(0.0, seconds):.3f}".rstrip("0").rstrip(".") or "0"}
+
+
+class APIFuture(Generic[T]):
+    """The pending result of one server-side operation.
+
+    Example::
+
+        future = tc.forward_backward(batch)       # returns at once
+        out = future.result(timeout=120)          # ForwardBackwardOutput
+        out = await tc.forward_backward(batch)    # inside async code: await the future
+
+    Futures are created by the clients, never by hand.
+    """
+
+    def __init__(
+        self,
+        http: HTTPCore,
+        ref: FutureRef,
+        result_type: type[T],
+        *,
+        on_result: Callable[[FutureRef, T], None] | None = None,
+    ) -> None:
+        self._http = http
+        self._ref = ref
+        self._result_type = result_type
+        self._on_result = on_result
+        self._final: FutureState | None = None
+        self._value: T | None = None
+        self._cancelled = False
+
+    # ---------------------------------------------------------------- identity
+    @property
+    def future_id(self) -> str:
+        """The server's id for this operation."""
+        return self._ref.future_id
+
+    @property
+    def run_id(self) -> str:
+        """The training run the operation belongs to."""
+        return self._ref.run_id
+
+    @property
+    def operation(self) -> str:
+        """The operation name (``forward_backward``, ``optim_step``, ...)."""
+        return self._ref.operation
+
+    @property
+    def seq(self) -> int:
+        """Position in the run's queue: operations execute in ``seq`` order."""
+        return self._ref.seq
+
+    def __repr__(self) -> str:
+        known = (
+            "cancelled"
+            if self._cancelled
+            else (self._final.status if self._final else "unresolved")
+        )
+        return (
+            f"APIFuture(operation={self.operation!r}, future_id={self.future_id!r}, "
+            f"seq={self.seq}, state={known!r})"
+        )
+
+    # ---------------------------------------------------------------- outcome
+    def _settle(self, state: FutureState) -> T:
+        """The value of a finished future, or raise its error."""
+        if state.status == "completed":
+            if self._value is None:
+                if state.result is None:
+                    raise ServerError(f"future {self.future_id} completed without a result")
+                try:
+                    value = self._result_type.model_validate(state.result)
+                except pydantic.ValidationError as exc:
+                    expected = self._result_type.__name__
+                    raise ServerError(
+                        f"future {self.future_id}: result is not a valid {expected}"
+                    ) from exc
+                if self._on_result is not None:
+                    self._on_result(self._ref, value)
+                self._value = value
+            return self._value
+        if state.status == "failed":
+            body = state.error or ErrorBody(
+                error="ServerError",
+                category="server",
+                detail="operation failed without an error body",
+            )
+            raise error_from_body(body)
+        raise self._cancelled_error()
+
+    def _cancelled_error(self) -> FutureCancelledError:
+        return FutureCancelledError(f"{self.operation} (future {self.future_id}) was cancelled")
+
+    def _timeout_error(self, timeout: float) -> FutureTimeoutError:
+        return FutureTimeoutError(
+            f"{self.operation} (future {self.future_id}) not finished after {timeout:g}s; it keeps "
+            "running on the server: call result() again, or cancel() it"
+        )
+
+    def _known(self) -> T | None:
+        """Settle from local knowledge only; None if the server must be asked."""
+        if self._cancelled:
+            raise self._cancelled_error()
+        if self._final is not None:
+            return self._settle(self._final)
+        return None
+
+    def _record(self, state: FutureState) -> bool:
+        if state.status in _FINAL:
+            self._final = state
+            return True
+        return False
+
+    @staticmethod
+    def _check_timeout(timeout: float | None) -> float | None:
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+        return None if timeout is None else time.monotonic() + timeout
+
+    # ---------------------------------------------------------------- sync
+    def _poll(self, wait: float) -> FutureState:
+        return self._http.get(
+            f"/v1/futures/{self.future_id}", FutureState, params=_wait_param(wait), read_extra=wait
+        )
+
+    def result(self, timeout: float | None = None) -> T:
+        """Wait for the operation and return its typed result.
+
+        Args:
+            timeout: seconds to wait in total; ``None`` waits as long as it takes.
+
+        Raises:
+            FutureTimeoutError: ``timeout`` elapsed (the operation keeps running).
+            FutureCancelledError: the operation was cancelled.
+            TGTinkerError: the operation failed; the subclass the server named
+                (``ValidationError``, ``DPBudgetExceededError``, ...).
+        """
+        known = self._known()
+        if known is not None:
+            return known
+        deadline = self._check_timeout(timeout)
+        gap = _EARLY_GAP
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            wait = MAX_POLL_WAIT if remaining is None else max(0.0, min(MAX_POLL_WAIT, remaining))
+            started = time.monotonic()
+            if self._record(self._poll(wait)):
+                return self._settle(self._final)  # type: ignore[arg-type]
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise self._timeout_error(timeout)  # type: ignore[arg-type]
+            if now - started < wait / 2:
+                pause = gap if deadline is None else min(gap, deadline - now)
+                self._http.sleep(max(0.0, pause))
+                gap = min(gap * 2, _EARLY_GAP_CAP)
+
+    def done(self) -> bool:
+        """Whether the operation has finished (completed, failed or cancelled).
+
+        Asks the server (one short request) unless the outcome is already known.
+        """
+        if self._cancelled or self._final is not None:
+            return True
+        return self._record(self._poll(0.0))
+
+    def cancel(self) -> bool:
+        """Cancel the operation if it is still queued; True if it was cancelled.
+
+        An operation that already started or finished cannot be cancelled.
+        """
+        if self._cancelled:
+            return True
+        if self._final is not None:
+            return False
+        return self._after_cancel(
+            self._http.post(f"/v1/futures/{self.future_id}/cancel", CancelResponse)
+        )
+
+    def _after_cancel(self, answer: CancelResponse) -> bool:
+        if answer.cancelled or answer.status == "cancelled":
+            self._cancelled = True
+            return True
+        return False
+
+    # ---------------------------------------------------------------- async
+    async def _apoll(self, wait: float) -> FutureState:
+        return await self._http.aget(
+            f"/v1/futures/{self.future_id}", FutureState, params=_wait_param(wait), read_extra=wait
+        )
+
+    async def result_async(self, timeout: float | None = None) -> T:
+        """Async twin of :meth:`result`; ``await future`` is the same with no timeout."""
+        known = self._known()
+        if known is not None:
+            return known
+        deadline = self._check_timeout(timeout)
+        gap = _EARLY_GAP
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            wait = MAX_POLL_WAIT if remaining is None else max(0.0, min(MAX_POLL_WAIT, remaining))
+            started = time.monotonic()
+            if self._record(await self._apoll(wait)):
+                return self._settle(self._final)  # type: ignore[arg-type]
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise self._timeout_error(timeout)  # type: ignore[arg-type]
+            if now - started < wait / 2:
+                pause = gap if deadline is None else min(gap, deadline - now)
+                await self._http.async_sleep(max(0.0, pause))
+                gap = min(gap * 2, _EARLY_GAP_CAP)
+
+    async def cancel_async(self) -> bool:
+        """Async twin of :meth:`cancel`."""
+        if self._cancelled:
+            return True
+        if self._final is not None:
+            return False
+        answer = await self._http.apost(f"/v1/futures/{self.future_id}/cancel", CancelResponse)
+        return self._after_cancel(answer)
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self.result_async().__await__()
+
+    # ---------------------------------------------------------------- forwarding
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names the future itself lacks. Private and dunder names
+        # are never forwarded, so copy/pickle/introspection do not block on the server.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        value = self.result()
+        try:
+            return getattr(value, name)
+        except AttributeError:
+            raise AttributeError(
+                f"neither APIFuture nor {type(value).__name__} has an attribute {name!r}"
+            ) from None
+
+
+__all__ = ["MAX_POLL_WAIT", "APIFuture"]

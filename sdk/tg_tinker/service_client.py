@@ -1,0 +1,437 @@
+"""ServiceClient: the connection to a TenSafe server, and the entry point of the SDK.
+
+One design for sync and async code: every method has an ``_async`` twin on the
+same object (``create_lora_training_client`` / ``create_lora_training_client_async``),
+as in the Tinker SDK. Sync calls use one ``httpx.Client``; async calls use an
+``httpx.AsyncClient`` per event loop. Close with ``close()`` / ``with``, or
+``await aclose()`` / ``async with`` in async code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from tg_tinker import downloads
+from tg_tinker._config import (
+    ENV_API_KEY,
+    ENV_BASE_URL,
+    lora_training_config,
+    resolve_base_url,
+    run_id_from_path,
+)
+from tg_tinker._http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, HTTPCore
+from tg_tinker.downloads import PulledArtifact
+from tg_tinker.errors import ValidationError
+from tg_tinker.training_client import TrainingClient
+from tg_tinker.types import (
+    ArtifactInfo,
+    ArtifactList,
+    DPConfig,
+    OptimizerConfig,
+    TrainingConfig,
+    TrainingRun,
+    TrainingRunList,
+)
+
+
+class ServiceClient:
+    """Connection to a TenSafe server; creates training clients and pulls artifacts.
+
+    Args:
+        base_url: the server, e.g. ``"https://tensafe.example.org"``; defaults to
+            ``$TG_TINKER_BASE_URL``.
+        api_key: your tenant's API key; defaults to ``$TG_TINKER_API_KEY``.
+        timeout: seconds for connecting and for each ordinary request (long polls
+            wait longer on purpose).
+        max_retries: retries for requests that are safe to repeat (see ``docs/sdk.md``).
+        transport, async_transport: custom ``httpx`` transports (proxies, mTLS,
+            tests); an ``httpx.MockTransport`` serves both.
+
+    Raises:
+        ValidationError: no URL / key given or found in the environment.
+
+    Example::
+
+        with ServiceClient("http://localhost:8000", api_key="tsk-...") as service:
+            tc = service.create_lora_training_client("smollm2-135m-instruct", rank=8)
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        url = resolve_base_url(base_url)
+        key = api_key or os.environ.get(ENV_API_KEY)
+        if not key:
+            raise ValidationError(
+                f"no API key: pass api_key=... or set {ENV_API_KEY}", field="api_key"
+            )
+        if timeout <= 0:
+            raise ValidationError(f"must be > 0, got {timeout}", field="timeout")
+        if max_retries < 0:
+            raise ValidationError(f"must be >= 0, got {max_retries}", field="max_retries")
+        self._http = HTTPCore(
+            base_url=url,
+            api_key=key,
+            timeout=timeout,
+            max_retries=max_retries,
+            transport=transport,
+            async_transport=async_transport,
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The server this client talks to."""
+        return self._http.base_url
+
+    def __repr__(self) -> str:  # never shows the API key
+        return f"ServiceClient(base_url={self.base_url!r})"
+
+    # ---------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Close the connections. The client (and its training clients) is unusable afterwards."""
+        self._http.close()
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close` (also closes the running loop's async connections)."""
+        await self._http.aclose()
+
+    def __enter__(self) -> ServiceClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> ServiceClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # ---------------------------------------------------------------- training runs
+    def create_training_client(self, config: TrainingConfig) -> TrainingClient:
+        """Create a training run from a full :class:`TrainingConfig`.
+
+        Returns at once; the run starts ``INITIALIZING`` while the worker loads the
+        model, and operations submitted meanwhile queue behind the load.
+
+        Raises:
+            ValidationError: the server refused the config (``field`` names it).
+            DPBudgetExceededError: the DP settings cannot fit the privacy budget.
+        """
+        return TrainingClient(
+            self._http, self._http.post("/v1/training_runs", TrainingRun, body=config)
+        )
+
+    async def create_training_client_async(self, config: TrainingConfig) -> TrainingClient:
+        """Async twin of :meth:`create_training_client`."""
+        run = await self._http.apost("/v1/training_runs", TrainingRun, body=config)
+        return TrainingClient(self._http, run)
+
+    def create_lora_training_client(
+        self,
+        base_model: str,
+        rank: int = 16,
+        *,
+        alpha: float | None = None,
+        dropout: float = 0.0,
+        target_modules: list[str] | None = None,
+        train_attn: bool = True,
+        train_mlp: bool = True,
+        train_unembed: bool = False,
+        dp_config: DPConfig | None = None,
+        optimizer: OptimizerConfig | None = None,
+        batch_size: int = 8,
+        gradient_accumulation_steps: int = 1,
+        seed: int = 0,
+        metadata: dict[str, object] | None = None,
+    ) -> TrainingClient:
+        """Create a LoRA training run (Tinker's shortcut for :meth:`create_training_client`).
+
+        ``alpha`` defaults to ``2 * rank``. ``dp_config=None`` trains without
+        differential privacy (the server may require DP for your tenant).
+
+        Raises:
+            ValidationError: a bad argument (raised before sending), or refused by the server.
+        """
+        config = lora_training_config(
+            base_model,
+            rank,
+            alpha=alpha,
+            dropout=dropout,
+            target_modules=target_modules,
+            train_attn=train_attn,
+            train_mlp=train_mlp,
+            train_unembed=train_unembed,
+            dp_config=dp_config,
+            optimizer=optimizer,
+            batch_size=batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            seed=seed,
+            metadata=metadata,
+        )
+        return self.create_training_client(config)
+
+    async def create_lora_training_client_async(
+        self,
+        base_model: str,
+        rank: int = 16,
+        *,
+        alpha: float | None = None,
+        dropout: float = 0.0,
+        target_modules: list[str] | None = None,
+        train_attn: bool = True,
+        train_mlp: bool = True,
+        train_unembed: bool = False,
+        dp_config: DPConfig | None = None,
+        optimizer: OptimizerConfig | None = None,
+        batch_size: int = 8,
+        gradient_accumulation_steps: int = 1,
+        seed: int = 0,
+        metadata: dict[str, object] | None = None,
+    ) -> TrainingClient:
+        """Async twin of :meth:`create_lora_training_client`."""
+        config = lora_training_config(
+            base_model,
+            rank,
+            alpha=alpha,
+            dropout=dropout,
+            target_modules=target_modules,
+            train_attn=train_attn,
+            train_mlp=train_mlp,
+            train_unembed=train_unembed,
+            dp_config=dp_config,
+            optimizer=optimizer,
+            batch_size=batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            seed=seed,
+            metadata=metadata,
+        )
+        return await self.create_training_client_async(config)
+
+    def create_training_client_from_state(
+        self, path: str | None = None, *, artifact_id: str | None = None
+    ) -> TrainingClient:
+        """Start a new run with the config of the run that saved a checkpoint, and
+        load that checkpoint into it (by ``tensafe://`` path or ``artifact_id``).
+
+        Blocks until the checkpoint is loaded. If loading fails, the new run is
+        unloaded and the error re-raised.
+
+        Raises:
+            ValidationError: neither or both references given, or a malformed path.
+            NotFoundError: no such checkpoint or run for this tenant.
+        """
+        source = self._source_run_id(path, artifact_id)
+        config = self._http.get(f"/v1/training_runs/{source}", TrainingRun).config
+        tc = self.create_training_client(config)
+        try:
+            tc.load_state(path, artifact_id=artifact_id).result()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the load error is the one worth reporting
+                tc.unload_model()
+            raise
+        return tc
+
+    async def create_training_client_from_state_async(
+        self, path: str | None = None, *, artifact_id: str | None = None
+    ) -> TrainingClient:
+        """Async twin of :meth:`create_training_client_from_state`."""
+        source = await self._asource_run_id(path, artifact_id)
+        config = (await self._http.aget(f"/v1/training_runs/{source}", TrainingRun)).config
+        tc = await self.create_training_client_async(config)
+        try:
+            await (await tc.load_state_async(path, artifact_id=artifact_id))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await tc.unload_model_async()
+            raise
+        return tc
+
+    def _source_run_id(self, path: str | None, artifact_id: str | None) -> str:
+        if (path is None) == (artifact_id is None):
+            raise ValidationError("give exactly one of 'path' or 'artifact_id'", field="path")
+        if path is not None:
+            return run_id_from_path(path)
+        return self.get_artifact(artifact_id).run_id  # type: ignore[arg-type]
+
+    async def _asource_run_id(self, path: str | None, artifact_id: str | None) -> str:
+        if (path is None) == (artifact_id is None):
+            raise ValidationError("give exactly one of 'path' or 'artifact_id'", field="path")
+        if path is not None:
+            return run_id_from_path(path)
+        return (await self.get_artifact_async(artifact_id)).run_id  # type: ignore[arg-type]
+
+    def get_training_client(self, run_id: str) -> TrainingClient:
+        """A client for an existing run of this tenant (e.g. after a restart).
+
+        Raises:
+            NotFoundError: no such run for this tenant.
+        """
+        return TrainingClient(
+            self._http, self._http.get(f"/v1/training_runs/{run_id}", TrainingRun)
+        )
+
+    async def get_training_client_async(self, run_id: str) -> TrainingClient:
+        """Async twin of :meth:`get_training_client`."""
+        return TrainingClient(
+            self._http, await self._http.aget(f"/v1/training_runs/{run_id}", TrainingRun)
+        )
+
+    def list_training_runs(self) -> list[TrainingRun]:
+        """This tenant's training runs, as data."""
+        return self._http.get("/v1/training_runs", TrainingRunList).runs
+
+    async def list_training_runs_async(self) -> list[TrainingRun]:
+        """Async twin of :meth:`list_training_runs`."""
+        return (await self._http.aget("/v1/training_runs", TrainingRunList)).runs
+
+    def list_training_clients(self) -> list[TrainingClient]:
+        """A :class:`TrainingClient` for each of this tenant's runs (one request)."""
+        return [TrainingClient(self._http, run) for run in self.list_training_runs()]
+
+    async def list_training_clients_async(self) -> list[TrainingClient]:
+        """Async twin of :meth:`list_training_clients`."""
+        return [TrainingClient(self._http, run) for run in await self.list_training_runs_async()]
+
+    # ---------------------------------------------------------------- artifacts
+    def get_artifact(self, artifact_id: str) -> ArtifactInfo:
+        """Metadata of one artifact (kind, step, size, content hash)."""
+        return self._http.get(f"/v1/artifacts/{artifact_id}", ArtifactInfo)
+
+    async def get_artifact_async(self, artifact_id: str) -> ArtifactInfo:
+        """Async twin of :meth:`get_artifact`."""
+        return await self._http.aget(f"/v1/artifacts/{artifact_id}", ArtifactInfo)
+
+    def list_artifacts(self, run_id: str | None = None) -> list[ArtifactInfo]:
+        """This tenant's artifacts, optionally only those of one run."""
+        params = {"run_id": run_id} if run_id is not None else None
+        return self._http.get("/v1/artifacts", ArtifactList, params=params).artifacts
+
+    async def list_artifacts_async(self, run_id: str | None = None) -> list[ArtifactInfo]:
+        """Async twin of :meth:`list_artifacts`."""
+        params = {"run_id": run_id} if run_id is not None else None
+        return (await self._http.aget("/v1/artifacts", ArtifactList, params=params)).artifacts
+
+    def pull_artifact(self, artifact_id: str, *, expected_sha256: str | None = None) -> bytes:
+        """Download an artifact's ciphertext into memory, verified.
+
+        The bytes are checked against the response's ``Content-Length`` and
+        ``X-Content-SHA256`` (and ``expected_sha256``, e.g. the ``content_hash`` a
+        ``save_state`` returned). They are still encrypted. Prefer
+        :meth:`pull_artifact_to_file` for large artifacts.
+
+        Raises:
+            ArtifactIntegrityError: size or hash mismatch.
+            NotFoundError: no such artifact for this tenant.
+        """
+        return downloads.download_bytes(self._http, artifact_id, expected_sha256=expected_sha256)
+
+    async def pull_artifact_async(
+        self, artifact_id: str, *, expected_sha256: str | None = None
+    ) -> bytes:
+        """Async twin of :meth:`pull_artifact`."""
+        return await downloads.download_bytes_async(
+            self._http, artifact_id, expected_sha256=expected_sha256
+        )
+
+    def pull_artifact_to_file(
+        self,
+        artifact_id: str,
+        path: str | os.PathLike[str],
+        *,
+        expected_sha256: str | None = None,
+        overwrite: bool = False,
+    ) -> PulledArtifact:
+        """Stream an artifact's ciphertext to ``path``, verified, in bounded memory.
+
+        The bytes go to a temporary file beside ``path``, are hashed as they
+        arrive, and are renamed onto ``path`` only if size and SHA-256 match both
+        the response headers and the artifact's listing. On any failure no file
+        is left at ``path`` (nor a partial one beside it).
+
+        Raises:
+            FileExistsError: ``path`` exists and ``overwrite`` is False.
+            ArtifactIntegrityError: size or hash mismatch.
+            NotFoundError: no such artifact for this tenant.
+        """
+        target = downloads.check_target(path, overwrite=overwrite)
+        info = self.get_artifact(artifact_id)
+        expected = downloads.expected_hash(info, expected_sha256)
+        with downloads.atomic_file(target, overwrite=overwrite) as handle:
+            size, digest = downloads.download(
+                self._http,
+                artifact_id,
+                handle,
+                expected_sha256=expected,
+                expected_size=info.size_bytes,
+            )
+        return downloads.pulled(target, info, size, digest)
+
+    async def pull_artifact_to_file_async(
+        self,
+        artifact_id: str,
+        path: str | os.PathLike[str],
+        *,
+        expected_sha256: str | None = None,
+        overwrite: bool = False,
+    ) -> PulledArtifact:
+        """Async twin of :meth:`pull_artifact_to_file`."""
+        target = downloads.check_target(path, overwrite=overwrite)
+        info = await self.get_artifact_async(artifact_id)
+        expected = downloads.expected_hash(info, expected_sha256)
+        with downloads.atomic_file(target, overwrite=overwrite) as handle:
+            size, digest = await downloads.download_async(
+                self._http,
+                artifact_id,
+                handle,
+                expected_sha256=expected,
+                expected_size=info.size_bytes,
+            )
+        return downloads.pulled(target, info, size, digest)
+
+    # ---------------------------------------------------------------- keys
+    def export_tenant_key(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Save your tenant key file (JSON, mode 0600) to decrypt pulled artifacts offline.
+
+        Keep it secret: anyone with this file and your artifacts can read them.
+
+        Raises:
+            FileExistsError: ``path`` exists and ``overwrite`` is False.
+            AuthenticationError: the API key may not export keys.
+        """
+        target = downloads.check_target(path, overwrite=overwrite)
+        content = self._http.send("GET", "/v1/keys/export").content
+        return downloads.write_key_file(target, content, overwrite=overwrite)
+
+    async def export_tenant_key_async(
+        self, path: str | os.PathLike[str], *, overwrite: bool = False
+    ) -> Path:
+        """Async twin of :meth:`export_tenant_key`."""
+        target = downloads.check_target(path, overwrite=overwrite)
+        content = (await self._http.asend("GET", "/v1/keys/export")).content
+        return downloads.write_key_file(target, content, overwrite=overwrite)
+
+
+__all__ = ["ENV_API_KEY", "ENV_BASE_URL", "ServiceClient"]

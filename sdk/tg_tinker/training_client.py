@@ -1,0 +1,391 @@
+"""TrainingClient: drive one training run (forward_backward, optim_step, checkpoints).
+
+Every operation returns an :class:`~tg_tinker.APIFuture` at once; the server runs
+a run's operations strictly in submission order, so submitting
+``forward_backward`` then ``optim_step`` without waiting in between is safe and
+keeps the worker busy. Each operation has an ``_async`` twin that submits from
+async code and returns the same kind of future (``await`` it for the result).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+import pydantic
+
+from tg_tinker._config import build_model
+from tg_tinker.errors import ValidationError
+from tg_tinker.futures import APIFuture
+from tg_tinker.types import (
+    AdamParams,
+    BatchData,
+    Datum,
+    ForwardBackwardOutput,
+    ForwardBackwardRequest,
+    FutureRef,
+    GetInfoResponse,
+    LoadStateRequest,
+    LoadStateResponse,
+    OptimStepRequest,
+    OptimStepResponse,
+    RunStatus,
+    SaveStateRequest,
+    SaveStateResponse,
+    SaveWeightsForSamplerRequest,
+    SaveWeightsForSamplerResponse,
+    TokenizerFiles,
+    TrainingConfig,
+    TrainingRun,
+    UnloadModelResponse,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from tg_tinker._http import HTTPCore
+
+R = TypeVar("R", bound=pydantic.BaseModel)
+
+#: What ``forward`` / ``forward_backward`` accept: Tinker datums, a BatchData, or a
+#: mapping with ``input_ids`` (and optionally ``attention_mask``, ``labels``).
+TrainingInput = Sequence[Datum] | Datum | BatchData | Mapping[str, object]
+
+_EMPTY = (
+    "batch is empty. Poisson sampling can draw an empty batch: skip forward_backward "
+    "for it, but still call optim_step() (a noise-only step the accountant expects)"
+)
+
+
+def forward_request(
+    data: TrainingInput, loss_fn: str, loss_fn_config: Mapping[str, float] | None
+) -> ForwardBackwardRequest:
+    """Normalise the accepted input forms into one ForwardBackwardRequest."""
+    config = dict(loss_fn_config) if loss_fn_config is not None else None
+    if isinstance(data, (BatchData, Mapping)):
+        batch = data if isinstance(data, BatchData) else build_model(BatchData, **dict(data))
+        if not batch.input_ids:
+            raise ValidationError(_EMPTY, field="batch.input_ids")
+        return build_model(
+            ForwardBackwardRequest, batch=batch, loss_fn=loss_fn, loss_fn_config=config
+        )
+    if isinstance(data, Datum):
+        data = [data]
+    if isinstance(data, (str, bytes)) or not isinstance(data, Sequence):
+        raise ValidationError(
+            f"expected a list of Datum, a BatchData or a dict, got {type(data).__name__}",
+            field="data",
+        )
+    if len(data) == 0:
+        raise ValidationError(_EMPTY, field="data")
+    return build_model(
+        ForwardBackwardRequest, data=list(data), loss_fn=loss_fn, loss_fn_config=config
+    )
+
+
+class TrainingClient:
+    """A handle on one training run on the server.
+
+    Get one from :class:`~tg_tinker.ServiceClient` (``create_lora_training_client``,
+    ``create_training_client``, ``get_training_client``), not by hand.
+
+    Example::
+
+        tc = service.create_lora_training_client("smollm2-135m-instruct", rank=8)
+        fb = tc.forward_backward(batch)            # APIFuture, returns at once
+        opt = tc.optim_step()                      # queued behind forward_backward
+        print(fb.result().loss, opt.result().step)
+
+    ``step`` and ``status`` are cached: they follow the results this client has
+    seen (optim_step, load_state, unload) and :meth:`refresh` / :meth:`heartbeat`,
+    which ask the server.
+    """
+
+    def __init__(self, http: HTTPCore, run: TrainingRun) -> None:
+        self._http = http
+        self._run = run
+        self._step = run.step
+        self._status: RunStatus = run.status
+        self._latest_seq = -1
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+
+    def __repr__(self) -> str:
+        return f"TrainingClient(run_id={self.run_id!r}, step={self.step}, status={self.status!r})"
+
+    # ---------------------------------------------------------------- state
+    @property
+    def run_id(self) -> str:
+        """The training run's id."""
+        return self._run.run_id
+
+    @property
+    def model_id(self) -> str:
+        """Alias of :attr:`run_id` (the Tinker name)."""
+        return self._run.run_id
+
+    @property
+    def config(self) -> TrainingConfig:
+        """The configuration the run was created with."""
+        return self._run.config
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken, as last seen by this client (see :meth:`refresh`)."""
+        return self._step
+
+    @property
+    def status(self) -> RunStatus:
+        """``INITIALIZING``, ``READY``, ``BUSY``, ``ERROR`` or ``TERMINATED``, as last seen."""
+        return self._status
+
+    def _adopt(self, run: TrainingRun) -> TrainingRun:
+        self._run = run
+        self._step = run.step
+        self._status = run.status
+        return run
+
+    def _on_result(self, ref: FutureRef, value: pydantic.BaseModel) -> None:
+        # Results may be read out of order; only a later operation updates the cache.
+        if ref.seq < self._latest_seq:
+            return
+        if isinstance(value, (OptimStepResponse, LoadStateResponse)):
+            self._latest_seq = ref.seq
+            self._step = value.step
+        elif isinstance(value, UnloadModelResponse):
+            self._latest_seq = ref.seq
+            self._status = "TERMINATED"
+
+    def refresh(self) -> TrainingRun:
+        """Fetch the run from the server and update :attr:`step` and :attr:`status`.
+
+        Raises:
+            NotFoundError: the run does not exist for this tenant.
+        """
+        return self._adopt(self._http.get(f"/v1/training_runs/{self.run_id}", TrainingRun))
+
+    async def refresh_async(self) -> TrainingRun:
+        """Async twin of :meth:`refresh`."""
+        return self._adopt(await self._http.aget(f"/v1/training_runs/{self.run_id}", TrainingRun))
+
+    def heartbeat(self) -> TrainingRun:
+        """Tell the server the client is alive (keeps an idle run from being reaped)."""
+        return self._adopt(
+            self._http.post(f"/v1/training_runs/{self.run_id}/heartbeat", TrainingRun)
+        )
+
+    async def heartbeat_async(self) -> TrainingRun:
+        """Async twin of :meth:`heartbeat`."""
+        run = await self._http.apost(f"/v1/training_runs/{self.run_id}/heartbeat", TrainingRun)
+        return self._adopt(run)
+
+    def get_info(self) -> GetInfoResponse:
+        """Model and LoRA details of the run (returns directly, not a future)."""
+        return self._http.get(f"/v1/training_runs/{self.run_id}/info", GetInfoResponse)
+
+    async def get_info_async(self) -> GetInfoResponse:
+        """Async twin of :meth:`get_info`."""
+        return await self._http.aget(f"/v1/training_runs/{self.run_id}/info", GetInfoResponse)
+
+    def get_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The run's tokenizer as a ``transformers`` tokenizer, built offline from
+        files the server sends (cached on disk and on this client).
+
+        Raises:
+            ImportError: ``transformers`` is not installed (the SDK does not need it
+                otherwise).
+        """
+        if self._tokenizer is None:
+            from tg_tinker._tokenizer import load_tokenizer, materialize
+
+            files = self._http.get(f"/v1/training_runs/{self.run_id}/tokenizer", TokenizerFiles)
+            self._tokenizer = load_tokenizer(materialize(files))
+        return self._tokenizer
+
+    # ---------------------------------------------------------------- submit
+    def _submit(
+        self,
+        operation: str,
+        result_type: type[R],
+        body: pydantic.BaseModel | None = None,
+        *,
+        route: str = "",
+    ) -> APIFuture[R]:
+        path = f"/v1/training_runs/{self.run_id}/{route or operation}"
+        ref = self._http.post(path, FutureRef, body=body)
+        return APIFuture(self._http, ref, result_type, on_result=self._on_result)
+
+    async def _asubmit(
+        self,
+        operation: str,
+        result_type: type[R],
+        body: pydantic.BaseModel | None = None,
+        *,
+        route: str = "",
+    ) -> APIFuture[R]:
+        path = f"/v1/training_runs/{self.run_id}/{route or operation}"
+        ref = await self._http.apost(path, FutureRef, body=body)
+        return APIFuture(self._http, ref, result_type, on_result=self._on_result)
+
+    # ---------------------------------------------------------------- operations
+    def forward(
+        self,
+        data: TrainingInput,
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float] | None = None,
+    ) -> APIFuture[ForwardBackwardOutput]:
+        """Forward pass and loss without gradients (evaluation, reference logprobs).
+
+        ``data`` is a list of :class:`Datum`, a :class:`BatchData`, or a dict with
+        ``input_ids`` / ``attention_mask`` / ``labels`` (lists or 2-D arrays).
+
+        Raises:
+            ValidationError: malformed or empty input (raised here, before sending).
+        """
+        return self._submit(
+            "forward", ForwardBackwardOutput, forward_request(data, loss_fn, loss_fn_config)
+        )
+
+    async def forward_async(
+        self,
+        data: TrainingInput,
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float] | None = None,
+    ) -> APIFuture[ForwardBackwardOutput]:
+        """Async twin of :meth:`forward`."""
+        request = forward_request(data, loss_fn, loss_fn_config)
+        return await self._asubmit("forward", ForwardBackwardOutput, request)
+
+    def forward_backward(
+        self,
+        data: TrainingInput,
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float] | None = None,
+    ) -> APIFuture[ForwardBackwardOutput]:
+        """Forward and backward pass; gradients accumulate until :meth:`optim_step`.
+
+        Under DP each example's gradient is clipped here; noise is added once per
+        logical batch at ``optim_step``. Accepts the same inputs as :meth:`forward`.
+
+        Raises:
+            ValidationError: malformed or empty input (raised here, before sending).
+        """
+        request = forward_request(data, loss_fn, loss_fn_config)
+        return self._submit("forward_backward", ForwardBackwardOutput, request)
+
+    async def forward_backward_async(
+        self,
+        data: TrainingInput,
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float] | None = None,
+    ) -> APIFuture[ForwardBackwardOutput]:
+        """Async twin of :meth:`forward_backward`."""
+        request = forward_request(data, loss_fn, loss_fn_config)
+        return await self._asubmit("forward_backward", ForwardBackwardOutput, request)
+
+    def optim_step(
+        self, adam_params: AdamParams | None = None, *, apply_dp_noise: bool = True
+    ) -> APIFuture[OptimStepResponse]:
+        """Apply the accumulated gradients (adding DP noise once, in a DP run).
+
+        Args:
+            adam_params: per-step hyperparameters; the run's optimizer config if None.
+            apply_dp_noise: must stay True in a DP run (the server refuses a
+                noiseless step there); ignored without DP.
+        """
+        request = OptimStepRequest(adam_params=adam_params, apply_dp_noise=apply_dp_noise)
+        return self._submit("optim_step", OptimStepResponse, request)
+
+    async def optim_step_async(
+        self, adam_params: AdamParams | None = None, *, apply_dp_noise: bool = True
+    ) -> APIFuture[OptimStepResponse]:
+        """Async twin of :meth:`optim_step`."""
+        request = OptimStepRequest(adam_params=adam_params, apply_dp_noise=apply_dp_noise)
+        return await self._asubmit("optim_step", OptimStepResponse, request)
+
+    def save_state(
+        self,
+        name: str | None = None,
+        *,
+        include_optimizer: bool = True,
+        metadata: Mapping[str, object] | None = None,
+    ) -> APIFuture[SaveStateResponse]:
+        """Save an encrypted checkpoint of the trainable state (to resume training).
+
+        The result has ``artifact_id``, ``path`` (``tensafe://{run}/weights/{name}``),
+        ``size_bytes`` and ``content_hash``.
+
+        Raises:
+            ValidationError: ``name`` is not ``[A-Za-z0-9_.-]{1,128}``.
+        """
+        return self._submit(
+            "save_state", SaveStateResponse, _save_request(name, include_optimizer, metadata)
+        )
+
+    async def save_state_async(
+        self,
+        name: str | None = None,
+        *,
+        include_optimizer: bool = True,
+        metadata: Mapping[str, object] | None = None,
+    ) -> APIFuture[SaveStateResponse]:
+        """Async twin of :meth:`save_state`."""
+        request = _save_request(name, include_optimizer, metadata)
+        return await self._asubmit("save_state", SaveStateResponse, request)
+
+    def load_state(
+        self, path: str | None = None, *, artifact_id: str | None = None
+    ) -> APIFuture[LoadStateResponse]:
+        """Restore a checkpoint saved by :meth:`save_state`, by ``tensafe://`` path
+        or by ``artifact_id`` (exactly one).
+
+        Raises:
+            ValidationError: neither or both given.
+        """
+        request = build_model(LoadStateRequest, path=path, artifact_id=artifact_id)
+        return self._submit("load_state", LoadStateResponse, request)
+
+    async def load_state_async(
+        self, path: str | None = None, *, artifact_id: str | None = None
+    ) -> APIFuture[LoadStateResponse]:
+        """Async twin of :meth:`load_state`."""
+        request = build_model(LoadStateRequest, path=path, artifact_id=artifact_id)
+        return await self._asubmit("load_state", LoadStateResponse, request)
+
+    def save_weights_for_sampler(self, name: str) -> APIFuture[SaveWeightsForSamplerResponse]:
+        """Save the weights for sampling (``tensafe://{run}/sampler_weights/{name}``)."""
+        request = build_model(SaveWeightsForSamplerRequest, name=name)
+        return self._submit("save_weights_for_sampler", SaveWeightsForSamplerResponse, request)
+
+    async def save_weights_for_sampler_async(
+        self, name: str
+    ) -> APIFuture[SaveWeightsForSamplerResponse]:
+        """Async twin of :meth:`save_weights_for_sampler`."""
+        request = build_model(SaveWeightsForSamplerRequest, name=name)
+        return await self._asubmit(
+            "save_weights_for_sampler", SaveWeightsForSamplerResponse, request
+        )
+
+    def unload_model(self) -> APIFuture[UnloadModelResponse]:
+        """End the run and free its GPU. Does not save; saved checkpoints remain."""
+        return self._submit("unload_model", UnloadModelResponse, route="unload")
+
+    async def unload_model_async(self) -> APIFuture[UnloadModelResponse]:
+        """Async twin of :meth:`unload_model`."""
+        return await self._asubmit("unload_model", UnloadModelResponse, route="unload")
+
+    unload = unload_model
+    unload_async = unload_model_async
+
+
+def _save_request(
+    name: str | None, include_optimizer: bool, metadata: Mapping[str, object] | None
+) -> SaveStateRequest:
+    return build_model(
+        SaveStateRequest,
+        name=name,
+        include_optimizer=include_optimizer,
+        metadata=dict(metadata or {}),
+    )
+
+
+__all__ = ["TrainingClient", "TrainingInput"]
