@@ -22,7 +22,7 @@ Example::
 
     key = load_key_file("tenant-key.json")          # from ServiceClient.export_tenant_key
     out = decrypt_to_directory("final.tsf", key, "adapter/")
-    print(out.manifest["kind"], out.files)           # then PeftModel.from_pretrained(base, "adapter/")
+    print(out.manifest["kind"], out.files)  # then PeftModel.from_pretrained(base, "adapter/")
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def test_truncation_and_appending_fail():
 
 
 def test_bound_to_tenant_artifact_id_key_and_hash():
-    blob, info = _sealed()
+    blob, _ = _sealed()
     other_tenant = TenantKeyFile("globex", KEY.key_id, KEY.version, KEY.material)
     with pytest.raises(ArtifactIntegrityError):
         decrypt(blob, other_tenant)
