@@ -1,0 +1,254 @@
+"""``tensafe serve | db | admin``: run the server, migrate its database, manage tenants.
+
+    tensafe serve [--host H] [--port P] [--data-dir D] [--database-url URL]
+    tensafe db upgrade [--revision head]        apply migrations (also done at start)
+    tensafe db current                          show the database's revision
+    tensafe admin create-tenant NAME [--json]   prints the tenant id and its API key (once)
+    tensafe admin create-key TENANT_ID [--json] another API key for a tenant
+    tensafe admin revoke-key KEY_ID
+    tensafe admin list-tenants [--json]
+
+Every command reads the same settings as the server (``TENSAFE_*`` variables; the
+flags override them). This module is imported whenever the ``tensafe`` CLI starts,
+so it imports FastAPI, SQLAlchemy and torch only inside the commands.
+Exit status: 0 success, 1 failure, 2 bad input or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+_SETTINGS_FLAGS = ("data_dir", "database_url", "environment", "log_level")
+
+
+def _settings(args: argparse.Namespace, **extra: Any):  # type: ignore[no-untyped-def]
+    from server.settings import Settings
+
+    overrides = {k: getattr(args, k) for k in _SETTINGS_FLAGS if getattr(args, k, None) is not None}
+    overrides.update({k: v for k, v in extra.items() if v is not None})
+    return Settings(**overrides)
+
+
+def _fail(message: str, status: int = 1) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+def _guarded(handler):  # type: ignore[no-untyped-def]
+    def run(args: argparse.Namespace) -> int:
+        from pydantic import ValidationError as SettingsError
+
+        from server.errors import ServiceError
+        from tensafe.errors import TenSafeError
+
+        try:
+            return int(handler(args) or 0)
+        except SettingsError as exc:
+            return _fail(f"invalid settings: {exc}", 2)
+        except ServiceError as exc:
+            return _fail(str(exc), 2 if exc.category == "user" else 1)
+        except (TenSafeError, OSError) as exc:
+            return _fail(str(exc))
+
+    return run
+
+
+# ----------------------------------------------------------------- serve
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+    from server.json_logs import configure_logging
+
+    settings = _settings(args, host=args.host, port=args.port, worker_threads=args.worker_threads)
+    configure_logging(level=settings.log_level, json_lines=settings.log_json)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+# ----------------------------------------------------------------- db
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from server.db.migrate import upgrade_database
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    upgrade_database(settings.resolved_database_url(), revision=args.revision)
+    print(f"database at revision {args.revision}")
+    return 0
+
+
+def _db_current(args: argparse.Namespace) -> int:
+    from server.db.migrate import current_revision, head_revision
+    from server.db.session import make_engine
+
+    settings = _settings(args)
+    engine = make_engine(settings.resolved_database_url())
+    try:
+        current = current_revision(engine)
+    finally:
+        engine.dispose()
+    head = head_revision()
+    print(f"current: {current or '(empty)'}  head: {head}")
+    return 0 if current == head else 1
+
+
+# ----------------------------------------------------------------- admin
+def _admin_session(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from server.db.migrate import upgrade_database
+    from server.db.session import Database
+    from server.services.tenants import build_hasher
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    url = settings.resolved_database_url()
+    upgrade_database(url)
+    return Database(url), build_hasher(settings)
+
+
+def _print_key(issued: Any, *, as_json: bool, what: str) -> None:
+    if as_json:
+        print(
+            json.dumps(
+                {"tenant_id": issued.tenant_id, "key_id": issued.key_id, "api_key": issued.api_key}
+            )
+        )
+        return
+    print(f"{what}: tenant_id={issued.tenant_id} key_id={issued.key_id}")
+    print(f"api_key: {issued.api_key}")
+    print("Store the API key now: it is shown only once.", file=sys.stderr)
+
+
+def _create_tenant(args: argparse.Namespace) -> int:
+    from server.services.tenants import create_tenant
+
+    db, hasher = _admin_session(args)
+    try:
+        with db.transaction() as session:
+            issued = create_tenant(session, name=args.name, hasher=hasher)
+    finally:
+        db.dispose()
+    _print_key(issued, as_json=args.json, what="tenant created")
+    return 0
+
+
+def _create_key(args: argparse.Namespace) -> int:
+    from server.services.tenants import create_api_key
+
+    db, hasher = _admin_session(args)
+    try:
+        with db.transaction() as session:
+            issued = create_api_key(
+                session, tenant_id=args.tenant_id, hasher=hasher, label=args.label
+            )
+    finally:
+        db.dispose()
+    _print_key(issued, as_json=args.json, what="key created")
+    return 0
+
+
+def _revoke_key(args: argparse.Namespace) -> int:
+    from server.services.tenants import revoke_api_key
+
+    db, _ = _admin_session(args)
+    try:
+        with db.transaction() as session:
+            revoke_api_key(session, key_id=args.key_id)
+    finally:
+        db.dispose()
+    print(f"revoked {args.key_id}")
+    return 0
+
+
+def _list_tenants(args: argparse.Namespace) -> int:
+    from server.services.tenants import list_tenants
+
+    db, _ = _admin_session(args)
+    try:
+        with db.sessions() as session:
+            rows = [
+                {
+                    "tenant_id": t.tenant_id,
+                    "name": t.name,
+                    "created_at": t.created_at.isoformat(),
+                    "disabled": t.disabled_at is not None,
+                }
+                for t in list_tenants(session)
+            ]
+    finally:
+        db.dispose()
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            print(f"{row['tenant_id']}  {row['name']}  {row['created_at']}")
+    return 0
+
+
+# ----------------------------------------------------------------- wiring
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="data directory (default ~/.local/share/tensafe)")
+    parser.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the data dir)")
+    parser.add_argument(
+        "--environment", choices=("development", "production"), help="default: production"
+    )
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``serve``, ``db`` and ``admin`` command groups to the ``tensafe`` CLI."""
+    serve = subparsers.add_parser("serve", help="run the TenSafe training server")
+    _common(serve)
+    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--worker-threads", type=int, help="runs trained concurrently (default 2)")
+    serve.set_defaults(func=_guarded(_serve))
+
+    db = subparsers.add_parser("db", help="database migrations")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    upgrade = db_commands.add_parser("upgrade", help="apply migrations up to a revision")
+    _common(upgrade)
+    upgrade.add_argument("--revision", default="head", help="target revision (default head)")
+    upgrade.set_defaults(func=_guarded(_db_upgrade))
+    current = db_commands.add_parser("current", help="show the revision (exit 1 if not head)")
+    _common(current)
+    current.set_defaults(func=_guarded(_db_current))
+
+    admin = subparsers.add_parser("admin", help="tenants and API keys")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    tenant = admin_commands.add_parser(
+        "create-tenant", help="create a tenant and its first API key"
+    )
+    _common(tenant)
+    tenant.add_argument("name", help="tenant name (unique)")
+    tenant.add_argument(
+        "--json", action="store_true", help='print {"tenant_id", "api_key"} as JSON'
+    )
+    tenant.set_defaults(func=_guarded(_create_tenant))
+    key = admin_commands.add_parser("create-key", help="issue another API key for a tenant")
+    _common(key)
+    key.add_argument("tenant_id")
+    key.add_argument("--label", help="a note to remember the key by")
+    key.add_argument("--json", action="store_true")
+    key.set_defaults(func=_guarded(_create_key))
+    revoke = admin_commands.add_parser("revoke-key", help="revoke an API key")
+    _common(revoke)
+    revoke.add_argument("key_id")
+    revoke.set_defaults(func=_guarded(_revoke_key))
+    tenants = admin_commands.add_parser("list-tenants", help="list tenants")
+    _common(tenants)
+    tenants.add_argument("--json", action="store_true")
+    tenants.set_defaults(func=_guarded(_list_tenants))
+
+
+__all__ = ["register"]

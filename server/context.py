@@ -1,0 +1,131 @@
+"""Everything a running server holds, built from :class:`~server.settings.Settings`.
+
+:func:`build_context` creates the objects (database engine, keyring, artifact store,
+queue, worker) without starting anything; :meth:`ServerContext.start` migrates the
+database, fails operations a previous process left unfinished, starts the worker
+threads and the expiry sweeper; :meth:`ServerContext.stop` undoes that.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from server.db.migrate import upgrade_database
+from server.db.session import Database
+from server.services import artifacts as artifact_service
+from server.services.keys import build_keyring
+from server.services.operations import fail_interrupted
+from server.services.tenants import ApiKeyHasher, build_hasher
+from server.settings import Settings
+from server.storage import ArtifactStore, LocalArtifactStore, S3ArtifactStore
+from server.worker.executor import OperationExecutor
+from server.worker.notify import FutureNotifier
+from server.worker.queue import RunQueue
+from tensafe.artifacts import TenantKeyring
+
+log = logging.getLogger("tensafe.server")
+
+
+def build_store(settings: Settings) -> ArtifactStore:
+    """The artifact store the settings name (a local directory by default)."""
+    if settings.storage_backend == "s3":
+        assert settings.s3_bucket is not None
+        return S3ArtifactStore(
+            settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+        )
+    return LocalArtifactStore(settings.resolved_artifact_dir())
+
+
+@dataclass
+class ServerContext:
+    """The server's long-lived objects (one per app)."""
+
+    settings: Settings
+    db: Database
+    hasher: ApiKeyHasher
+    keyring: TenantKeyring
+    store: ArtifactStore
+    notifier: FutureNotifier
+    executor: OperationExecutor
+    queue: RunQueue
+    _stop_sweeper: threading.Event = field(default_factory=threading.Event)
+    _sweeper: threading.Thread | None = None
+    started: bool = False
+
+    def start(self) -> None:
+        """Migrate (if ``auto_migrate``), recover, start worker and sweeper. Idempotent."""
+        if self.started:
+            return
+        if self.settings.auto_migrate:
+            upgrade_database(self.db.url)
+        failed = fail_interrupted(self.db)
+        if failed:
+            log.warning(
+                "%d operation(s) interrupted by the previous shutdown were failed", len(failed)
+            )
+        self.queue.start()
+        self._stop_sweeper.clear()
+        self._sweeper = threading.Thread(
+            target=self._sweep_loop, name="tensafe-sweeper", daemon=True
+        )
+        self._sweeper.start()
+        self.started = True
+
+    def stop(self, *, timeout: float = 30.0) -> None:
+        """Stop the sweeper and the worker (running operations finish first)."""
+        self._stop_sweeper.set()
+        self.queue.stop(timeout=timeout)
+        if self._sweeper is not None:
+            self._sweeper.join(timeout)
+        self.db.dispose()
+        self.started = False
+
+    def sweep_now(self) -> int:
+        """Purge expired artifacts now; returns how many rows were removed."""
+        return artifact_service.sweep_expired(self.db, self.store)
+
+    def _sweep_loop(self) -> None:
+        while not self._stop_sweeper.is_set():
+            try:
+                removed = self.sweep_now()
+                if removed:
+                    log.info("purged %d expired artifact(s)", removed)
+            except Exception:
+                log.exception("artifact expiry sweep failed")
+            self._stop_sweeper.wait(self.settings.sweep_interval_s)
+
+
+def build_context(settings: Settings) -> ServerContext:
+    """Create the server's objects from settings; starts nothing.
+
+    Raises:
+        KeyProviderError: the keyring is not private / malformed, or the KEK variable is missing.
+        PermissionError: the pepper file is readable by others.
+    """
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url())
+    keyring = build_keyring(settings, db)
+    store = build_store(settings)
+    notifier = FutureNotifier()
+    executor = OperationExecutor(
+        db=db, store=store, keyring=keyring, notifier=notifier, settings=settings
+    )
+    queue = RunQueue(handler=executor.execute, threads=settings.worker_threads)
+    return ServerContext(
+        settings=settings,
+        db=db,
+        hasher=build_hasher(settings),
+        keyring=keyring,
+        store=store,
+        notifier=notifier,
+        executor=executor,
+        queue=queue,
+    )
+
+
+__all__ = ["ServerContext", "build_context", "build_store"]

@@ -1,0 +1,253 @@
+"""SQLAlchemy 2 models: the whole persistent state of the service.
+
+Tables (see ``docs/operations.md`` for what each keeps across restarts):
+
+* ``tenants`` / ``api_keys`` — API keys are stored as key id + HMAC-SHA256 of the
+  secret, never the key itself.
+* ``tenant_keys`` — each tenant's data keys, *wrapped* by the KEK (one JSON record
+  per tenant with a revision for compare-and-set).
+* ``training_runs`` — config, status, model step and the checkpoint a restart
+  restores from.
+* ``operations`` — every submitted operation (a future): per-run ``seq``, status,
+  request, result or error.
+* ``artifacts`` — encrypted checkpoints: where the ciphertext lives, its size and
+  SHA-256, the step and DP history length at save time, optional expiry.
+* ``dp_steps`` — one row per noisy optimizer step (σ, q, C, N, δ, accountant, ε
+  after the step), written in the transaction that completes the step; rows carried
+  over from another run's checkpoint name their origin. A later migration adds the
+  hash chain and per-dataset budgets on top of these columns.
+
+Timestamps are timezone-aware UTC on every backend (:class:`UTCDateTime`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Double,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A ``DateTime(timezone=True)`` that always returns aware UTC datetimes
+    (SQLite drops the offset; PostgreSQL keeps it)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    """The current time, aware UTC."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+    }
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[datetime | None]
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.tenant_id", ondelete="CASCADE"), index=True
+    )
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    hash_scheme: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class TenantKeyRow(Base):
+    """The wrapped-key record of one tenant (``tensafe.artifacts.TenantKeyRecord``)."""
+
+    __tablename__ = "tenant_keys"
+
+    tenant_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(64))
+    revision: Mapped[int] = mapped_column(Integer)
+    record: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TrainingRunRow(Base):
+    __tablename__ = "training_runs"
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.tenant_id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(16))
+    config: Mapped[dict[str, Any]]
+    model_ref: Mapped[str] = mapped_column(String(500))
+    dp_enabled: Mapped[bool] = mapped_column(Boolean)
+    model_name: Mapped[str | None] = mapped_column(String(500))
+    arch: Mapped[str | None] = mapped_column(String(100))
+    vocab_size: Mapped[int | None]
+    trainable_params: Mapped[int | None] = mapped_column(BigInteger)
+    step: Mapped[int] = mapped_column(default=0)
+    pending_examples: Mapped[int] = mapped_column(default=0)
+    next_seq: Mapped[int] = mapped_column(default=0)
+    last_checkpoint_artifact_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    last_heartbeat_at: Mapped[datetime | None]
+
+
+class OperationRow(Base):
+    """One submitted operation, i.e. one future."""
+
+    __tablename__ = "operations"
+    __table_args__ = (
+        UniqueConstraint("run_id", "seq"),
+        UniqueConstraint("run_id", "idempotency_key"),
+    )
+
+    future_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("training_runs.run_id", ondelete="CASCADE"), index=True
+    )
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.tenant_id", ondelete="CASCADE"), index=True
+    )
+    seq: Mapped[int]
+    operation: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    request: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+
+
+class ArtifactRow(Base):
+    __tablename__ = "artifacts"
+
+    artifact_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.tenant_id", ondelete="CASCADE"), index=True
+    )
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("training_runs.run_id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(128))
+    path: Mapped[str] = mapped_column(String(300), unique=True)
+    storage_key: Mapped[str] = mapped_column(String(500))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int]
+    dp_seq: Mapped[int] = mapped_column(default=0)
+    base_model: Mapped[str] = mapped_column(String(500))
+    shape_signature: Mapped[str] = mapped_column(String(64))
+    include_optimizer: Mapped[bool] = mapped_column(Boolean, default=False)
+    user_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    key_id: Mapped[str] = mapped_column(String(64))
+    key_version: Mapped[int]
+    future_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class DPStepRow(Base):
+    """One noisy optimizer step of a run (or one carried over from a loaded checkpoint)."""
+
+    __tablename__ = "dp_steps"
+    __table_args__ = (
+        UniqueConstraint("run_id", "seq"),
+        UniqueConstraint("run_id", "origin_run_id", "origin_seq"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("training_runs.run_id", ondelete="CASCADE"), index=True
+    )
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.tenant_id", ondelete="CASCADE"), index=True
+    )
+    seq: Mapped[int]
+    model_step: Mapped[int | None]
+    future_id: Mapped[str | None] = mapped_column(String(64))
+    origin_run_id: Mapped[str | None] = mapped_column(String(64))
+    origin_seq: Mapped[int | None]
+    noise_multiplier: Mapped[float] = mapped_column(Double)
+    sample_rate: Mapped[float] = mapped_column(Double)
+    max_grad_norm: Mapped[float] = mapped_column(Double)
+    dataset_size: Mapped[int] = mapped_column(BigInteger)
+    expected_batch_size: Mapped[float] = mapped_column(Double)
+    delta: Mapped[float] = mapped_column(Double)
+    accountant: Mapped[str] = mapped_column(String(16))
+    epsilon: Mapped[float | None] = mapped_column(Double)
+    dataset_id: Mapped[str | None] = mapped_column(String(200))
+    library_versions: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+__all__ = [
+    "ApiKey",
+    "ArtifactRow",
+    "Base",
+    "DPStepRow",
+    "OperationRow",
+    "Tenant",
+    "TenantKeyRow",
+    "TrainingRunRow",
+    "UTCDateTime",
+    "utcnow",
+]

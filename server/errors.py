@@ -1,0 +1,143 @@
+"""The server's exception tree, and how every error becomes an ``ErrorBody``.
+
+Services raise :class:`ServiceError` subclasses (each also the stdlib error it
+refines); the engine and libraries raise :class:`tensafe.errors.TenSafeError`.
+:func:`describe_error` maps either to ``(http_status, ErrorBody)``; the same body is
+stored in a failed future, so an error looks the same whether it came back from a
+request or from a future. Anything else is a 500 ``ServerError`` whose detail names
+no internals (the traceback goes to the log only).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from tg_tinker.types import ErrorBody
+
+from tensafe import errors as ts
+
+Category = Literal["user", "server"]
+
+
+class ServiceError(Exception):
+    """Root of the server's own errors.
+
+    Attributes:
+        detail: the message sent to the client.
+        field: the offending request field, when there is one.
+    """
+
+    status_code: ClassVar[int] = 500
+    category: ClassVar[Category] = "server"
+
+    def __init__(self, detail: str, field: str | None = None) -> None:
+        super().__init__(detail, field)
+        self.detail = detail
+        self.field = field
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.detail}" if self.field else self.detail
+
+
+class ValidationError(ServiceError, ValueError):
+    """Bad input; ``field`` names it (422)."""
+
+    status_code = 422
+    category = "user"
+
+
+class PayloadTooLargeError(ValidationError):
+    """The request body is above ``max_body_bytes`` (413)."""
+
+    status_code = 413
+
+
+class AuthenticationError(ServiceError, PermissionError):
+    """Missing, malformed, unknown or revoked API key (401)."""
+
+    status_code = 401
+    category = "user"
+
+
+class NotFoundError(ServiceError, LookupError):
+    """No such object *for this tenant* (404) — also for other tenants' ids."""
+
+    status_code = 404
+    category = "user"
+
+
+class ConflictError(ServiceError, RuntimeError):
+    """Not valid in the current state (409): terminated run, name taken, ..."""
+
+    status_code = 409
+    category = "user"
+
+
+class ServerError(ServiceError, RuntimeError):
+    """Our failure (500)."""
+
+
+class ServiceUnavailableError(ServerError):
+    """The server is shutting down or not ready (503)."""
+
+    status_code = 503
+
+
+# tensafe error class -> HTTP status (the first matching base wins; order matters).
+_TENSAFE_STATUS: tuple[tuple[type[ts.TenSafeError], int], ...] = (
+    (ts.ArtifactNotFoundError, 404),
+    (ts.BudgetExceededError, 409),
+    (ts.ConfigError, 422),  # includes InvalidBatchError
+    (ts.EngineStateError, 409),
+    (ts.PrivacyError, 409),
+    (ts.ModelLoadError, 422),
+    (ts.IntegrityError, 422),
+    (ts.ArtifactFormatError, 422),
+)
+
+
+def describe_error(exc: BaseException) -> tuple[int, ErrorBody]:
+    """The HTTP status and wire body for ``exc``.
+
+    ``error`` is the exception class name (the SDK maps it back to its own class);
+    server-category tensafe errors and unknown exceptions become a generic 500 whose
+    detail reveals nothing about internals.
+    """
+    if isinstance(exc, ServiceError):
+        return exc.status_code, ErrorBody(
+            error=type(exc).__name__, category=exc.category, detail=exc.detail, field=exc.field
+        )
+    if isinstance(exc, ts.TenSafeError) and exc.category == "user":
+        status = next((code for cls, code in _TENSAFE_STATUS if isinstance(exc, cls)), 400)
+        field = getattr(exc, "field", None)
+        detail = getattr(exc, "message", None) or str(exc)
+        return status, ErrorBody(
+            error=type(exc).__name__, category="user", detail=str(detail), field=field
+        )
+    return 500, ErrorBody(
+        error="ServerError",
+        category="server",
+        detail="internal server error; the operation was not applied (see the server log)",
+    )
+
+
+def prefix_field(exc: ts.ConfigError, prefix: str) -> ts.ConfigError:
+    """The same error with its field under ``prefix`` (``rank`` in the LoRA config
+    becomes ``lora_config.rank``)."""
+    field = exc.field if exc.field.startswith(prefix + ".") else f"{prefix}.{exc.field}"
+    return type(exc)(field, exc.message)
+
+
+__all__ = [
+    "AuthenticationError",
+    "Category",
+    "ConflictError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "ServerError",
+    "ServiceError",
+    "ServiceUnavailableError",
+    "ValidationError",
+    "describe_error",
+    "prefix_field",
+]

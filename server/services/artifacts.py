@@ -1,0 +1,243 @@
+"""Artifacts: encrypted checkpoints in the artifact store, indexed in the database.
+
+Writing: tensors + manifest are sealed with the tenant's current key straight into
+an upload of the store (nothing is written in the clear), the upload is committed
+only if the store's SHA-256 equals the sealer's, and only then is the row inserted.
+Reading: the row is looked up *for the tenant* (another tenant's id is 404), the
+store streams the ciphertext, and opening checks every chunk, the key commitment,
+the plaintext hash and the content hash.
+
+TTL: with ``artifact_ttl_s`` set, each artifact gets ``expires_at``; once passed it
+is 404 everywhere and :func:`sweep_expired` deletes the blob and the row. DP rows
+(``dp_steps``) are never deleted with an artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import BinaryIO, Literal
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+from tg_tinker.types import ArtifactInfo
+
+from server.db.models import ArtifactRow, utcnow
+from server.db.session import Database
+from server.errors import NotFoundError, ValidationError
+from server.storage import ArtifactStore, StoredArtifact
+from tensafe.artifacts import Manifest, TenantKey, TenantKeyring
+
+ArtifactKind = Literal["lora_adapter", "full_weights", "training_state"]
+PATH_SCHEME = "tensafe://"
+
+
+def artifact_path(*, run_id: str, kind: ArtifactKind, name: str) -> str:
+    """``tensafe://{run_id}/weights/{name}`` for training state,
+    ``tensafe://{run_id}/sampler_weights/{name}`` for weights to sample from."""
+    folder = "weights" if kind == "training_state" else "sampler_weights"
+    return f"{PATH_SCHEME}{run_id}/{folder}/{name}"
+
+
+def shape_signature(*, base_model: str, lora: Mapping[str, object] | None) -> str:
+    """What a checkpoint must share with a run to be loaded into it: the base model
+    and the adapter's shape (rank, target modules, bias) — or full fine-tuning."""
+    shape = None
+    if lora is not None:
+        shape = {
+            "rank": lora["rank"],
+            "modules": sorted(lora["modules"]),  # type: ignore[call-overload]
+            "bias": lora["bias"],
+        }
+    blob = json.dumps({"base_model": base_model, "lora": shape}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _visible(tenant_id: str, now: datetime):  # type: ignore[no-untyped-def]
+    return (
+        ArtifactRow.tenant_id == tenant_id,
+        or_(ArtifactRow.expires_at.is_(None), ArtifactRow.expires_at > now),
+    )
+
+
+def get_artifact(session: Session, *, tenant_id: str, artifact_id: str) -> ArtifactRow:
+    """The tenant's unexpired artifact.
+
+    Raises:
+        NotFoundError: unknown, another tenant's, or expired.
+    """
+    row = session.scalar(
+        select(ArtifactRow).where(
+            ArtifactRow.artifact_id == artifact_id, *_visible(tenant_id, utcnow())
+        )
+    )
+    if row is None:
+        raise NotFoundError(f"no artifact {artifact_id!r}", field="artifact_id")
+    return row
+
+
+def resolve_reference(
+    session: Session, *, tenant_id: str, artifact_id: str | None, path: str | None
+) -> ArtifactRow:
+    """The artifact named by id or by ``tensafe://`` path.
+
+    Raises:
+        ValidationError: (``path``) not a ``tensafe://`` path.
+        NotFoundError: no such artifact for this tenant (field ``artifact_id`` or ``path``).
+    """
+    if artifact_id is not None:
+        return get_artifact(session, tenant_id=tenant_id, artifact_id=artifact_id)
+    assert path is not None
+    if not path.startswith(PATH_SCHEME):
+        raise ValidationError("must look like tensafe://{run_id}/weights/{name}", field="path")
+    row = session.scalar(
+        select(ArtifactRow).where(ArtifactRow.path == path, *_visible(tenant_id, utcnow()))
+    )
+    if row is None:
+        raise NotFoundError(f"no checkpoint at {path}", field="path")
+    return row
+
+
+def list_artifacts(session: Session, *, tenant_id: str, run_id: str | None) -> list[ArtifactRow]:
+    """The tenant's unexpired artifacts (of one run if given), oldest first."""
+    query = select(ArtifactRow).where(*_visible(tenant_id, utcnow()))
+    if run_id is not None:
+        query = query.where(ArtifactRow.run_id == run_id)
+    return list(session.scalars(query.order_by(ArtifactRow.created_at, ArtifactRow.artifact_id)))
+
+
+def name_taken(session: Session, *, path: str) -> bool:
+    return (
+        session.scalar(select(ArtifactRow.artifact_id).where(ArtifactRow.path == path)) is not None
+    )
+
+
+def artifact_to_wire(row: ArtifactRow) -> ArtifactInfo:
+    return ArtifactInfo(
+        artifact_id=row.artifact_id,
+        run_id=row.run_id,
+        kind=row.kind,  # type: ignore[arg-type]
+        name=row.name,
+        path=row.path,
+        size_bytes=row.size_bytes,
+        content_hash=row.content_hash,
+        step=row.step,
+        metadata=row.user_metadata,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+    )
+
+
+@dataclass(frozen=True)
+class SealedArtifact:
+    """An artifact sealed and published in the store, not yet in the database."""
+
+    artifact_id: str
+    stored: StoredArtifact
+    manifest: Manifest
+    key: TenantKey
+
+
+def seal_into_store(
+    store: ArtifactStore,
+    *,
+    tensors: Mapping[str, object],
+    manifest: Manifest,
+    tenant_key: TenantKey,
+    artifact_id: str,
+    ttl: timedelta | None,
+) -> SealedArtifact:
+    """Seal ``tensors`` + ``manifest`` into a new store upload and publish it.
+
+    Raises:
+        ConfigError: bad tensor names/dtypes or manifest.
+        IntegrityError: the store received other bytes than were sealed.
+        StorageError: the store failed (nothing is published).
+    """
+    from tensafe.artifacts import seal_checkpoint
+
+    with store.create(artifact_id, ttl=ttl) as upload:
+        info = seal_checkpoint(
+            tensors=tensors,  # type: ignore[arg-type]
+            manifest=manifest,
+            tenant_key=tenant_key,
+            artifact_id=artifact_id,
+            out=upload,  # type: ignore[arg-type]
+        )
+        stored = upload.commit(expected_content_hash=info.content_hash)
+    return SealedArtifact(
+        artifact_id=artifact_id, stored=stored, manifest=info.manifest, key=tenant_key
+    )
+
+
+def open_from_store(store: ArtifactStore, keyring: TenantKeyring, row: ArtifactRow):  # type: ignore[no-untyped-def]
+    """Decrypt and fully verify an artifact into memory (``OpenedCheckpoint``).
+
+    Raises:
+        ArtifactNotFoundError: the blob is gone from the store.
+        IntegrityError: any check failed (opaque).
+    """
+    from tensafe.artifacts import open_checkpoint
+
+    with store.get(row.storage_key) as src:
+        return open_checkpoint(
+            src,
+            keys=keyring,
+            tenant_id=row.tenant_id,
+            artifact_id=row.artifact_id,
+            expected_content_hash=row.content_hash,
+        )
+
+
+def open_content(store: ArtifactStore, row: ArtifactRow) -> BinaryIO:
+    """The stored ciphertext, for streaming to the client.
+
+    Raises:
+        ArtifactNotFoundError: the blob is gone from the store.
+    """
+    return store.get(row.storage_key)
+
+
+def sweep_expired(db: Database, store: ArtifactStore, *, now: datetime | None = None) -> int:
+    """Delete expired artifacts (blob, then row) and let the store purge its own
+    expired or abandoned uploads. Returns how many rows were removed."""
+    moment = now or utcnow()
+    with db.sessions() as session:
+        expired = list(
+            session.scalars(
+                select(ArtifactRow.artifact_id).where(
+                    ArtifactRow.expires_at.is_not(None), ArtifactRow.expires_at <= moment
+                )
+            )
+        )
+    removed = 0
+    for artifact_id in expired:
+        store.delete(artifact_id)
+        with db.transaction() as session:
+            row = session.get(ArtifactRow, artifact_id)
+            if row is not None:
+                session.delete(row)
+                removed += 1
+    store.purge_expired(now=moment)
+    return removed
+
+
+__all__ = [
+    "PATH_SCHEME",
+    "ArtifactKind",
+    "SealedArtifact",
+    "artifact_path",
+    "artifact_to_wire",
+    "get_artifact",
+    "list_artifacts",
+    "name_taken",
+    "open_content",
+    "open_from_store",
+    "resolve_reference",
+    "seal_into_store",
+    "shape_signature",
+    "sweep_expired",
+]

@@ -1,0 +1,183 @@
+"""Server settings: environment variables (``TENSAFE_*``) and CLI flags, validated once.
+
+Every setting has an embedded default, so ``tensafe serve`` needs no configuration:
+SQLite in the data directory (WAL mode, foreign keys on), artifacts in
+``<data_dir>/artifacts``, the KEK in a local keyring file ``<data_dir>/keyring/keyring.json``
+(mode 0600, created on first start) and the API-key pepper in ``<data_dir>/secrets``.
+
+The data directory defaults to ``$XDG_DATA_HOME/tensafe`` (``~/.local/share/tensafe``):
+a fixed place, so the server finds its database and keys whatever directory it is
+started from. Override it with ``--data-dir`` or ``TENSAFE_DATA_DIR``.
+
+Outside ``environment="development"`` obviously insecure values are refused at start:
+a placeholder or short API-key pepper, placeholder S3 credentials, a plain-HTTP S3
+endpoint that is not on localhost.
+
+Example::
+
+    >>> s = Settings(data_dir="/tmp/ts-example")
+    >>> s.resolved_database_url().startswith("sqlite:///")
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["development", "production"]
+StorageBackend = Literal["local", "s3"]
+KeyProviderName = Literal["local", "env"]
+
+# Values people paste from examples; refused outside development.
+_PLACEHOLDERS = frozenset(
+    {"changethis", "changeme", "change-me", "secret", "password", "example", "test", "dev", "xxx"}
+)
+MIN_PEPPER_LENGTH = 32
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/tensafe``, else ``~/.local/share/tensafe``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tensafe"
+
+
+class Settings(BaseSettings):
+    """All server settings. Environment variables use the prefix ``TENSAFE_``
+    (``TENSAFE_DATA_DIR``, ``TENSAFE_DATABASE_URL``, ...).
+
+    Attributes:
+        environment: ``production`` (default) refuses insecure settings;
+            ``development`` only warns.
+        data_dir: where the embedded defaults live (database, artifacts, keyring, secrets).
+        database_url: SQLAlchemy URL; default ``sqlite:///<data_dir>/tensafe.db``.
+            PostgreSQL: ``postgresql+psycopg://user@host:5432/db``.
+        auto_migrate: apply Alembic migrations at start (``tensafe db upgrade`` does it by hand).
+        storage_backend: ``local`` (default, ``artifact_dir``) or ``s3``.
+        artifact_dir: local artifact directory; default ``<data_dir>/artifacts``.
+        s3_bucket, s3_prefix, s3_endpoint_url, s3_region: S3-compatible storage; credentials
+            come from the usual AWS environment / config chain, never from these settings.
+        key_provider: ``local`` (keyring file, default) or ``env`` (base64 256-bit KEK in
+            the variable named by ``master_key_env``).
+        keyring_path: local keyring file; default ``<data_dir>/keyring/keyring.json``.
+        master_key_env: variable holding the KEK for ``key_provider="env"``.
+        api_key_pepper: HMAC key for API-key hashes; default: generated once into
+            ``<data_dir>/secrets/api_key_pepper`` (0600). Several servers sharing one
+            PostgreSQL database must share it.
+        deterministic_noise: development/testing only — seed each run's DP noise from
+            its public ``seed`` so runs can be compared bit for bit. Refused outside
+            ``environment=development``: a known seed lets anyone subtract the noise.
+        require_dp: refuse runs without differential privacy (``dp_config`` missing or
+            disabled). Turn it off only for non-sensitive data and comparisons.
+        allow_model_paths: let ``model_ref`` name a directory on the server. Off by
+            default, so a tenant cannot make the server open arbitrary paths; models
+            are then found by name (built-ins, the model cache, the hub).
+        max_body_bytes: request bodies above this are refused with 413 before parsing.
+        max_batch_size, max_seq_len: limits on every training batch (422 otherwise).
+        long_poll_max_s: cap on ``GET /v1/futures/{id}?wait=S``.
+        worker_threads: training runs executing concurrently (operations of one run
+            always run one at a time, in submission order).
+        device: torch device for models (``cpu``, ``cuda``, ``cuda:1``).
+        model_cache_dir: where models are prepared/cached (default: tensafe's cache).
+        artifact_ttl_s: artifacts expire this many seconds after creation (``None``: never).
+        sweep_interval_s: how often expired artifacts are purged.
+        log_level, log_json: logging (JSON lines by default).
+        host, port: where ``tensafe serve`` listens.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TENSAFE_", extra="forbid", frozen=True)
+
+    environment: Environment = "production"
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None
+    auto_migrate: bool = True
+
+    storage_backend: StorageBackend = "local"
+    artifact_dir: Path | None = None
+    s3_bucket: str | None = None
+    s3_prefix: str = "artifacts/"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+
+    key_provider: KeyProviderName = "local"
+    keyring_path: Path | None = None
+    master_key_env: str = "TENSAFE_MASTER_KEY"
+    api_key_pepper: SecretStr | None = None
+
+    require_dp: bool = True
+    deterministic_noise: bool = False
+    allow_model_paths: bool = False
+    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    max_batch_size: int = Field(256, gt=0)
+    max_seq_len: int = Field(4096, gt=0)
+    long_poll_max_s: float = Field(30.0, ge=0, le=600)
+    worker_threads: int = Field(2, ge=1, le=64)
+    device: str = "cpu"
+    model_cache_dir: Path | None = None
+
+    artifact_ttl_s: float | None = Field(None, gt=0)
+    sweep_interval_s: float = Field(300.0, gt=0)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    @field_validator("data_dir", "artifact_dir", "keyring_path", "model_cache_dir")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(os.path.expanduser(str(value))).absolute()
+
+    @model_validator(mode="after")
+    def _refuse_insecure(self) -> Settings:
+        problems = self.insecure_settings()
+        if problems and self.environment != "development":
+            raise ValueError(
+                "insecure settings refused outside environment=development: " + "; ".join(problems)
+            )
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("s3_bucket: required when storage_backend is 's3'")
+        return self
+
+    def insecure_settings(self) -> list[str]:
+        """Human-readable reasons these settings are unsafe (empty when they are fine)."""
+        problems: list[str] = []
+        if self.deterministic_noise:
+            problems.append("deterministic_noise makes DP noise predictable from the run seed")
+        if self.api_key_pepper is not None:
+            pepper = self.api_key_pepper.get_secret_value()
+            if pepper.strip().lower() in _PLACEHOLDERS:
+                problems.append("api_key_pepper is a placeholder value")
+            elif len(pepper) < MIN_PEPPER_LENGTH:
+                problems.append(f"api_key_pepper must be at least {MIN_PEPPER_LENGTH} characters")
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            if self.storage_backend == "s3" and os.environ.get(name, "").lower() in _PLACEHOLDERS:
+                problems.append(f"{name} is a placeholder value")
+        if self.s3_endpoint_url:
+            url = urlparse(self.s3_endpoint_url)
+            local = url.hostname in {"localhost", "127.0.0.1", "::1"}
+            if url.scheme == "http" and not local:
+                problems.append("s3_endpoint_url uses plain http to a non-local host")
+        return problems
+
+    # ------------------------------------------------------------ derived paths
+    def resolved_database_url(self) -> str:
+        """``database_url``, or the SQLite file in ``data_dir``."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'tensafe.db'}"
+
+    def resolved_artifact_dir(self) -> Path:
+        return self.artifact_dir or self.data_dir / "artifacts"
+
+    def resolved_keyring_path(self) -> Path:
+        return self.keyring_path or self.data_dir / "keyring" / "keyring.json"
+
+    def pepper_path(self) -> Path:
+        return self.data_dir / "secrets" / "api_key_pepper"
+
+
+__all__ = ["Environment", "KeyProviderName", "Settings", "StorageBackend", "default_data_dir"]

@@ -1,0 +1,471 @@
+"""Run one operation: claim it, call the run's engine, persist result or error.
+
+One :class:`~tensafe.engine.TrainingEngine` per run lives in memory
+(:class:`RunRuntime`). Each operation's outcome is written in one transaction
+together with its side effects — above all, a noisy ``optim_step``'s ``dp_steps``
+row is committed in the same transaction that marks the future completed, so a
+step the client can see is always accounted. If that transaction fails after the
+engine changed, the engine is discarded (:meth:`OperationExecutor.evict`): the run
+is rebuilt on next use from its last checkpoint and its DP rows, exactly as after
+a restart (:mod:`server.worker.runtimes`), so memory never runs ahead of the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+from tg_tinker.types import (
+    ForwardBackwardRequest,
+    GetInfoResponse,
+    LoadStateRequest,
+    LoadStateResponse,
+    ModelData,
+    OptimStepRequest,
+    SaveStateRequest,
+    SaveStateResponse,
+    SaveWeightsForSamplerRequest,
+    SaveWeightsForSamplerResponse,
+    UnloadModelResponse,
+)
+
+from server.db.models import ArtifactRow, OperationRow, TrainingRunRow
+from server.db.session import Database
+from server.errors import ConflictError, ServiceError, ValidationError, describe_error
+from server.services import artifacts as artifact_service
+from server.services import privacy
+from server.services.operations import (
+    claim_operation,
+    mark_completed,
+    mark_failed,
+    refuse_if_closed,
+)
+from server.services.runs import LOAD_MODEL
+from server.settings import Settings
+from server.storage import ArtifactStore
+from server.worker import checkpoints
+from server.worker.conversions import (
+    adam_params,
+    engine_batch,
+    forward_output,
+    optim_output,
+    request_fields,
+)
+from server.worker.notify import FutureNotifier
+from server.worker.queue import QueuedOperation
+from server.worker.runtimes import RunEngines, RunRuntime
+from tensafe import errors as ts
+from tensafe.artifacts import TenantKeyring, new_artifact_id
+from tensafe.engine import TrainingEngine
+
+log = logging.getLogger("tensafe.server.worker")
+
+# Operations that change engine state; if one fails other than by a documented
+# clean refusal, its engine is discarded and rebuilt (checkpoint + DP rows) on next use.
+_MUTATING = frozenset({"forward_backward", "optim_step", "load_state"})
+
+
+def leaves_engine_unchanged(exc: BaseException) -> bool:
+    """Whether an error is one the engine raises before changing anything
+    (input validation, state refusals, budget refusal) or one of ours."""
+    if isinstance(exc, (ServiceError, ts.BudgetExceededError)):
+        return True
+    if isinstance(exc, ts.PrivacyError):
+        return False  # e.g. "weights did not move", raised after the optimizer step
+    return isinstance(exc, ts.TenSafeError) and exc.category == "user"
+
+
+Effects = Callable[[Session, TrainingRunRow], None]
+Request = dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a handler produced: the result, DB effects to commit with it, and
+    whether the engine changed (so a failed commit must discard it)."""
+
+    result: BaseModel
+    effects: Effects | None = None
+    engine_changed: bool = False
+    on_commit_failure: Callable[[], None] | None = None
+
+
+class OperationExecutor:
+    """Executes operations for :class:`~server.worker.queue.RunQueue` (its handler)."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        store: ArtifactStore,
+        keyring: TenantKeyring,
+        notifier: FutureNotifier,
+        settings: Settings,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.keyring = keyring
+        self.notifier = notifier
+        self.settings = settings
+        self.engines = RunEngines(db=db, store=store, keyring=keyring, settings=settings)
+        self._handlers: dict[str, Callable[[OperationRow, TrainingRunRow, Request], Outcome]] = {
+            LOAD_MODEL: self._load_model,
+            "forward": self._forward,
+            "forward_backward": self._forward_backward,
+            "optim_step": self._optim_step,
+            "save_state": self._save_state,
+            "save_weights_for_sampler": self._save_weights_for_sampler,
+            "load_state": self._load_state,
+            "unload": self._unload,
+        }
+
+    # ------------------------------------------------------------- runtimes
+    def loaded_runs(self) -> list[str]:
+        return self.engines.loaded_runs()
+
+    def runtime(self, run_id: str) -> RunRuntime | None:
+        return self.engines.get(run_id)
+
+    def evict(self, run_id: str) -> None:
+        """Forget a run's engine (frees the model); the run is rebuilt on next use."""
+        self.engines.evict(run_id)
+
+    def tokenizer_files(self, run_id: str, *, model_name: str | None) -> dict[str, str] | None:
+        return self.engines.tokenizer_files(run_id, model_name=model_name)
+
+    # ------------------------------------------------------------- execution
+    def execute(self, run_id: str, item: QueuedOperation) -> None:
+        """Run one operation to a final state. Never raises for an operation's failure."""
+        future_id = item.future_id
+        op = claim_operation(self.db, future_id=future_id)
+        if op is None:
+            return  # cancelled while queued
+        try:
+            with self.db.sessions() as session:
+                run = session.get(TrainingRunRow, run_id)
+                assert run is not None
+                session.expunge(run)
+            if op.operation != LOAD_MODEL:
+                refuse_if_closed(run)
+            outcome = self._handlers[op.operation](op, run, item.request)
+            self._commit(op, outcome)
+        except BaseException as exc:
+            self._record_failure(op, exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self.notifier.notify(future_id)
+
+    def _commit(self, op: OperationRow, outcome: Outcome) -> None:
+        try:
+            with self.db.transaction() as session:
+                run = session.get(TrainingRunRow, op.run_id)
+                assert run is not None
+                if outcome.effects is not None:
+                    outcome.effects(session, run)
+                if run.status == "BUSY":
+                    run.status = "READY"
+                mark_completed(session, op, outcome.result)
+        except BaseException:
+            if outcome.engine_changed:
+                log.error(
+                    "committing %s failed; discarding the engine of %s", op.operation, op.run_id
+                )
+                self.evict(op.run_id)
+            if outcome.on_commit_failure is not None:
+                outcome.on_commit_failure()
+            raise
+
+    def _record_failure(self, op: OperationRow, exc: BaseException) -> None:
+        status, body = describe_error(exc)
+        if status >= 500:
+            log.error(
+                "operation %s (%s) failed",
+                op.future_id,
+                op.operation,
+                exc_info=exc,
+                extra={"run_id": op.run_id},
+            )
+        if op.operation in _MUTATING and not leaves_engine_unchanged(exc):
+            self.evict(op.run_id)  # its state may be half-changed
+        try:
+            with self.db.transaction() as session:
+                mark_failed(session, op, body)
+                run = session.get(TrainingRunRow, op.run_id)
+                if run is None:
+                    return
+                if op.operation == LOAD_MODEL:
+                    run.status = "ERROR"
+                    run.error = body.detail
+                elif run.status == "BUSY":
+                    run.status = "READY"
+        except Exception:
+            log.exception("could not record the failure of %s", op.future_id)
+
+    # ------------------------------------------------------------- engines
+    # ------------------------------------------------------------- handlers
+    def _load_model(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
+        runtime = self.engines.get(run.run_id)
+        if runtime is None:
+            runtime = self.engines.build(run)
+            self.engines.put(run.run_id, runtime)
+        info = runtime.engine.info()
+
+        def effects(session: Session, row: TrainingRunRow) -> None:
+            row.model_name = info.model_name
+            row.arch = info.arch
+            row.vocab_size = info.vocab_size
+            row.trainable_params = info.trainable_params
+            row.error = None
+            if row.status in ("INITIALIZING", "BUSY"):
+                row.status = "READY"
+
+        result = GetInfoResponse(
+            model_data=ModelData(arch=info.arch, model_name=info.model_name),
+            model_id=run.run_id,
+            is_lora=info.is_lora,
+            lora_rank=info.lora_rank,
+            model_name=info.model_name,
+            trainable_params=info.trainable_params,
+            step=info.step,
+        )
+        return Outcome(result=result, effects=effects)
+
+    def _forward(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
+        engine = self.engines.for_operation(op, run).engine
+        request = ForwardBackwardRequest.model_validate(payload)
+        with request_fields(request):
+            result = engine.forward(
+                engine_batch(request),
+                loss_fn=request.loss_fn,
+                loss_fn_config=request.loss_fn_config,
+            )
+        return Outcome(result=forward_output(result))
+
+    def _forward_backward(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
+        engine = self.engines.for_operation(op, run).engine
+        request = ForwardBackwardRequest.model_validate(payload)
+        with request_fields(request):
+            result = engine.forward_backward(
+                engine_batch(request),
+                loss_fn=request.loss_fn,
+                loss_fn_config=request.loss_fn_config,
+            )
+        examples = int(result.metrics.get("num_examples:sum", 0))
+
+        def effects(session: Session, row: TrainingRunRow) -> None:
+            row.pending_examples += examples
+
+        return Outcome(result=forward_output(result), effects=effects, engine_changed=True)
+
+    def _optim_step(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
+        runtime = self.engines.for_operation(op, run)
+        engine = runtime.engine
+        request = OptimStepRequest.model_validate(payload or {})
+        if engine.privacy is not None and not request.apply_dp_noise:
+            raise ValidationError(
+                "this run uses differential privacy; every step adds noise", field="apply_dp_noise"
+            )
+        result = engine.optim_step(adam_params(request))
+        dataset_size = engine.privacy.dataset_size if engine.privacy is not None else 0
+        dataset_id = runtime.spec.dataset_id
+
+        def effects(session: Session, row: TrainingRunRow) -> None:
+            if result.dp_metrics is not None:
+                privacy.record_dp_step(
+                    session,
+                    run=row,
+                    future_id=op.future_id,
+                    model_step=result.step,
+                    metrics=result.dp_metrics,
+                    dataset_size=dataset_size,
+                    dataset_id=dataset_id,
+                )
+            row.step = result.step
+            row.pending_examples = 0
+
+        return Outcome(result=optim_output(result), effects=effects, engine_changed=True)
+
+    def _ttl(self) -> timedelta | None:
+        ttl = self.settings.artifact_ttl_s
+        return None if ttl is None else timedelta(seconds=ttl)
+
+    def _store_artifact(
+        self,
+        op: OperationRow,
+        run: TrainingRunRow,
+        *,
+        kind: artifact_service.ArtifactKind,
+        name: str,
+        tensors: dict,
+        manifest: object,
+        include_optimizer: bool,
+        engine: TrainingEngine,
+    ) -> tuple[ArtifactRow, Callable[[], None]]:
+        path = artifact_service.artifact_path(run_id=run.run_id, kind=kind, name=name)
+        with self.db.sessions() as session:
+            if artifact_service.name_taken(session, path=path):
+                raise ConflictError(
+                    f"run {run.run_id} already has a checkpoint named {name!r} ({path})",
+                    field="name",
+                )
+            dp_seq = privacy.last_seq(session, run.run_id)
+        artifact_id = new_artifact_id()
+        sealed = artifact_service.seal_into_store(
+            self.store,
+            tensors=tensors,
+            manifest=manifest,  # type: ignore[arg-type]
+            tenant_key=self.keyring.current_key(run.tenant_id),
+            artifact_id=artifact_id,
+            ttl=self._ttl(),
+        )
+        row = ArtifactRow(
+            artifact_id=artifact_id,
+            tenant_id=run.tenant_id,
+            run_id=run.run_id,
+            kind=kind,
+            name=name,
+            path=path,
+            storage_key=artifact_id,
+            size_bytes=sealed.stored.size_bytes,
+            content_hash=sealed.stored.content_hash,
+            step=sealed.manifest.step,
+            dp_seq=dp_seq,
+            base_model=engine.name,
+            shape_signature=checkpoints.engine_signature(engine),
+            include_optimizer=include_optimizer,
+            user_metadata=dict(sealed.manifest.metadata),
+            key_id=sealed.key.key_id,
+            key_version=sealed.key.version,
+            future_id=op.future_id,
+            created_at=sealed.stored.created_at,
+            expires_at=sealed.stored.expires_at,
+        )
+
+        def discard_blob() -> None:
+            try:
+                self.store.delete(artifact_id)
+            except Exception:
+                log.exception("could not delete orphaned artifact %s", artifact_id)
+
+        return row, discard_blob
+
+    def _save_state(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
+        engine = self.engines.for_operation(op, run).engine
+        request = SaveStateRequest.model_validate(payload or {})
+        tensors, manifest = checkpoints.training_state_payload(
+            engine, include_optimizer=request.include_optimizer, metadata=request.metadata
+        )
+        name = request.name or f"step-{engine.step}-{op.seq}"
+        row, discard = self._store_artifact(
+            op,
+            run,
+            kind="training_state",
+            name=name,
+            tensors=tensors,
+            manifest=manifest,
+            include_optimizer=request.include_optimizer,
+            engine=engine,
+        )
+
+        def effects(session: Session, run_row: TrainingRunRow) -> None:
+            session.add(row)
+            session.flush()
+            run_row.last_checkpoint_artifact_id = row.artifact_id
+
+        result = SaveStateResponse(
+            artifact_id=row.artifact_id,
+            path=row.path,
+            size_bytes=row.size_bytes,
+            content_hash=row.content_hash,
+            metadata=row.user_metadata,
+            step=row.step,
+        )
+        return Outcome(result=result, effects=effects, on_commit_failure=discard)
+
+    def _save_weights_for_sampler(
+        self, op: OperationRow, run: TrainingRunRow, payload: Request
+    ) -> Outcome:
+        engine = self.engines.for_operation(op, run).engine
+        request = SaveWeightsForSamplerRequest.model_validate(payload or {})
+        kind, tensors, manifest = checkpoints.sampler_payload(engine, metadata={})
+        row, discard = self._store_artifact(
+            op,
+            run,
+            kind=kind,  # type: ignore[arg-type]
+            name=request.name,
+            tensors=tensors,
+            manifest=manifest,
+            include_optimizer=False,
+            engine=engine,
+        )
+
+        def effects(session: Session, run_row: TrainingRunRow) -> None:
+            session.add(row)
+
+        result = SaveWeightsForSamplerResponse(
+            artifact_id=row.artifact_id,
+            path=row.path,
+            size_bytes=row.size_bytes,
+            content_hash=row.content_hash,
+        )
+        return Outcome(result=result, effects=effects, on_commit_failure=discard)
+
+    def _load_state(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
+        runtime = self.engines.for_operation(op, run)
+        engine = runtime.engine
+        request = LoadStateRequest.model_validate(payload)
+        ref_field = "artifact_id" if request.artifact_id is not None else "path"
+        with self.db.sessions() as session:
+            artifact = artifact_service.resolve_reference(
+                session,
+                tenant_id=run.tenant_id,
+                artifact_id=request.artifact_id,
+                path=request.path,
+            )
+            source = session.get(TrainingRunRow, artifact.run_id)
+            assert source is not None
+            checkpoints.check_compatible(artifact, source, run, engine, field=ref_field)
+            carried = privacy.steps_to_carry(
+                session,
+                target_run_id=run.run_id,
+                source_run_id=artifact.run_id,
+                upto_seq=artifact.dp_seq,
+            )
+            own = privacy.dp_rows(session, run.run_id)
+            session.expunge(artifact)
+        opened = artifact_service.open_from_store(self.store, self.keyring, artifact)
+        history = privacy.accountant_history(own) + privacy.accountant_history(carried)
+        step = checkpoints.restore_engine(
+            engine, tensors=opened.tensors, manifest=opened.manifest, history=history
+        )
+        runtime.needs_restore = None
+        runtime.lost_examples = 0
+
+        def effects(session: Session, row: TrainingRunRow) -> None:
+            if carried:
+                privacy.insert_carried(session, run=row, steps=carried, future_id=op.future_id)
+            row.step = step
+            row.pending_examples = 0
+            row.last_checkpoint_artifact_id = artifact.artifact_id
+
+        result = LoadStateResponse(
+            artifact_id=artifact.artifact_id, path=artifact.path, step=step, status="loaded"
+        )
+        return Outcome(result=result, effects=effects, engine_changed=True)
+
+    def _unload(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
+        self.evict(run.run_id)
+
+        def effects(session: Session, row: TrainingRunRow) -> None:
+            row.status = "TERMINATED"
+
+        return Outcome(result=UnloadModelResponse(model_id=run.run_id), effects=effects)
+
+
+__all__ = ["OperationExecutor", "Outcome", "leaves_engine_unchanged"]

@@ -1,0 +1,96 @@
+"""Tenant isolation: every route that takes an id answers 404 for another tenant's id.
+
+The test walks ``app.routes``, so a new route with a path parameter is covered
+automatically (and fails here until its parameter is known to the test).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from tests.server.harness import Harness, batch
+
+BODIES: dict[str, dict[str, Any] | None] = {
+    "forward": batch(),
+    "forward_backward": batch(),
+    "optim_step": {},
+    "save_state": {"name": "intruder"},
+    "save_weights_for_sampler": {"name": "intruder"},
+    "unload": None,
+    "heartbeat": None,
+    "cancel": None,
+}
+
+
+def api_routes(app: FastAPI) -> Iterator[tuple[str, set[str]]]:
+    """``(path, methods)`` of every API route, through included routers (newer
+    FastAPI keeps included routers nested in ``app.routes``)."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # older FastAPI: app.routes is already flat
+        for route in app.routes:
+            if isinstance(route, APIRoute):
+                yield route.path, set(route.methods)
+        return
+    for context in iter_route_contexts(app.routes):
+        if isinstance(context.original_route, APIRoute):
+            yield str(context.path), set(context.methods or ())
+
+
+def test_every_id_route_is_404_for_another_tenant(api: Harness) -> None:
+    owner = api.tenant()
+    run_id = api.create_run(owner)
+    api.call(owner, run_id, "forward_backward", batch())
+    api.call(owner, run_id, "optim_step", {})
+    saved = api.call(owner, run_id, "save_state", {"name": "mine"})
+    future_id = api.submit(owner, run_id, "forward", batch(1))
+    api.wait(owner, future_id)
+    ids = {"run_id": run_id, "future_id": future_id, "artifact_id": saved["artifact_id"]}
+    BODIES["load_state"] = {"artifact_id": saved["artifact_id"]}
+
+    intruder = api.tenant()
+    checked = []
+    for path, methods in api_routes(api.client.app):  # type: ignore[arg-type]
+        params = re.findall(r"{(\w+)}", path)
+        if not params:
+            continue
+        assert set(params) <= set(ids), f"{path}: teach this test the new parameter"
+        url = path.format(**ids)
+        for method in methods:
+            if method == "GET":
+                response = api.client.get(url, headers=intruder)
+                mine = api.client.get(url, headers=owner)
+                assert mine.status_code == 200, (url, mine.text)
+            else:
+                body = BODIES[path.rsplit("/", 1)[-1]]
+                response = api.client.request(method, url, json=body, headers=intruder)
+            assert response.status_code == 404, (method, url, response.status_code, response.text)
+            assert response.json()["error"] == "NotFoundError"
+            assert run_id not in response.text or "run_id" in response.json()["field"]
+            checked.append((method, path))
+    assert len(checked) >= 14, checked
+
+    listing = api.client.get("/v1/artifacts", params={"run_id": run_id}, headers=intruder)
+    assert listing.status_code == 404
+    assert api.client.get("/v1/artifacts", headers=intruder).json() == {"artifacts": []}
+    assert api.client.get("/v1/training_runs", headers=intruder).json() == {"runs": []}
+
+    # a checkpoint of another tenant cannot be loaded either, even into one's own run
+    own_run = api.create_run(intruder)
+    response = api.client.post(
+        f"/v1/training_runs/{own_run}/load_state",
+        json={"artifact_id": saved["artifact_id"]},
+        headers=intruder,
+    )
+    assert response.status_code == 404
+    response = api.client.post(
+        f"/v1/training_runs/{own_run}/load_state", json={"path": saved["path"]}, headers=intruder
+    )
+    assert response.status_code == 404
+    # and nothing the intruder tried changed the owner's run
+    assert api.run(owner, run_id)["step"] == 1
