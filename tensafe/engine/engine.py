@@ -82,7 +82,12 @@ class TrainingEngine:
         lora_config: LoRA adapter settings, or ``None`` for full fine-tuning.
         dp_config: required — pass ``DPConfig(enabled=False)`` to train without privacy.
         optimizer: the run's optimizer (AdamW by default).
-        seed: seeds LoRA initialisation and (outside secure mode) the noise.
+        seed: seeds LoRA initialisation. It never seeds the DP noise.
+        noise_seed: **test-only.** Seeds the DP noise generator deterministically so
+            that two runs can be compared bit for bit. ``None`` (the default, and the
+            only safe choice for real data) seeds it from the OS CSPRNG: anyone who
+            knows a noise seed can regenerate the noise and subtract it from the
+            released weights, which voids the privacy guarantee.
         device: where the model lives; the model is moved *before* LoRA wrapping
             and the optimizer is built last, so it holds the live parameters.
         limits: batch-size and sequence-length limits.
@@ -101,6 +106,7 @@ class TrainingEngine:
         dp_config: DPConfig,
         optimizer: OptimizerConfig = OptimizerConfig(),
         seed: int = 0,
+        noise_seed: int | None = None,
         device: str | torch.device = "cpu",
         limits: BatchLimits = BatchLimits(),
     ) -> None:
@@ -138,7 +144,7 @@ class TrainingEngine:
                 accountant=self.privacy.accountant
             )
             self.noise: NoiseSource | None = NoiseSource(
-                secure_mode=self.privacy.secure_mode, seed=seed, device=self.device
+                secure_mode=self.privacy.secure_mode, seed=noise_seed, device=self.device
             )
             self.clipper: PerExampleClipper | None = PerExampleClipper(net)
         else:
@@ -474,6 +480,16 @@ class TrainingEngine:
         self._acc.clear()
         self._acc_examples = 0
         self._acc_losses.clear()
+
+    def reseed_noise(self) -> None:
+        """Re-seed the DP noise generator from the OS CSPRNG (e.g. after restoring a
+        checkpoint, so earlier noise is never replayed). No-op without DP."""
+        if self.noise is not None:
+            self.noise.reseed()
+
+    def fresh_optimizer_state(self) -> dict[str, Any]:
+        """The state dict of a newly built optimizer for this run (no moments yet)."""
+        return build_optimizer(self.params, self.optimizer_config).state_dict()
 
     def info(self) -> EngineInfo:
         """Model name, architecture, LoRA rank and parameter counts."""

@@ -4,12 +4,11 @@ The noise is drawn once per logical batch, at ``optim_step``, with standard
 deviation ``σ·C`` on the clipped *sum*; the engine then divides by the expected
 batch size ``q·N``.
 
-``secure_mode=True`` seeds the generator from the operating system's CSPRNG
-(``secrets``), never from a user seed, and uses Opacus' secure sampling (sum of
-several Gaussian draws) that defeats floating-point attacks on the noise. Its
-generator state is not exported in checkpoints. Without secure mode the generator
-is seeded from the run seed so that runs are reproducible — acceptable for
-testing and for non-sensitive data, and documented as such.
+The generator is seeded from the operating system's CSPRNG (``secrets``) unless a
+``seed`` is given explicitly — a test-only option: anyone who knows the seed can
+regenerate the noise and subtract it. ``secure_mode=True`` additionally ignores any
+seed, never exports the generator state, and uses Opacus' secure sampling (sum of
+several Gaussian draws) that defeats floating-point attacks on the noise.
 """
 
 from __future__ import annotations
@@ -45,6 +44,10 @@ class NoiseSource:
             std, reference, generator=self.generator, secure_mode=self.secure_mode
         )
 
+    def reseed(self) -> None:
+        """Draw a fresh seed from the OS CSPRNG."""
+        self.generator.manual_seed(secrets.randbits(63))
+
     def state_dict(self) -> dict[str, object]:
         """Generator state for exact resumption; empty in secure mode (never exported)."""
         if self.secure_mode:
@@ -54,7 +57,7 @@ class NoiseSource:
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Restore :meth:`state_dict`; in secure mode the generator is re-seeded instead."""
         if self.secure_mode:
-            self.generator.manual_seed(secrets.randbits(63))
+            self.reseed()
         elif "rng_state" in state:
             self.generator.set_state(state["rng_state"])  # type: ignore[arg-type]
 

@@ -40,6 +40,7 @@ def make_engine(
         dp_config=dp_config,
         optimizer=optimizer or OptimizerConfig(name="sgd", learning_rate=1.0),
         seed=seed,
+        noise_seed=seed,  # deterministic noise: tests compare runs bit for bit
     )
 
 

@@ -166,3 +166,23 @@ def test_info_reports_model_and_lora():
     assert info.is_lora and info.lora_rank == 4 and info.dp_enabled
     assert 0 < info.trainable_params < info.total_params
     assert info.vocab_size == 49152
+
+
+def test_noise_is_never_seeded_from_the_public_run_seed():
+    # Without an explicit (test-only) noise_seed, two engines with the same run seed
+    # must draw different noise: a predictable noise stream voids DP.
+    from tensafe.engine import TrainingEngine
+    from tensafe.models import LoRAConfig, build_tiny_llama
+    from tensafe.privacy import DPConfig
+
+    def run():
+        e = TrainingEngine(
+            model=build_tiny_llama(seed=0),
+            lora_config=LoRAConfig(rank=4),
+            dp_config=DPConfig(noise_multiplier=1.0, dataset_size=1000, expected_batch_size=4),
+            seed=0,
+        )
+        e.optim_step()
+        return torch.cat([p.detach().flatten() for p in e.params])
+
+    assert not torch.equal(run(), run())
