@@ -174,10 +174,7 @@ def restore_engine(
         EngineStateError: weights or optimizer do not fit this engine.
     """
     state = unpack_training_state(tensors, manifest)
-    optimizer_state = (
-        state.optimizer_state
-        or engine.fresh_optimizer_state()
-    )
+    optimizer_state = state.optimizer_state or engine.fresh_optimizer_state()
     accountant = None
     if engine.accountant is not None:
         accountant = accountant_state(history, accountant=engine.accountant.accountant)
