@@ -9,13 +9,14 @@ async code and returns the same kind of future (``await`` it for the result).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import pydantic
 
 from tg_tinker._config import build_model
-from tg_tinker.errors import ValidationError
+from tg_tinker.errors import FutureTimeoutError, ServerError, ValidationError
 from tg_tinker.futures import APIFuture
 from tg_tinker.types import (
     AdamParams,
@@ -163,6 +164,33 @@ class TrainingClient:
         """
         return self._adopt(self._http.get(f"/v1/training_runs/{self.run_id}", TrainingRun))
 
+    def wait_until_ready(self, timeout: float | None = 600.0) -> TrainingRun:
+        """Block until the server has loaded the run's model (status leaves
+        ``INITIALIZING``), polling with backoff.
+
+        Training operations do not need this (they queue behind the model load);
+        :meth:`get_tokenizer` and :meth:`get_info` call it because they read the
+        loaded model.
+
+        Raises:
+            FutureTimeoutError: still initializing after ``timeout`` seconds.
+            ServerError: the model failed to load (the run is in ``ERROR``).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.05
+        run = self.refresh()
+        while run.status == "INITIALIZING":
+            if deadline is not None and time.monotonic() >= deadline:
+                raise FutureTimeoutError(f"run {self.run_id} still initializing after {timeout} s")
+            time.sleep(
+                delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+            )
+            delay = min(delay * 2, 2.0)
+            run = self.refresh()
+        if run.status == "ERROR":
+            raise ServerError(f"run {self.run_id} failed to load its model: {run.error}")
+        return run
+
     async def refresh_async(self) -> TrainingRun:
         """Async twin of :meth:`refresh`."""
         return self._adopt(await self._http.aget(f"/v1/training_runs/{self.run_id}", TrainingRun))
@@ -179,7 +207,10 @@ class TrainingClient:
         return self._adopt(run)
 
     def get_info(self) -> GetInfoResponse:
-        """Model and LoRA details of the run (returns directly, not a future)."""
+        """Model and LoRA details of the run (returns directly, not a future; waits for
+        the model to finish loading, see :meth:`wait_until_ready`)."""
+        if self._status == "INITIALIZING":
+            self.wait_until_ready()
         return self._http.get(f"/v1/training_runs/{self.run_id}/info", GetInfoResponse)
 
     async def get_info_async(self) -> GetInfoResponse:
@@ -188,7 +219,8 @@ class TrainingClient:
 
     def get_tokenizer(self) -> PreTrainedTokenizerBase:
         """The run's tokenizer as a ``transformers`` tokenizer, built offline from
-        files the server sends (cached on disk and on this client).
+        files the server sends (cached on disk and on this client). Waits for the
+        run's model to finish loading first (see :meth:`wait_until_ready`).
 
         Raises:
             ImportError: ``transformers`` is not installed (the SDK does not need it
@@ -197,6 +229,8 @@ class TrainingClient:
         if self._tokenizer is None:
             from tg_tinker._tokenizer import load_tokenizer, materialize
 
+            if self._status == "INITIALIZING":
+                self.wait_until_ready()
             files = self._http.get(f"/v1/training_runs/{self.run_id}/tokenizer", TokenizerFiles)
             self._tokenizer = load_tokenizer(materialize(files))
         return self._tokenizer
