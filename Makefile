@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(VPY) examples/engine_quickstart.py
+	$(VPY) examples/demo.py $(DEMO_ARGS)
 
 test: install
 	$(VPY) -m ruff check .
