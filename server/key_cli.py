@@ -1,0 +1,95 @@
+"""``tensafe keys``: tenant-key rotation, KEK rotation and crypto-shredding.
+
+    tensafe keys list TENANT_ID                    key versions held for a tenant
+    tensafe keys rotate-tenant TENANT_ID           new key version for new artifacts
+    tensafe keys rotate-kek                        new KEK version; rewrap every tenant key
+    tensafe keys shred TENANT_ID --yes             destroy all of a tenant's keys (irreversible)
+
+All commands take ``--data-dir`` / ``--database-url`` like ``tensafe admin`` and act on the
+same database and key provider the server uses. Key material is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from server.cli import _admin_session, _fail, _guarded, _settings
+
+
+def _keyring(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from server.services.keys import build_keyring
+
+    db, _ = _admin_session(args)
+    return db, build_keyring(_settings(args), db)
+
+
+def _require_tenant(db: Any, tenant_id: str) -> None:
+    from server.db.models import Tenant
+    from server.errors import NotFoundError
+
+    with db.transaction() as session:
+        if session.get(Tenant, tenant_id) is None:
+            raise NotFoundError(f"no tenant {tenant_id!r}", field="tenant_id")
+
+
+def _list(args: argparse.Namespace) -> int:
+    db, keyring = _keyring(args)
+    _require_tenant(db, args.tenant_id)
+    versions = keyring.key_versions(args.tenant_id)
+    print(json.dumps({"tenant_id": args.tenant_id, "versions": list(versions)}))
+    return 0
+
+
+def _rotate_tenant(args: argparse.Namespace) -> int:
+    db, keyring = _keyring(args)
+    _require_tenant(db, args.tenant_id)
+    key = keyring.rotate_tenant_key(args.tenant_id)
+    print(
+        f"tenant {args.tenant_id}: new artifacts now use key {key.key_id} version {key.version}; "
+        "artifacts sealed under earlier versions stay readable"
+    )
+    return 0
+
+
+def _rotate_kek(args: argparse.Namespace) -> int:
+    _, keyring = _keyring(args)
+    result = keyring.rotate_kek()
+    print(
+        f"KEK rotated to version {result.kek_version}; {result.rewrapped} tenant key record(s) "
+        "rewrapped; no artifact was touched"
+    )
+    return 0
+
+
+def _shred(args: argparse.Namespace) -> int:
+    if not args.yes:
+        return _fail("crypto-shredding is irreversible: pass --yes to confirm", 2)
+    db, keyring = _keyring(args)
+    _require_tenant(db, args.tenant_id)
+    print(keyring.destroy_tenant_keys(args.tenant_id))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``keys`` command group."""
+    keys = subparsers.add_parser("keys", help="tenant keys: rotation and crypto-shredding")
+    commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, handler: Any, help_text: str, *, tenant: bool = True
+    ) -> argparse.ArgumentParser:
+        p = commands.add_parser(name, help=help_text)
+        if tenant:
+            p.add_argument("tenant_id")
+        p.add_argument("--data-dir", dest="data_dir")
+        p.add_argument("--database-url", dest="database_url")
+        p.set_defaults(func=_guarded(handler))
+        return p
+
+    add("list", _list, "key versions held for a tenant")
+    add("rotate-tenant", _rotate_tenant, "new key version for the tenant's new artifacts")
+    add("rotate-kek", _rotate_kek, "new KEK version; rewrap all tenant keys", tenant=False)
+    shred = add("shred", _shred, "destroy every key of a tenant (its artifacts become unreadable)")
+    shred.add_argument("--yes", action="store_true", help="confirm the irreversible shred")
