@@ -186,3 +186,19 @@ def test_noise_is_never_seeded_from_the_public_run_seed():
         return torch.cat([p.detach().flatten() for p in e.params])
 
     assert not torch.equal(run(), run())
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd", "adafactor"])
+def test_every_optimizer_takes_a_dp_step(name):
+    eng = make_engine(dp=True, sigma=1.0, optimizer=OptimizerConfig(name=name, learning_rate=1e-3))
+    before = [p.detach().clone() for p in eng.params]
+    eng.forward_backward(random_batch(n=2, seq=4))
+    res = eng.optim_step()
+    assert res.step == 1 and res.dp_metrics is not None
+    assert all(not torch.equal(p.detach(), b) for p, b in zip(eng.params, before, strict=True))
+
+
+def test_unknown_optimizer_names_the_field():
+    with pytest.raises(ConfigError) as exc:
+        OptimizerConfig(name="lion")
+    assert exc.value.field == "optimizer.name"
