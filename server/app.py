@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from tg_tinker.types import ErrorBody
 
-from server.api import artifacts, futures, keys, runs
+from server.api import artifacts, budgets, futures, keys, runs
 from server.context import ServerContext, build_context
 from server.errors import ServiceError, describe_error
 from server.middleware import BodySizeLimitMiddleware, BodyTooLarge, RequestLogMiddleware
@@ -143,7 +143,7 @@ def create_app(settings: Settings, *, context: ServerContext | None = None) -> F
         """Liveness: ``{"status": "ok"}`` (no authentication)."""
         return {"status": "ok"}
 
-    for router in (runs.router, futures.router, artifacts.router, keys.router):
+    for router in (runs.router, futures.router, artifacts.router, keys.router, budgets.router):
         app.include_router(router)
     return app
 

@@ -7,6 +7,10 @@
     tensafe admin create-key TENANT_ID [--json] another API key for a tenant
     tensafe admin revoke-key KEY_ID
     tensafe admin list-tenants [--json]
+    tensafe admin create-budget TENANT_ID DATASET --epsilon-cap E [--delta D] [--reason R]
+    tensafe admin raise-budget TENANT_ID DATASET --epsilon-cap E [--reason R]
+    tensafe audit report --dataset D [--tenant T] [--format json|html] [-o FILE]
+    tensafe audit verify [--dataset D] [--tenant T]   exit 1 naming the first broken row
 
 Every command reads the same settings as the server (``TENSAFE_*`` variables; the
 flags override them). This module is imported whenever the ``tensafe`` CLI starts,
@@ -195,6 +199,125 @@ def _list_tenants(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------- budgets / audit
+def _budget_service(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from server.services.budgets import BudgetService
+    from server.services.keys import build_keyring
+
+    db, _ = _admin_session(args)
+    settings = _settings(args)
+    return db, BudgetService(db, build_keyring(settings, db))
+
+
+def _print_budget(service: Any, tenant_id: str, dataset_id: str) -> None:
+    summary = service.budget_summary(tenant_id=tenant_id, dataset_id=dataset_id, exact=False)
+    print(
+        json.dumps(
+            {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in summary.items()}
+        )
+    )
+
+
+def _create_budget(args: argparse.Namespace) -> int:
+    db, service = _budget_service(args)
+    try:
+        service.create_budget(
+            tenant_id=args.tenant_id,
+            dataset_id=args.dataset_id,
+            epsilon_cap=args.epsilon_cap,
+            delta=args.delta,
+            accountant=args.accountant,
+            actor="cli:admin",
+            reason=args.reason,
+        )
+        _print_budget(service, args.tenant_id, args.dataset_id)
+    finally:
+        service.close()
+        db.dispose()
+    return 0
+
+
+def _raise_budget(args: argparse.Namespace) -> int:
+    db, service = _budget_service(args)
+    try:
+        service.change_cap(
+            tenant_id=args.tenant_id,
+            dataset_id=args.dataset_id,
+            epsilon_cap=args.epsilon_cap,
+            actor="cli:admin",
+            reason=args.reason,
+        )
+        _print_budget(service, args.tenant_id, args.dataset_id)
+    finally:
+        service.close()
+        db.dispose()
+    return 0
+
+
+def _resolve_tenant(service: Any, dataset_id: str, tenant_id: str | None) -> str:
+    from server.errors import NotFoundError, ValidationError
+
+    if tenant_id is not None:
+        return tenant_id
+    owners = sorted({b.tenant_id for b in service.list_budgets() if b.dataset_id == dataset_id})
+    if not owners:
+        raise NotFoundError(f"no privacy budget for dataset {dataset_id!r}", field="dataset")
+    if len(owners) > 1:
+        raise ValidationError(
+            f"dataset {dataset_id!r} exists for several tenants ({', '.join(owners)}); "
+            "pass --tenant",
+            field="tenant",
+        )
+    return owners[0]
+
+
+def _audit_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tensafe.audit import render_html
+
+    db, service = _budget_service(args)
+    try:
+        tenant_id = _resolve_tenant(service, args.dataset, args.tenant)
+        report = service.audit_report(tenant_id=tenant_id, dataset_id=args.dataset)
+    finally:
+        service.close()
+        db.dispose()
+    text = render_html(report) if args.format == "html" else report.to_json() + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output} (chain ok: {report.chain is not None and report.chain.ok})")
+    else:
+        sys.stdout.write(text)
+    return 0 if report.ok else 1
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from server.services.budgets import first_broken
+
+    db, service = _budget_service(args)
+    try:
+        results = service.verify(tenant_id=args.tenant, dataset_id=args.dataset)
+    finally:
+        service.close()
+        db.dispose()
+    for result in results:
+        r = result.report
+        state = "ok" if r.ok else f"BROKEN at seq {r.first_broken_seq}: {r.reason}"
+        print(f"{result.tenant_id}/{result.dataset_id}: {r.checked} row(s) verified; {state}")
+    broken = first_broken(results)
+    if broken is not None:
+        print(
+            f"error: ledger of {broken.tenant_id}/{broken.dataset_id} is broken at row seq "
+            f"{broken.report.first_broken_seq}: {broken.report.reason}",
+            file=sys.stderr,
+        )
+        return 1
+    if not results:
+        print("no ledgers to verify")
+    return 0
+
+
 # ----------------------------------------------------------------- wiring
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="data directory (default ~/.local/share/tensafe)")
@@ -249,6 +372,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _common(tenants)
     tenants.add_argument("--json", action="store_true")
     tenants.set_defaults(func=_guarded(_list_tenants))
+    create_budget = admin_commands.add_parser(
+        "create-budget", help="create a dataset's privacy budget (ε cap)"
+    )
+    _common(create_budget)
+    create_budget.add_argument("tenant_id")
+    create_budget.add_argument("dataset_id")
+    create_budget.add_argument("--epsilon-cap", type=float, required=True)
+    create_budget.add_argument("--delta", type=float, default=None, help="default 1e-5")
+    create_budget.add_argument("--accountant", choices=("prv", "rdp"), default="prv")
+    create_budget.add_argument("--reason")
+    create_budget.set_defaults(func=_guarded(_create_budget))
+    raise_budget = admin_commands.add_parser(
+        "raise-budget", help="change a dataset's ε cap (never below the ε spent)"
+    )
+    _common(raise_budget)
+    raise_budget.add_argument("tenant_id")
+    raise_budget.add_argument("dataset_id")
+    raise_budget.add_argument("--epsilon-cap", type=float, required=True)
+    raise_budget.add_argument("--reason")
+    raise_budget.set_defaults(func=_guarded(_raise_budget))
+
+    audit = subparsers.add_parser("audit", help="privacy ledger: reports and verification")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    report = audit_commands.add_parser("report", help="audit report of one dataset")
+    _common(report)
+    report.add_argument("--dataset", required=True)
+    report.add_argument("--tenant", help="the owning tenant (needed if several own the name)")
+    report.add_argument("--format", choices=("json", "html"), default="json")
+    report.add_argument("-o", "--output", help="write to FILE instead of stdout")
+    report.set_defaults(func=_guarded(_audit_report))
+    verify = audit_commands.add_parser("verify", help="verify the ledger's HMAC chains")
+    _common(verify)
+    verify.add_argument("--dataset")
+    verify.add_argument("--tenant")
+    verify.set_defaults(func=_guarded(_audit_verify))
 
 
 __all__ = ["register"]

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
         deterministic_noise: development/testing only — seed each run's DP noise from
             its public ``seed`` so runs can be compared bit for bit. Refused outside
             ``environment=development``: a known seed lets anyone subtract the noise.
+        default_epsilon_cap: when set, the first step of a DP run on a dataset with no
+            privacy budget creates one with this ε cap (a ``budget_created`` ledger
+            row, actor ``server:default_epsilon_cap``). Unset (default): such a step
+            is refused (409) until an admin creates the budget.
         require_dp: refuse runs without differential privacy (``dp_config`` missing or
             disabled). Turn it off only for non-sensitive data and comparisons.
         allow_model_paths: let ``model_ref`` name a directory on the server. Off by
@@ -110,6 +114,7 @@ class Settings(BaseSettings):
     api_key_pepper: SecretStr | None = None
 
     require_dp: bool = True
+    default_epsilon_cap: float | None = Field(None, ge=0)
     deterministic_noise: bool = False
     allow_model_paths: bool = False
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)

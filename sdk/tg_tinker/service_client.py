@@ -10,9 +10,11 @@ as in the Tinker SDK. Sync calls use one ``httpx.Client``; async calls use an
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 import httpx
 
@@ -31,8 +33,11 @@ from tg_tinker.training_client import TrainingClient
 from tg_tinker.types import (
     ArtifactInfo,
     ArtifactList,
+    BudgetCreate,
+    BudgetUpdate,
     DPConfig,
     OptimizerConfig,
+    PrivacyBudget,
     TrainingConfig,
     TrainingRun,
     TrainingRunList,
@@ -432,6 +437,52 @@ class ServiceClient:
         target = downloads.check_target(path, overwrite=overwrite)
         content = (await self._http.asend("GET", "/v1/keys/export")).content
         return downloads.write_key_file(target, content, overwrite=overwrite)
+
+    # ---------------------------------------------------------------- privacy budgets
+    def get_privacy_budget(self, dataset_id: str) -> PrivacyBudget:
+        """A dataset's privacy budget: cap, δ, ε spent (all runs composed), remaining, runs."""
+        return self._http.get(f"/v1/budgets/{quote(dataset_id, safe='')}", PrivacyBudget)
+
+    def create_privacy_budget(
+        self,
+        dataset_id: str,
+        *,
+        epsilon_cap: float,
+        delta: float = 1e-5,
+        accountant: str = "prv",
+        reason: str | None = None,
+    ) -> PrivacyBudget:
+        """Create the ε budget of one of your datasets (ConflictError if it exists)."""
+        body = BudgetCreate(
+            dataset_id=dataset_id,
+            epsilon_cap=epsilon_cap,
+            delta=delta,
+            accountant=accountant,  # type: ignore[arg-type]
+            reason=reason,
+        )
+        return self._http.post("/v1/budgets", PrivacyBudget, body=body)
+
+    def raise_privacy_budget(
+        self, dataset_id: str, *, epsilon_cap: float, reason: str | None = None
+    ) -> PrivacyBudget:
+        """Change a dataset's cap (a cap below the ε already spent is refused)."""
+        body = BudgetUpdate(epsilon_cap=epsilon_cap, reason=reason)
+        response = self._http.send("PATCH", f"/v1/budgets/{quote(dataset_id, safe='')}", body=body)
+        return PrivacyBudget.model_validate_json(response.content)
+
+    def audit_report(self, dataset_id: str, *, format: str = "json") -> dict[str, object] | str:
+        """The dataset's privacy audit report: a dict (``format="json"``) or an HTML page."""
+        if format not in ("json", "html"):
+            raise ValidationError("must be 'json' or 'html'", field="format")
+        response = self._http.send(
+            "GET",
+            f"/v1/audit/{quote(dataset_id, safe='')}/report",
+            params={"format": format},
+            read_extra=120.0,
+        )
+        if format == "html":
+            return response.text
+        return dict(json.loads(response.content))
 
 
 __all__ = ["ENV_API_KEY", "ENV_BASE_URL", "ServiceClient"]

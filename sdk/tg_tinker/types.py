@@ -454,11 +454,67 @@ class TokenizerFiles(_Wire):
     files: dict[str, str]
 
 
+class BudgetCreate(_Wire):
+    """``POST /v1/budgets``: a privacy budget for one of your datasets."""
+
+    dataset_id: str = Field(min_length=1, max_length=200)
+    epsilon_cap: float = Field(ge=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    accountant: Literal["prv", "rdp"] = "prv"
+    reason: str | None = None
+
+
+class BudgetUpdate(_Wire):
+    """``PATCH /v1/budgets/{dataset_id}``: a new cap (never below the ε spent)."""
+
+    epsilon_cap: float = Field(ge=0)
+    reason: str | None = None
+
+
+class PrivacyBudgetRun(_Wire):
+    """One run's use of a dataset's budget (ε of its own steps, conservative)."""
+
+    run_id: str
+    steps: int
+    epsilon: float
+
+
+class PrivacyBudget(_Wire):
+    """A dataset's privacy budget: cap, δ, ε spent (all runs composed), remaining."""
+
+    dataset_id: str
+    epsilon_cap: float
+    delta: float
+    accountant: str
+    epsilon_spent: float
+    epsilon_spent_exact: float | None = None
+    epsilon_remaining: float
+    total_steps: int
+    refusals: int = 0
+    runs: list[PrivacyBudgetRun] = Field(default_factory=list)
+    ledger_head_seq: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class PrivacyBudgetList(_Wire):
+    budgets: list[PrivacyBudget]
+
+
+class LedgerVerification(_Wire):
+    """``GET /v1/audit/verify``: each of your datasets' ledger chains checked."""
+
+    ok: bool
+    chains: list[dict[str, Any]]
+
+
 __all__ = [
     "AdamParams",
     "ArtifactInfo",
     "ArtifactList",
     "BatchData",
+    "BudgetCreate",
+    "BudgetUpdate",
     "CancelResponse",
     "DPConfig",
     "DPMetrics",
@@ -471,6 +527,7 @@ __all__ = [
     "FutureState",
     "FutureStatus",
     "GetInfoResponse",
+    "LedgerVerification",
     "LoRAConfig",
     "LoadStateRequest",
     "LoadStateResponse",
@@ -480,6 +537,9 @@ __all__ = [
     "OptimStepRequest",
     "OptimStepResponse",
     "OptimizerConfig",
+    "PrivacyBudget",
+    "PrivacyBudgetList",
+    "PrivacyBudgetRun",
     "RunStatus",
     "SaveStateRequest",
     "SaveStateResponse",

@@ -14,8 +14,12 @@ Tables (see ``docs/operations.md`` for what each keeps across restarts):
   SHA-256, the step and DP history length at save time, optional expiry.
 * ``dp_steps`` — one row per noisy optimizer step (σ, q, C, N, δ, accountant, ε
   after the step), written in the transaction that completes the step; rows carried
-  over from another run's checkpoint name their origin. A later migration adds the
-  hash chain and per-dataset budgets on top of these columns.
+  over from another run's checkpoint name their origin.
+* ``privacy_budgets`` — one ε cap per (tenant, dataset), with the head (seq, link) of
+  that dataset's ledger chain, updated in the transaction that appends a row.
+* ``ledger_events`` — the append-only, HMAC-chained privacy ledger (one chain per
+  (tenant, dataset); see :mod:`server.services.budgets`). Updates and deletes are
+  refused by database triggers (migration 0002) and by :func:`_refuse_ledger_changes`.
 
 Timestamps are timezone-aware UTC on every backend (:class:`UTCDateTime`).
 """
@@ -32,14 +36,16 @@ from sqlalchemy import (
     DateTime,
     Double,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -239,12 +245,94 @@ class DPStepRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class PrivacyBudgetRow(Base):
+    """The ε budget of one dataset of one tenant, and the head of its ledger chain."""
+
+    __tablename__ = "privacy_budgets"
+    __table_args__ = (UniqueConstraint("tenant_id", "dataset_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    dataset_id: Mapped[str] = mapped_column(String(200))
+    epsilon_cap: Mapped[float] = mapped_column(Double)
+    delta: Mapped[float] = mapped_column(Double)
+    accountant: Mapped[str] = mapped_column(String(16))
+    head_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    head_link: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LedgerEventRow(Base):
+    """One row of the privacy ledger (every field of ``tensafe.audit.LedgerEvent``).
+
+    Append-only: ``created_at`` is the canonical string the link covers."""
+
+    __tablename__ = "ledger_events"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "dataset_id", "seq"),
+        Index("ix_ledger_events_tenant_id_dataset_id_run_id", "tenant_id", "dataset_id", "run_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    dataset_id: Mapped[str] = mapped_column(String(200))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    step: Mapped[int | None] = mapped_column(BigInteger)
+    noise_multiplier: Mapped[float | None] = mapped_column(Double)
+    sample_rate: Mapped[float | None] = mapped_column(Double)
+    max_grad_norm: Mapped[float | None] = mapped_column(Double)
+    dataset_size: Mapped[int | None] = mapped_column(BigInteger)
+    delta: Mapped[float] = mapped_column(Double)
+    accountant: Mapped[str] = mapped_column(String(16))
+    epsilon_step: Mapped[float | None] = mapped_column(Double)
+    epsilon_run_total: Mapped[float | None] = mapped_column(Double)
+    epsilon_dataset_total: Mapped[float] = mapped_column(Double)
+    epsilon_requested: Mapped[float | None] = mapped_column(Double)
+    cap: Mapped[float] = mapped_column(Double)
+    actor: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    library_versions: Mapped[dict[str, Any]]
+    created_at: Mapped[str] = mapped_column(String(32))
+    prev_link: Mapped[str] = mapped_column(String(64))
+    link: Mapped[str] = mapped_column(String(64))
+
+
+class LedgerImmutableError(RuntimeError):
+    """An attempt to update or delete a ledger row through the ORM."""
+
+
+@sa_event.listens_for(Session, "before_flush")
+def _refuse_ledger_changes(session: Session, _context: Any, _instances: Any) -> None:
+    """Code-level guard (the database triggers are the other): ledger rows are
+    inserted, never updated or deleted."""
+    for obj in session.deleted:
+        if isinstance(obj, LedgerEventRow):
+            raise LedgerImmutableError("ledger_events rows are append-only: delete refused")
+    for obj in session.dirty:
+        if isinstance(obj, LedgerEventRow) and session.is_modified(obj):
+            raise LedgerImmutableError("ledger_events rows are append-only: update refused")
+
+
+@sa_event.listens_for(Session, "do_orm_execute")
+def _refuse_ledger_bulk_changes(state: Any) -> None:
+    if (state.is_update or state.is_delete) and any(
+        getattr(m, "class_", None) is LedgerEventRow for m in state.all_mappers
+    ):
+        raise LedgerImmutableError("ledger_events rows are append-only: bulk update/delete refused")
+
+
 __all__ = [
     "ApiKey",
     "ArtifactRow",
     "Base",
     "DPStepRow",
+    "LedgerEventRow",
+    "LedgerImmutableError",
     "OperationRow",
+    "PrivacyBudgetRow",
     "Tenant",
     "TenantKeyRow",
     "TrainingRunRow",

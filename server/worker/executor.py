@@ -8,6 +8,11 @@ step the client can see is always accounted. If that transaction fails after the
 engine changed, the engine is discarded (:meth:`OperationExecutor.evict`): the run
 is rebuilt on next use from its last checkpoint and its DP rows, exactly as after
 a restart (:mod:`server.worker.runtimes`), so memory never runs ahead of the database.
+
+A DP run that names a ``dataset_id`` is charged to that dataset's privacy budget:
+its ``optim_step`` runs inside :meth:`BudgetService.run_step` — one transaction that
+locks the budget, checks the step before any noise is drawn, steps the engine,
+appends the ledger row, writes the ``dp_steps`` row and completes the future.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from server.db.session import Database
 from server.errors import ConflictError, ServiceError, ValidationError, describe_error
 from server.services import artifacts as artifact_service
 from server.services import privacy
+from server.services.budgets import BudgetService, StepOutcome
 from server.services.operations import (
     claim_operation,
     mark_completed,
@@ -93,6 +99,7 @@ class Outcome:
     effects: Effects | None = None
     engine_changed: bool = False
     on_commit_failure: Callable[[], None] | None = None
+    committed: bool = False  # the handler already committed result and effects
 
 
 class OperationExecutor:
@@ -113,6 +120,7 @@ class OperationExecutor:
         self.notifier = notifier
         self.settings = settings
         self.engines = RunEngines(db=db, store=store, keyring=keyring, settings=settings)
+        self.budgets = BudgetService(db, keyring, default_epsilon_cap=settings.default_epsilon_cap)
         self._handlers: dict[str, Callable[[OperationRow, TrainingRunRow, Request], Outcome]] = {
             LOAD_MODEL: self._load_model,
             "forward": self._forward,
@@ -153,7 +161,8 @@ class OperationExecutor:
             if op.operation != LOAD_MODEL:
                 refuse_if_closed(run)
             outcome = self._handlers[op.operation](op, run, item.request)
-            self._commit(op, outcome)
+            if not outcome.committed:
+                self._commit(op, outcome)
         except BaseException as exc:
             self._record_failure(op, exc)
             if not isinstance(exc, Exception):
@@ -271,9 +280,11 @@ class OperationExecutor:
             raise ValidationError(
                 "this run uses differential privacy; every step adds noise", field="apply_dp_noise"
             )
+        dataset_id = runtime.spec.dataset_id
+        if engine.privacy is not None and dataset_id is not None:
+            return self._budgeted_optim_step(op, run, engine, request, dataset_id)
         result = engine.optim_step(adam_params(request))
         dataset_size = engine.privacy.dataset_size if engine.privacy is not None else 0
-        dataset_id = runtime.spec.dataset_id
 
         def effects(session: Session, row: TrainingRunRow) -> None:
             if result.dp_metrics is not None:
@@ -290,6 +301,75 @@ class OperationExecutor:
             row.pending_examples = 0
 
         return Outcome(result=optim_output(result), effects=effects, engine_changed=True)
+
+    def _budgeted_optim_step(
+        self,
+        op: OperationRow,
+        run: TrainingRunRow,
+        engine: TrainingEngine,
+        request: OptimStepRequest,
+        dataset_id: str,
+    ) -> Outcome:
+        """``optim_step`` charged to the dataset's budget, committed by the budget service."""
+        dp = engine.privacy
+        assert dp is not None
+        stepped = False
+        answered: list[BaseModel] = []
+
+        def take() -> Any:
+            nonlocal stepped
+            stepped = True  # from here on the engine may have changed
+            return engine.optim_step(adam_params(request))
+
+        def effects(session: Session, result: Any, outcome: StepOutcome) -> None:
+            row = session.get(TrainingRunRow, op.run_id)
+            assert row is not None
+            if result.dp_metrics is not None:
+                privacy.record_dp_step(
+                    session,
+                    run=row,
+                    future_id=op.future_id,
+                    model_step=result.step,
+                    metrics=result.dp_metrics,
+                    dataset_size=dp.dataset_size,
+                    dataset_id=dataset_id,
+                )
+            row.step = result.step
+            row.pending_examples = 0
+            if row.status == "BUSY":
+                row.status = "READY"
+            out = optim_output(result)
+            charge = outcome.charge
+            out.metrics.update(
+                {
+                    "dp/epsilon_dataset": charge.epsilon_dataset_total,
+                    "dp/epsilon_run_ledger": charge.epsilon_run_total,
+                    "dp/epsilon_cap": charge.cap,
+                    "dp/ledger_seq": float(outcome.event.seq),
+                }
+            )
+            mark_completed(session, op, out)
+            answered.append(out)
+
+        try:
+            self.budgets.run_step(
+                tenant_id=run.tenant_id,
+                dataset_id=dataset_id,
+                run_id=run.run_id,
+                noise_multiplier=dp.noise_multiplier,
+                sample_rate=dp.sample_rate,
+                max_grad_norm=dp.max_grad_norm,
+                dataset_size=dp.dataset_size,
+                delta=dp.delta,
+                take_step=take,
+                effects=effects,
+            )
+        except BaseException:
+            if stepped:
+                log.error("budgeted optim_step of %s failed after the engine stepped", run.run_id)
+                self.evict(run.run_id)
+            raise
+        return Outcome(result=answered[0], committed=True, engine_changed=True)
 
     def _ttl(self) -> timedelta | None:
         ttl = self.settings.artifact_ttl_s

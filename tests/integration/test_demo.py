@@ -34,6 +34,8 @@ def test_demo_runs_end_to_end_and_stops_its_server(tmp_path):
             "0.5",
             "--lr",
             "1e-2",
+            "--dataset-epsilon-cap",
+            "100",
         ],
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         capture_output=True,
@@ -46,6 +48,10 @@ def test_demo_runs_end_to_end_and_stops_its_server(tmp_path):
     assert "pulled, decrypted and verified locally" in text
     assert "BEFORE" in text and "AFTER" in text
     assert "server stopped" in text
+    report = data_dir / "privacy-audit-report.html"
+    assert "privacy audit report:" in text and report.exists()
+    html = report.read_text()
+    assert "data:image/png;base64," in html and "clinical-notes-synthetic-v1" in html
     assert (data_dir / "client" / "adapter" / "adapter_model.safetensors").exists()
     # the checkpoint on the server side exists only as ciphertext
     stored = [

@@ -24,6 +24,7 @@ BODIES: dict[str, dict[str, Any] | None] = {
     "unload": None,
     "heartbeat": None,
     "cancel": None,
+    "{dataset_id}": {"epsilon_cap": 100.0},
 }
 
 
@@ -50,7 +51,16 @@ def test_every_id_route_is_404_for_another_tenant(api: Harness) -> None:
     saved = api.call(owner, run_id, "save_state", {"name": "mine"})
     future_id = api.submit(owner, run_id, "forward", batch(1))
     api.wait(owner, future_id)
-    ids = {"run_id": run_id, "future_id": future_id, "artifact_id": saved["artifact_id"]}
+    budget = api.client.post(
+        "/v1/budgets", json={"dataset_id": "iso-ds", "epsilon_cap": 5.0}, headers=owner
+    )
+    assert budget.status_code == 201, budget.text
+    ids = {
+        "run_id": run_id,
+        "future_id": future_id,
+        "artifact_id": saved["artifact_id"],
+        "dataset_id": "iso-ds",
+    }
     BODIES["load_state"] = {"artifact_id": saved["artifact_id"]}
 
     intruder = api.tenant()

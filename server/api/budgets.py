@@ -1,0 +1,128 @@
+"""``/v1/budgets`` and ``/v1/audit``: a tenant's privacy budgets, its ledger, audits.
+
+Admin scope: for now any API key of the tenant may create and change the tenant's
+budgets (the tenant is its own admin); every change is a ledger row naming the key.
+Another tenant's dataset answers 404.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response, status
+from starlette.concurrency import run_in_threadpool
+from tg_tinker.types import (
+    BudgetCreate,
+    BudgetUpdate,
+    LedgerVerification,
+    PrivacyBudget,
+    PrivacyBudgetList,
+)
+
+from server.api.deps import ContextDep, CurrentTenant
+from server.services.budgets import BudgetService
+from tensafe.audit import render_html
+
+router = APIRouter(tags=["privacy budgets"])
+
+
+def _budgets(context: ContextDep) -> BudgetService:
+    return context.executor.budgets
+
+
+def _wire(service: BudgetService, tenant_id: str, dataset_id: str) -> PrivacyBudget:
+    return PrivacyBudget.model_validate(
+        service.budget_summary(tenant_id=tenant_id, dataset_id=dataset_id)
+    )
+
+
+@router.post("/v1/budgets", status_code=status.HTTP_201_CREATED, response_model=PrivacyBudget)
+def create_budget(body: BudgetCreate, tenant: CurrentTenant, context: ContextDep) -> PrivacyBudget:
+    """Create the ε budget of one of your datasets (409 if it has one)."""
+    service = _budgets(context)
+    service.create_budget(
+        tenant_id=tenant.tenant_id,
+        dataset_id=body.dataset_id,
+        epsilon_cap=body.epsilon_cap,
+        delta=body.delta,
+        accountant=body.accountant,
+        actor=f"api:{tenant.key_id}",
+        reason=body.reason,
+    )
+    return _wire(service, tenant.tenant_id, body.dataset_id)
+
+
+@router.get("/v1/budgets", response_model=PrivacyBudgetList)
+def list_budgets(tenant: CurrentTenant, context: ContextDep) -> PrivacyBudgetList:
+    service = _budgets(context)
+    rows = service.list_budgets(tenant_id=tenant.tenant_id)
+    return PrivacyBudgetList(
+        budgets=[
+            PrivacyBudget.model_validate(
+                service.budget_summary(
+                    tenant_id=tenant.tenant_id, dataset_id=r.dataset_id, exact=False
+                )
+            )
+            for r in rows
+        ]
+    )
+
+
+@router.get("/v1/budgets/{dataset_id}", response_model=PrivacyBudget)
+def get_budget(dataset_id: str, tenant: CurrentTenant, context: ContextDep) -> PrivacyBudget:
+    """Cap, δ, ε spent (conservative and exact), remaining, runs."""
+    return _wire(_budgets(context), tenant.tenant_id, dataset_id)
+
+
+@router.patch("/v1/budgets/{dataset_id}", response_model=PrivacyBudget)
+def update_budget(
+    dataset_id: str, body: BudgetUpdate, tenant: CurrentTenant, context: ContextDep
+) -> PrivacyBudget:
+    """Change the cap (lowering it below the ε already spent is refused, 422)."""
+    service = _budgets(context)
+    service.change_cap(
+        tenant_id=tenant.tenant_id,
+        dataset_id=dataset_id,
+        epsilon_cap=body.epsilon_cap,
+        actor=f"api:{tenant.key_id}",
+        reason=body.reason,
+    )
+    return _wire(service, tenant.tenant_id, dataset_id)
+
+
+@router.get(
+    "/v1/audit/{dataset_id}/report",
+    response_class=Response,
+    responses={200: {"content": {"application/json": {}, "text/html": {}}}},
+)
+async def audit_report(
+    dataset_id: str,
+    tenant: CurrentTenant,
+    context: ContextDep,
+    format: Annotated[Literal["json", "html"], Query()] = "json",
+) -> Response:
+    """The dataset's audit report (JSON, or a self-contained HTML page with plots)."""
+    service = _budgets(context)
+    report = await run_in_threadpool(
+        service.audit_report, tenant_id=tenant.tenant_id, dataset_id=dataset_id
+    )
+    if format == "html":
+        html = await run_in_threadpool(render_html, report)
+        return Response(content=html, media_type="text/html; charset=utf-8")
+    return Response(content=report.to_json(), media_type="application/json")
+
+
+@router.get("/v1/audit/verify", response_model=LedgerVerification)
+def verify_ledger(
+    tenant: CurrentTenant,
+    context: ContextDep,
+    dataset_id: Annotated[str | None, Query()] = None,
+) -> LedgerVerification:
+    """Verify the HMAC chain of each of your datasets (or of one)."""
+    results = _budgets(context).verify(tenant_id=tenant.tenant_id, dataset_id=dataset_id)
+    return LedgerVerification(
+        ok=all(r.report.ok for r in results), chains=[r.to_dict() for r in results]
+    )
+
+
+__all__ = ["router"]

@@ -1,0 +1,502 @@
+"""The hash-chained privacy ledger: events, canonical bytes, links, verification.
+
+Pure: no database, no clock, no key storage. The server stores :class:`LedgerEvent`
+rows (one per noisy step, refusal and budget change), computes each row's link
+with :func:`append` under the same lock that serializes the budget, and keeps the
+HMAC key in its key provider — never in the database.
+
+The chain
+---------
+Rows are numbered ``seq = 1, 2, 3, …`` without gaps. Each row carries
+``prev_link`` (the previous row's ``link``; 64 zeros for ``seq = 1``) and
+
+    link = HMAC-SHA256(key, bytes.fromhex(prev_link) || canonical_bytes(row))
+
+as 64 lowercase hex digits. Editing any field of a row changes its canonical
+bytes and breaks its link; deleting, inserting or reordering rows breaks the
+``seq`` numbering or a ``prev_link``; recomputing links needs the key. Deleting
+rows at the *end* leaves a valid shorter chain: to detect it, keep the head
+(last ``seq`` and ``link``) elsewhere — e.g. on the budget row, updated in the same
+transaction — and pass it to :func:`verify_chain` as ``expected_head``.
+
+Canonical bytes (what an auditor reimplements)
+----------------------------------------------
+``canonical_bytes(row)`` is the UTF-8 (in fact pure ASCII) encoding of one JSON
+object holding **every field except** ``link``, with:
+
+* keys sorted by code point, no whitespace at all (``{"a":1,"b":null}``);
+* strings JSON-escaped with ASCII output only: ``"`` → ``\\"``, ``\\`` → ``\\\\``,
+  ``\\b \\f \\n \\r \\t`` as such, other characters below U+0020 and every
+  non-ASCII character as ``\\uXXXX`` with lowercase hex (UTF-16 surrogate pairs
+  above U+FFFF); ``/`` is not escaped;
+* integers (``seq``, ``step``, ``dataset_size``) in decimal;
+* floats (``noise_multiplier``, ``sample_rate``, ``max_grad_norm``, ``delta``,
+  every ``epsilon_*``, ``cap``) as Python's ``repr``: the shortest decimal that
+  reads back to the same IEEE-754 double, always with a ``.`` or an exponent
+  (``1.0``, ``0.01``, ``1e-05``, ``2.5e+16``; exponent form when the decimal
+  exponent is < −4 or ≥ 16, sign and at least two exponent digits); an infinite
+  ε is written ``Infinity`` (NaN is never stored);
+* absent values as ``null``; ``library_versions`` as a nested object with sorted
+  keys and string values.
+
+This is exactly ``json.dumps(fields, sort_keys=True, separators=(",", ":"),
+ensure_ascii=True)`` in Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from numbers import Integral, Real
+from types import MappingProxyType
+from typing import Literal, get_args
+
+from tensafe.errors import ConfigError
+
+EventKind = Literal["dp_step", "budget_created", "budget_changed", "step_refused"]
+"""What a ledger row records."""
+
+#: ``prev_link`` of the first row (``seq = 1``).
+GENESIS_LINK = "0" * 64
+
+#: Shortest HMAC key accepted, in bytes.
+MIN_KEY_BYTES = 16
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+_STEP_KINDS = ("dp_step", "step_refused")
+_STEP_FIELDS = (
+    "run_id",
+    "step",
+    "noise_multiplier",
+    "sample_rate",
+    "max_grad_norm",
+    "dataset_size",
+    "epsilon_step",
+    "epsilon_run_total",
+)
+
+
+def utc_timestamp(moment: datetime | None = None) -> str:
+    """``moment`` (default: now) as the ledger's ``created_at``: ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
+
+    Raises:
+        ConfigError: (``created_at``) ``moment`` is a naive datetime.
+    """
+    if moment is None:
+        moment = datetime.now(UTC)
+    if moment.tzinfo is None:
+        raise ConfigError("created_at", "must be timezone-aware")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerEvent:
+    """One append-only ledger row. Validated on construction; floats normalized.
+
+    Fields that do not apply to a kind are ``None``: budget events have no run
+    fields; ``epsilon_requested`` is set on refusals only.
+
+    Example:
+        >>> key = bytes(range(32))
+        >>> first = append(GENESIS, {
+        ...     "kind": "budget_created", "tenant_id": "t", "dataset_id": "d",
+        ...     "delta": 1e-5, "accountant": "prv", "epsilon_dataset_total": 0.0,
+        ...     "cap": 8.0, "library_versions": {}, "created_at": "2026-01-01T00:00:00.000000Z",
+        ... }, key)
+        >>> first.seq, first.prev_link == GENESIS_LINK
+        (1, True)
+        >>> verify_chain([first], key).ok
+        True
+
+    Attributes:
+        seq: position in the chain, 1, 2, 3, … without gaps.
+        kind: ``"dp_step"`` (a noisy step was applied), ``"step_refused"`` (a step
+            was refused for budget; nothing applied), ``"budget_created"``,
+            ``"budget_changed"`` (the cap changed).
+        tenant_id: the tenant owning the dataset.
+        dataset_id: the dataset whose budget this row concerns.
+        run_id: the training run (step kinds only).
+        step: the run's step number, 1-based: the step taken (``dp_step``) or the
+            one refused (``step_refused``).
+        noise_multiplier: σ of the step; the noise is N(0, σ²C²).
+        sample_rate: q, the Poisson sampling rate of the step.
+        max_grad_norm: C, the per-example clipping norm.
+        dataset_size: N, the number of examples the run declared.
+        delta: δ of every ε in this row (the budget's δ).
+        accountant: accountant that computed the ε (``"prv"`` or ``"rdp"``).
+        epsilon_step: ε of this one step alone, at δ.
+        epsilon_run_total: the run's own ε after this row (unchanged by a refusal).
+        epsilon_dataset_total: the dataset's ε after this row — every run composed.
+        epsilon_requested: refusals only: the dataset's ε had the step been taken.
+        cap: the ε cap in force after this row.
+        actor: who made a budget change (admin id / API key id); optional.
+        reason: free-text reason given for a budget change; optional.
+        library_versions: versions of what computed the ε (and the schedule rule).
+        created_at: UTC time, ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (see :func:`utc_timestamp`).
+        prev_link: the previous row's ``link`` (:data:`GENESIS_LINK` for seq 1).
+        link: this row's HMAC link (:func:`compute_link`).
+
+    Raises:
+        ConfigError: a field is invalid for the kind (``field`` names it).
+    """
+
+    seq: int
+    kind: EventKind
+    tenant_id: str
+    dataset_id: str
+    run_id: str | None = None
+    step: int | None = None
+    noise_multiplier: float | None = None
+    sample_rate: float | None = None
+    max_grad_norm: float | None = None
+    dataset_size: int | None = None
+    delta: float
+    accountant: str
+    epsilon_step: float | None = None
+    epsilon_run_total: float | None = None
+    epsilon_dataset_total: float
+    epsilon_requested: float | None = None
+    cap: float
+    actor: str | None = None
+    reason: str | None = None
+    library_versions: Mapping[str, str]
+    created_at: str
+    prev_link: str
+    link: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in get_args(EventKind):
+            raise ConfigError("kind", f"must be one of {get_args(EventKind)}, got {self.kind!r}")
+        _set_int(self, "seq", minimum=1)
+        for name in ("tenant_id", "dataset_id", "accountant"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(name, "must be a non-empty string")
+        step_kind = self.kind in _STEP_KINDS
+        for name in _STEP_FIELDS:
+            if step_kind and getattr(self, name) is None:
+                raise ConfigError(name, f"required for kind {self.kind!r}")
+            if not step_kind and getattr(self, name) is not None:
+                raise ConfigError(name, f"must be null for kind {self.kind!r}")
+        refusal = self.kind == "step_refused"
+        if refusal and self.epsilon_requested is None:
+            raise ConfigError("epsilon_requested", "required for kind 'step_refused'")
+        if not refusal and self.epsilon_requested is not None:
+            raise ConfigError("epsilon_requested", "only refusals carry it; must be null")
+        if step_kind:
+            if not isinstance(self.run_id, str) or not self.run_id:
+                raise ConfigError("run_id", "must be a non-empty string")
+            _set_int(self, "step", minimum=1)
+            _set_int(self, "dataset_size", minimum=1)
+            _set_float(self, "noise_multiplier", low=0.0)
+            _set_float(self, "sample_rate", low=0.0, low_open=True, high=1.0)
+            _set_float(self, "max_grad_norm", low=0.0, low_open=True)
+            _set_float(self, "epsilon_step", low=0.0, infinite=True)
+            _set_float(self, "epsilon_run_total", low=0.0)
+        if refusal:
+            _set_float(self, "epsilon_requested", low=0.0, infinite=True)
+        _set_float(self, "delta", low=0.0, low_open=True, high=1.0, high_open=True)
+        _set_float(self, "epsilon_dataset_total", low=0.0)
+        _set_float(self, "cap", low=0.0)
+        for name in ("actor", "reason"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(name, "must be a string or null")
+        versions = self.library_versions
+        if not isinstance(versions, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in versions.items()
+        ):
+            raise ConfigError("library_versions", "must map names to version strings")
+        object.__setattr__(self, "library_versions", MappingProxyType(dict(versions)))
+        if not isinstance(self.created_at, str) or not _TIMESTAMP.fullmatch(self.created_at):
+            raise ConfigError(
+                "created_at", f"must look like 2026-01-31T12:00:00.000000Z, got {self.created_at!r}"
+            )
+        for name in ("prev_link", "link"):
+            if not isinstance(getattr(self, name), str) or not _HEX64.fullmatch(
+                getattr(self, name)
+            ):
+                raise ConfigError(name, "must be 64 lowercase hex digits")
+
+    def to_row(self) -> dict[str, object]:
+        """Every field by name, JSON-ready (``library_versions`` as a plain dict)."""
+        row: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
+        row["library_versions"] = dict(self.library_versions)
+        return row
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, object]) -> LedgerEvent:
+        """The event stored as ``row`` (e.g. a database row as a mapping).
+
+        Missing optional fields are ``None``.
+
+        Raises:
+            ConfigError: an unknown or missing key, or an invalid value.
+        """
+        if not isinstance(row, Mapping):
+            raise ConfigError("row", "must be a mapping")
+        names = {f.name for f in fields(cls)}
+        for key in row:
+            if key not in names:
+                raise ConfigError(str(key), "unknown ledger field")
+        try:
+            return cls(**{str(k): v for k, v in row.items()})  # type: ignore[arg-type]
+        except TypeError as exc:  # a required field is missing
+            raise ConfigError("row", f"incomplete ledger row: {exc}") from None
+
+
+def canonical_bytes(event: LedgerEvent) -> bytes:
+    """The bytes a row's link authenticates: every field except ``link``, as compact
+    sorted-key ASCII JSON (specified in the module docstring)."""
+    payload = event.to_row()
+    del payload["link"]
+    return json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True
+    ).encode("ascii")
+
+
+def compute_link(key: bytes, prev_link: str, event: LedgerEvent) -> str:
+    """``HMAC-SHA256(key, bytes.fromhex(prev_link) || canonical_bytes(event))`` as hex.
+
+    Raises:
+        ConfigError: (``key``) not bytes of at least :data:`MIN_KEY_BYTES`;
+            (``prev_link``) not 64 lowercase hex digits.
+    """
+    _check_key(key)
+    if not isinstance(prev_link, str) or not _HEX64.fullmatch(prev_link):
+        raise ConfigError("prev_link", "must be 64 lowercase hex digits")
+    mac = hmac.new(bytes(key), bytes.fromhex(prev_link), hashlib.sha256)
+    mac.update(canonical_bytes(event))
+    return mac.hexdigest()
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """The end of a chain: the last row's ``seq`` and ``link`` (``seq = 0`` when empty).
+
+    Attributes:
+        seq: the last row's sequence number.
+        link: the last row's link (:data:`GENESIS_LINK` when empty).
+    """
+
+    seq: int = 0
+    link: str = GENESIS_LINK
+
+    @classmethod
+    def after(cls, event: LedgerEvent) -> ChainHead:
+        """The head of a chain whose last row is ``event``."""
+        return cls(seq=event.seq, link=event.link)
+
+
+#: The head of an empty chain.
+GENESIS = ChainHead()
+
+
+def append(chain_state: ChainHead, event_fields: Mapping[str, object], key: bytes) -> LedgerEvent:
+    """The next row of the chain: ``seq``, ``prev_link`` and ``link`` filled in.
+
+    ``event_fields`` holds every other field (``created_at`` included; see
+    :func:`utc_timestamp`). Pure: the caller stores the row and keeps
+    ``ChainHead.after(row)`` as the new head, in one transaction, under the lock
+    that serializes the chain.
+
+    Raises:
+        ConfigError: ``event_fields`` sets ``seq``/``prev_link``/``link``, has an
+            unknown or missing key, or an invalid value; or the key is invalid.
+    """
+    _check_key(key)
+    for name in ("seq", "prev_link", "link"):
+        if name in event_fields:
+            raise ConfigError(name, "is set by append(); do not pass it")
+    draft = LedgerEvent.from_row(
+        {
+            **event_fields,
+            "seq": chain_state.seq + 1,
+            "prev_link": chain_state.link,
+            "link": "0" * 64,
+        }
+    )
+    link = compute_link(key, chain_state.link, draft)
+    return LedgerEvent.from_row({**draft.to_row(), "link": link})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChainReport:
+    """The result of :func:`verify_chain`.
+
+    Attributes:
+        ok: every row verified (and the head matched, when one was given).
+        checked: rows verified before the first failure (all of them when ``ok``).
+        first_broken_seq: the first ``seq`` at which the chain breaks: the edited
+            row, or the position of a missing / misplaced one. ``None`` when ok.
+        reason: what was found there, in words. ``None`` when ok.
+        head: the head of the verified prefix.
+    """
+
+    ok: bool
+    checked: int
+    first_broken_seq: int | None
+    reason: str | None
+    head: ChainHead
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready dict (``head`` as ``{"seq", "link"}``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> ChainReport:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ConfigError: (``chain``) malformed.
+        """
+        try:
+            head = data["head"]
+            assert isinstance(head, Mapping)
+            return cls(
+                ok=bool(data["ok"]),
+                checked=int(data["checked"]),  # type: ignore[call-overload]
+                first_broken_seq=data["first_broken_seq"],  # type: ignore[arg-type]
+                reason=data["reason"],  # type: ignore[arg-type]
+                head=ChainHead(seq=int(head["seq"]), link=str(head["link"])),
+            )
+        except (KeyError, TypeError, ValueError, AssertionError) as exc:
+            raise ConfigError("chain", f"malformed chain report: {exc}") from None
+
+
+def verify_chain(
+    events: Iterable[LedgerEvent | Mapping[str, object]],
+    key: bytes,
+    *,
+    expected_head: ChainHead | None = None,
+    start: ChainHead = GENESIS,
+) -> ChainReport:
+    """Check a chain, in the order given (read rows ordered by ``seq``).
+
+    Detects: an edit of any field (link mismatch), a deleted, inserted, duplicated
+    or reordered row (``seq`` gap or ``prev_link`` mismatch), a row written without
+    the key, a malformed row; with ``expected_head``, rows deleted from (or added
+    to) the end. Stops at the first failure and names its ``seq``. Never raises for
+    a broken chain.
+
+    Args:
+        events: the rows, as :class:`LedgerEvent` or as row mappings.
+        key: the HMAC key (from the key provider).
+        expected_head: the head recorded elsewhere (e.g. on the budget row).
+        start: verify a continuation: the head the first row follows.
+
+    Raises:
+        ConfigError: (``key``) not bytes of at least :data:`MIN_KEY_BYTES`.
+    """
+    _check_key(key)
+    head = start
+    checked = 0
+
+    def broken(seq: int, reason: str) -> ChainReport:
+        return ChainReport(
+            ok=False, checked=checked, first_broken_seq=seq, reason=reason, head=head
+        )
+
+    for item in events:
+        expected = head.seq + 1
+        if isinstance(item, LedgerEvent):
+            event = item
+        else:
+            try:
+                event = LedgerEvent.from_row(item)
+            except ConfigError as exc:
+                seq = item.get("seq") if isinstance(item, Mapping) else None
+                where = seq if isinstance(seq, int) and not isinstance(seq, bool) else expected
+                return broken(min(where, expected), f"row is malformed ({exc})")
+        if event.seq != expected:
+            if event.seq > expected:
+                why = f"row seq {expected} is missing (the next row has seq {event.seq})"
+            else:
+                why = f"row seq {event.seq} appears after seq {head.seq} (duplicated or moved)"
+            return broken(expected, f"{why}: a row was deleted, inserted or reordered")
+        if event.prev_link != head.link:
+            return broken(
+                event.seq,
+                f"prev_link does not match the link of row {head.seq}: "
+                "a row was deleted, inserted or reordered",
+            )
+        if not hmac.compare_digest(event.link, compute_link(key, head.link, event)):
+            return broken(event.seq, "link does not match the row's contents: the row was altered")
+        head = ChainHead.after(event)
+        checked += 1
+    if expected_head is not None and expected_head != head:
+        if expected_head.seq > head.seq:
+            return broken(
+                head.seq + 1,
+                f"the chain ends at seq {head.seq} but its recorded head is seq "
+                f"{expected_head.seq}: rows were deleted from the end",
+            )
+        return broken(
+            min(expected_head.seq + 1, head.seq),
+            f"the chain ends at seq {head.seq} ({head.link[:12]}…) but its recorded head is "
+            f"seq {expected_head.seq} ({expected_head.link[:12]}…)",
+        )
+    return ChainReport(ok=True, checked=checked, first_broken_seq=None, reason=None, head=head)
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def _check_key(key: object) -> None:
+    if not isinstance(key, (bytes, bytearray)):
+        raise ConfigError("key", f"must be bytes, got {type(key).__name__}")
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError("key", f"must be at least {MIN_KEY_BYTES} bytes, got {len(key)}")
+
+
+def _set_int(event: LedgerEvent, name: str, *, minimum: int) -> None:
+    value = getattr(event, name)
+    if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < minimum:
+        raise ConfigError(name, f"must be an integer ≥ {minimum}, got {value!r}")
+    object.__setattr__(event, name, int(value))
+
+
+def _set_float(
+    event: LedgerEvent,
+    name: str,
+    *,
+    low: float,
+    low_open: bool = False,
+    high: float = math.inf,
+    high_open: bool = False,
+    infinite: bool = False,
+) -> None:
+    value = getattr(event, name)
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ConfigError(name, f"must be a real number, got {value!r}")
+    number = float(value)
+    if math.isnan(number) or (math.isinf(number) and not (infinite and number > 0)):
+        raise ConfigError(name, f"must be finite, got {number!r}")
+    too_low = number <= low if low_open else number < low
+    too_high = number >= high if high_open else number > high
+    if too_low or too_high:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise ConfigError(name, f"must be in {lo}{low:g}, {high:g}{hi}, got {number!r}")
+    object.__setattr__(event, name, number)
+
+
+__all__ = [
+    "GENESIS",
+    "GENESIS_LINK",
+    "MIN_KEY_BYTES",
+    "ChainHead",
+    "ChainReport",
+    "EventKind",
+    "LedgerEvent",
+    "append",
+    "canonical_bytes",
+    "compute_link",
+    "utc_timestamp",
+    "verify_chain",
+]
