@@ -203,6 +203,9 @@ def main() -> None:
         "budget_check_ms_p50": p50,
         "budget_check_ms_p90": max(float(r["p90_ms"]) for r in results),
         "budget_check_ms_mean": max(float(r["mean_ms"]) for r in tight),
+        "budget_check_ms_mean_prefetch": max(
+            (float(r["mean_ms"]) for r in results if r["mode"] == "prefetch"), default=None
+        ),
         "max_overestimate_pct": over,
         "overestimate_bound_pct": 100 * schedule.relative_spacing,
         "ledger_append_pure_ms_p50": append_ms,

@@ -8,6 +8,7 @@ language next to it.
 from __future__ import annotations
 
 import base64
+import bisect
 import html
 import io
 import math
@@ -74,12 +75,14 @@ def _status(report: AuditReport) -> tuple[str, str]:
         return "Needs attention — see below", "warn"
     if report.chain is None:
         return "Ledger integrity not checked (no key given)", "warn"
-    if report.epsilon_remaining <= 0.0 or report.epsilon_spent >= report.cap:
-        return "Budget fully used · ledger verified", "warn"
-    return "Within budget · ledger verified · figures independently confirmed", "good"
+    confirmed = "figures independently confirmed" if report.recompute else "ledger verified"
+    if report.epsilon_remaining <= 0.01 * report.cap:
+        return f"Budget used up — no further training without a cap raise · {confirmed}", "warn"
+    return f"Within budget · ledger verified · {confirmed}", "good"
 
 
 def _summary(report: AuditReport, used: float) -> str:
+    shown = math.floor(used * 1000) / 10  # never round up to "100 %" before it is
     width = max(0.0, min(1.0, used)) * 100
     bar_class = "bar-bad" if used >= 1 else "bar-warn" if used >= 0.8 else "bar-good"
     refused = len(report.refusals)
@@ -90,7 +93,7 @@ def _summary(report: AuditReport, used: float) -> str:
     <div class="hint">the most that may ever be spent on this dataset</div></div>
   <div class="card"><div class="label">Spent so far</div>
     <div class="value">ε = {_num(report.epsilon_spent)}</div>
-    <div class="hint">{used * 100:.1f} % of the cap, by {len(report.runs)} training run(s)
+    <div class="hint">{shown:.1f} % of the cap, by {len(report.runs)} training run(s)
     </div></div>
   <div class="card"><div class="label">Remaining</div>
     <div class="value">ε = {_num(report.epsilon_remaining)}</div>
@@ -99,9 +102,9 @@ def _summary(report: AuditReport, used: float) -> str:
     <div class="value">{report.total_steps:,} · {refused:,}</div>
     <div class="hint">steps applied · steps refused at the cap</div></div>
 </section>
-<div class="meter" role="img" aria-label="{used * 100:.1f} percent of the budget used">
+<div class="meter" role="img" aria-label="{shown:.1f} percent of the budget used">
   <div class="{bar_class}" style="width:{width:.2f}%"></div></div>
-<p class="meter-caption">Budget used: {used * 100:.1f} % (δ = {_num(report.delta)} throughout)</p>
+<p class="meter-caption">Budget used: {shown:.1f} % (δ = {_num(report.delta)} throughout)</p>
 """
 
 
@@ -146,8 +149,9 @@ def _overview_figure(report: AuditReport) -> str:
     return f"""
 <section><h2>Privacy spent over time</h2>
 <p>The line shows the dataset's total ε after every training step, in the order the steps
-happened, coloured by training run. The red dashed line is the cap: the total can never
-cross it.</p>
+happened; the shaded area is the budget still available. The red dashed line is the cap:
+the total can never cross it. The bars underneath show when each run was training, and red
+crosses mark steps that were refused because they would have crossed the cap.</p>
 <figure><img alt="Dataset ε against training steps, with the cap"
   src="data:image/png;base64,{image}">
 <figcaption>Figure 1. Total privacy spent on the dataset, all runs together.</figcaption></figure>
@@ -313,7 +317,8 @@ def _refusals_section(report: AuditReport) -> str:
         f"<tr><td class=num>{r.seq}</td><td>{_e(_time(r.created_at))}</td><td><code>"
         f"{_e(r.run_id)}</code></td><td class=num>{r.step}</td>"
         f"<td class=num>{_num(r.epsilon_spent)}"
-        f"</td><td class=num>{_num(r.epsilon_requested)}</td><td class=num>{_num(r.cap)}</td></tr>"
+        f"</td><td class=num>{_beside(r.epsilon_requested, r.cap)}</td>"
+        f"<td class=num>{_beside(r.cap, r.epsilon_requested)}</td></tr>"
         for r in report.refusals[:200]
     ]
     more = (
@@ -357,10 +362,17 @@ ledger entries for this dataset.</p>
 
 
 def _overview_plot(report: AuditReport) -> Figure:
-    fig, ax = plt.subplots(figsize=(9.6, 4.2), dpi=110)
-    # One point per dp_step row, in ledger order (seq), x = steps so far.
+    """Top: the dataset's ε after every step, the cap, the remaining budget. Bottom: when
+    each run was training (bars) and where it was refused (crosses)."""
+    runs = report.runs
+    strip = 0.32 * len(runs) + 0.5
+    fig, (ax, lanes) = plt.subplots(
+        2, 1, figsize=(9.6, 4.0 + strip), dpi=110, sharex=True, layout="constrained",
+        gridspec_kw={"height_ratios": [4.0, strip]},
+    )  # fmt: skip
+    # One point per dp_step row, in ledger order (seq); x = steps on the dataset so far.
     points: list[tuple[int, int, float, float]] = []
-    for index, run in enumerate(report.runs):
+    for index, run in enumerate(runs):
         series = run.series
         for seq, eps, cap in zip(series.seq, series.epsilon_dataset, series.cap, strict=True):
             points.append((seq, index, eps, cap))
@@ -368,34 +380,57 @@ def _overview_plot(report: AuditReport) -> Figure:
     xs = list(range(1, len(points) + 1))
     ys = [p[2] for p in points]
     caps = [p[3] for p in points]
-    for index, run in enumerate(report.runs):
-        sel = [(x, p[2]) for x, p in zip(xs, points, strict=True) if p[1] == index]
-        sx, sy = _thin([p[0] for p in sel], [p[1] for p in sel])
-        ax.scatter(sx, sy, s=6, color=_PALETTE[index % len(_PALETTE)], label=f"run {run.run_id}",
-                   zorder=3, linewidths=0)  # fmt: skip
     tx, ty = _thin(xs, ys)
-    ax.plot(tx, ty, color="#333333", linewidth=0.8, alpha=0.5, zorder=2)
     cx, cy = _thin(xs, caps)
-    ax.fill_between(cx, _thin(xs, ys)[1], cy, step="post", color="#2e8b57", alpha=0.10,
-                    linewidth=0, label="remaining budget")  # fmt: skip
+    ax.fill_between(cx, ty, cy, step="post", color="#2e8b57", alpha=0.12, linewidth=0,
+                    label="remaining budget")  # fmt: skip
+    ax.plot(tx, ty, color="#1f3b5c", linewidth=2.0, label="total ε spent (all runs)", zorder=3)
     ax.step(cx, cy, where="post", color=_CAP_COLOR, linestyle="--", linewidth=1.6,
             label="cap", zorder=4)  # fmt: skip
     for i in range(1, len(caps)):  # mark every cap change between two steps
         if caps[i] != caps[i - 1]:
             verb = "raised" if caps[i] > caps[i - 1] else "lowered"
-            ax.axvline(xs[i], color="#888888", linestyle=":", linewidth=1.0, zorder=1)
+            for axis in (ax, lanes):
+                axis.axvline(xs[i], color="#888888", linestyle=":", linewidth=1.0, zorder=1)
             ax.annotate(f"cap {verb} to {_num(caps[i])}", (xs[i], caps[i]),
                         xytext=(4, 4), textcoords="offset points", fontsize=8,
                         color="#555555")  # fmt: skip
-    ax.annotate(f"spent ε = {_num(ys[-1])}", (xs[-1], ys[-1]), xytext=(-6, -14),
-                textcoords="offset points", ha="right", fontsize=8.5, color="#222222",
-                fontweight="bold")  # fmt: skip
-    ax.set_xlabel("training steps on the dataset (all runs, in order)")
+    ax.annotate(f"spent: ε = {_num(ys[-1])}", (xs[-1], ys[-1]), xytext=(-6, -16),
+                textcoords="offset points", ha="right", fontsize=8.5, color="#1f3b5c",
+                fontweight="bold",
+                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8},
+                )  # fmt: skip
     ax.set_ylabel("total ε spent")
     _style(ax, top=max(max(caps), max(ys)))
-    ax.legend(loc="lower right", fontsize=8, frameon=False, markerscale=3,
-              ncol=1 if len(report.runs) < 5 else 2)  # fmt: skip
-    fig.tight_layout()
+    handles, _ = ax.get_legend_handles_labels()
+    if report.refusals:
+        handles.append(Line2D([], [], marker="x", color=_CAP_COLOR, linestyle="none",
+                              label="refused step (below)"))  # fmt: skip
+    ax.legend(handles=handles, loc="lower right", fontsize=8, frameon=False)
+    ax.tick_params(labelbottom=False)
+
+    # Refusals sit between the steps around them: x = steps taken before them.
+    taken = [p[0] for p in points]
+    for index, run in enumerate(runs):
+        colour = _PALETTE[index % len(_PALETTE)]
+        mine = [x for x, p in zip(xs, points, strict=True) if p[1] == index]
+        lanes.broken_barh([(mine[0] - 0.5, mine[-1] - mine[0] + 1)], (index - 0.3, 0.6),
+                          color=colour, alpha=0.85)  # fmt: skip
+        refused = [
+            bisect.bisect_left(taken, r.seq) + 0.5
+            for r in report.refusals
+            if r.run_id == run.run_id
+        ]
+        if refused:
+            lanes.scatter(refused, [index] * len(refused), marker="x", color=_CAP_COLOR, s=28,
+                          zorder=3)  # fmt: skip
+    lanes.set_yticks(range(len(runs)), [f"run {r.run_id}" for r in runs], fontsize=8)
+    lanes.set_ylim(len(runs) - 0.5, -0.5)
+    lanes.set_xlabel("training steps on the dataset (all runs, in the order they happened)")
+    for side in ("top", "right", "left"):
+        lanes.spines[side].set_visible(False)
+    lanes.tick_params(axis="x", labelsize=8, colors="#444444")
+    lanes.tick_params(axis="y", length=0)
     return fig
 
 
@@ -485,6 +520,15 @@ def _num(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _beside(value: float, other: float) -> str:
+    """``value`` with enough digits to tell it apart from ``other`` (e.g. ε vs the cap)."""
+    for digits in range(4, 17):
+        text = f"{value:.{digits}g}"
+        if text != f"{other:.{digits}g}":
+            return text
+    return f"{value!r}"
+
+
 def _pct(value: float | None) -> str:
     if value is None:
         return "—"
@@ -518,7 +562,7 @@ h2 { font-size: 19px; margin: 30px 0 8px; padding-bottom: 4px;
      border-bottom: 1px solid var(--line); }
 .meta { color: var(--muted); font-size: 13px; }
 code { font: 13px/1.4 "SFMono-Regular", Menlo, Consolas, monospace; background:#f1f3f5;
-       padding: 1px 5px; border-radius: 4px; }
+       padding: 1px 5px; border-radius: 4px; white-space: nowrap; }
 .status { display:inline-block; margin-top:10px; padding: 6px 12px; border-radius: 999px;
           font-weight: 600; font-size: 14px; }
 .status.good { background:#e3f4ea; color: var(--good); }
@@ -550,8 +594,7 @@ figure img { width: 100%; height: auto; border:1px solid var(--line); border-rad
 figcaption { font-size: 13px; color: var(--muted); margin-top: 4px; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; font-size: 13.5px; margin: 8px 0; }
-th { text-align:left; font-weight:600; color: var(--muted); font-size: 12px;
-     text-transform: uppercase;
+th { text-align:left; font-weight:600; color: var(--muted); font-size: 12.5px;
      letter-spacing: .03em; border-bottom: 2px solid var(--line); padding: 6px 8px; }
 td { border-bottom: 1px solid var(--line); padding: 6px 8px; vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
