@@ -2,21 +2,27 @@
 
 from tensafe.privacy.accountant import PrivacyAccountant
 from tensafe.privacy.accounting import ACCOUNTANTS, AccountantName, compute_epsilon, default_delta
+from tensafe.privacy.budget import BudgetDecision, DatasetBudget, StepCharge
 from tensafe.privacy.calibration import calibrate_noise_multiplier
 from tensafe.privacy.config import DPConfig, ResolvedDP
 from tensafe.privacy.noise import NoiseSource
 from tensafe.privacy.per_example import ClipCollector, ClipResult, PerExampleClipper
+from tensafe.privacy.schedule import EpsilonSchedule
 
 __all__ = [
     "ACCOUNTANTS",
     "AccountantName",
+    "BudgetDecision",
     "ClipCollector",
     "ClipResult",
     "DPConfig",
+    "DatasetBudget",
+    "EpsilonSchedule",
     "NoiseSource",
     "PerExampleClipper",
     "PrivacyAccountant",
     "ResolvedDP",
+    "StepCharge",
     "calibrate_noise_multiplier",
     "compute_epsilon",
     "default_delta",
