@@ -14,13 +14,10 @@ import argparse
 import math
 import sys
 import time
-from pathlib import Path
 
-from tqdm import tqdm
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_notes import generate_notes
 from tg_tinker.data import PoissonBatchSampler
+from tqdm import tqdm
 
 from tensafe.engine import OptimizerConfig, TrainingEngine
 from tensafe.losses import Datum

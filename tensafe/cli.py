@@ -38,15 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             register = load()
         except ModuleNotFoundError as exc:
-            # A group whose optional extra (torch, fastapi, ...) is not installed is
-            # left out; a missing module *inside* an installed group is a bug.
-            if exc.name and not name.startswith(exc.name.split(".")[0] + "."):
-                continue
-            if exc.name and name.split(":")[0].startswith(exc.name):
+            if _is_optional(name, exc):
                 continue
             raise
         register(sub)
     return parser
+
+
+def _is_optional(group: str, exc: ModuleNotFoundError) -> bool:
+    """Whether a failed import only means the group is not installed: the group's
+    module itself is absent, or a third-party dependency of it (torch, fastapi, ...)
+    is. A missing module *inside* our own package is a bug and is re-raised."""
+    if not exc.name:
+        return False
+    module = group.split(":")[0]
+    third_party = exc.name.split(".")[0] != module.split(".")[0]
+    return third_party or module.startswith(exc.name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
