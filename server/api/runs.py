@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from fastapi import APIRouter, status
+from sqlalchemy.orm import Session
 from tg_tinker.types import (
     ForwardBackwardRequest,
     FutureRef,
@@ -46,7 +47,26 @@ def create_training_run(
 ) -> TrainingRun:
     """Create a run (status ``INITIALIZING``); the worker loads the model and sets
     ``READY`` (or ``ERROR``). Operations may be submitted right away: they queue
-    behind the model load."""
+    behind the model load.
+
+    A DP run is charged to its dataset's budget (``dp_config.dataset_id``, else the
+    tenant's ``default`` dataset): it is refused here with 409 if that dataset has
+    no budget (and the server sets no default cap), or if the budget cannot afford
+    the run's first step."""
+
+    def admit(session: Session, spec: runs.EngineSpec) -> None:
+        if spec.dataset_id is None:
+            return
+        sigma = spec.dp.noise_multiplier
+        q = spec.dp.resolve().sample_rate if sigma is not None else None
+        context.executor.budgets.admit_run(
+            session,
+            tenant_id=tenant.tenant_id,
+            dataset_id=spec.dataset_id,
+            noise_multiplier=sigma,
+            sample_rate=q,
+        )
+
     with context.db.transaction() as session:
         run, load = runs.create_run(
             session,
@@ -54,6 +74,7 @@ def create_training_run(
             config=config,
             settings=context.settings,
             idempotency_key=idempotency_key,
+            admit=admit,
         )
         wire = runs.run_to_wire(run)
     if load is not None:

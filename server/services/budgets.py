@@ -385,12 +385,7 @@ class BudgetService:
             if self._row(session, tenant_id, dataset_id, lock=False) is not None:
                 return
         if self.default_epsilon_cap is None:
-            raise ConflictError(
-                f"no privacy budget for dataset {dataset_id!r}; an admin must create one "
-                f"(tensafe admin create-budget TENANT {dataset_id} --epsilon-cap E, or "
-                "POST /v1/budgets)",
-                field="dataset_id",
-            )
+            raise _no_budget(dataset_id)
         try:
             with self.db.transaction() as session:
                 self._insert_budget(
@@ -405,6 +400,52 @@ class BudgetService:
                 )
         except SAIntegrityError:
             pass  # created concurrently
+
+    def admit_run(
+        self,
+        session: Session,
+        *,
+        tenant_id: str,
+        dataset_id: str,
+        noise_multiplier: float | None,
+        sample_rate: float | None,
+    ) -> None:
+        """Refuse a new DP run up front if its dataset's budget cannot take its first step.
+
+        Advisory: the authoritative check is :meth:`run_step`, under the lock, before
+        every step's noise. With ``noise_multiplier`` unknown (σ calibrated later from
+        a target ε) only an exhausted budget is refused. Records nothing; reads
+        through ``session`` (the caller's transaction creating the run).
+
+        Raises:
+            ConflictError: (``dp_config.dataset_id``) the dataset has no budget and no
+                ``default_epsilon_cap`` is set.
+            BudgetExceededError: the budget is spent, or one (σ, q) step would exceed it.
+        """
+        row = self._row(session, tenant_id, dataset_id, lock=False)
+        if row is None:
+            if self.default_epsilon_cap is None:
+                raise _no_budget(dataset_id, field="dp_config.dataset_id")
+            return
+        budget = self._budget(session, row)
+        spent, cap = budget.epsilon(), budget.epsilon_cap
+        if noise_multiplier is None or sample_rate is None:
+            if spent >= cap:
+                raise BudgetExceededError(
+                    f"privacy budget exhausted for dataset {dataset_id!r}: ε spent "
+                    f"{spent:.6g} of cap {cap:.6g} (δ={budget.delta:g}); the run was not created"
+                )
+            return
+        decision = budget.check_step(
+            run_id="run (not created)", noise_multiplier=noise_multiplier, sample_rate=sample_rate
+        )
+        if not decision.allowed:
+            raise BudgetExceededError(
+                f"privacy budget exceeded for dataset {dataset_id!r}: one step of this run "
+                f"(σ={noise_multiplier:g}, q={sample_rate:g}) would raise the dataset's ε from "
+                f"{decision.epsilon_before:.6g} to {decision.epsilon_after:.6g}, above its cap "
+                f"{cap:.6g} (δ={budget.delta:g}); the run was not created"
+            )
 
     # ------------------------------------------------------------------- steps
     def run_step(
@@ -632,6 +673,15 @@ class BudgetService:
                 )
                 results.append(VerifyResult(row.tenant_id, row.dataset_id, report))
         return results
+
+
+def _no_budget(dataset_id: str, *, field: str = "dataset_id") -> ConflictError:
+    return ConflictError(
+        f"no privacy budget for dataset {dataset_id!r}; an admin must create one "
+        f"(tensafe admin create-budget TENANT {dataset_id} --epsilon-cap E, or "
+        "POST /v1/budgets)",
+        field=field,
+    )
 
 
 def first_broken(results: Sequence[VerifyResult]) -> VerifyResult | None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from tg_tinker.types import DPConfig as WireDPConfig
 from tg_tinker.types import GetInfoResponse, ModelData, TrainingConfig, TrainingRun
 
 from server.db.models import OperationRow, TrainingRunRow, utcnow
@@ -29,6 +31,11 @@ from tensafe.privacy import DPConfig
 
 RunStatus = Literal["INITIALIZING", "READY", "BUSY", "ERROR", "TERMINATED"]
 LOAD_MODEL = "load_model"
+
+#: The dataset a DP run is charged to when its ``dp_config`` names none: every
+#: DP step is charged to some dataset budget, so a tenant's unnamed runs compose
+#: into one budget (an over-estimate if they really used different data).
+DEFAULT_DATASET_ID = "default"
 
 
 @dataclass(frozen=True)
@@ -129,8 +136,14 @@ def engine_spec(
         dp=dp,
         optimizer=optimizer,
         seed=config.seed,
-        dataset_id=None if wire_dp is None else wire_dp.dataset_id,
+        dataset_id=_dataset_of(wire_dp) if dp.enabled else None,
     )
+
+
+def _dataset_of(wire_dp: WireDPConfig | None) -> str:
+    """The dataset a DP run is charged to: the one it names, else the default."""
+    named = None if wire_dp is None else wire_dp.dataset_id
+    return named or DEFAULT_DATASET_ID
 
 
 def looks_like_path(model_ref: str) -> bool:
@@ -153,10 +166,13 @@ def create_run(
     config: TrainingConfig,
     settings: Settings,
     idempotency_key: str | None,
+    admit: Callable[[Session, EngineSpec], None] | None = None,
 ) -> tuple[TrainingRunRow, OperationRow | None]:
     """Insert a run and its ``load_model`` operation (flushed; the caller commits,
     then enqueues the operation). A repeat with the same idempotency key returns the
-    existing run and ``None``.
+    existing run and ``None``. ``admit`` is called with the session and the validated
+    spec of a new run before anything is inserted (the privacy-budget admission check); what it
+    raises propagates.
 
     Raises:
         ValidationError: invalid config (see :func:`engine_spec`).
@@ -179,6 +195,8 @@ def create_run(
                 )
             return existing, None
     spec = engine_spec(config, settings=settings)
+    if admit is not None:
+        admit(session, spec)
     now = utcnow()
     run = TrainingRunRow(
         run_id="run_" + secrets.token_hex(12),

@@ -9,10 +9,11 @@ engine changed, the engine is discarded (:meth:`OperationExecutor.evict`): the r
 is rebuilt on next use from its last checkpoint and its DP rows, exactly as after
 a restart (:mod:`server.worker.runtimes`), so memory never runs ahead of the database.
 
-A DP run that names a ``dataset_id`` is charged to that dataset's privacy budget:
-its ``optim_step`` runs inside :meth:`BudgetService.run_step` — one transaction that
-locks the budget, checks the step before any noise is drawn, steps the engine,
-appends the ledger row, writes the ``dp_steps`` row and completes the future.
+Every DP run is charged to a dataset's privacy budget (the ``dataset_id`` it names,
+else the tenant's ``default`` dataset): its ``optim_step`` runs inside
+:meth:`BudgetService.run_step` — one transaction that locks the budget, checks the
+step before any noise is drawn, steps the engine, appends the ledger row, writes the
+``dp_steps`` row and completes the future.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from server.services.operations import (
     mark_failed,
     refuse_if_closed,
 )
-from server.services.runs import LOAD_MODEL
+from server.services.runs import DEFAULT_DATASET_ID, LOAD_MODEL
 from server.settings import Settings
 from server.storage import ArtifactStore
 from server.worker import checkpoints
@@ -281,8 +282,10 @@ class OperationExecutor:
                 "this run uses differential privacy; every step adds noise", field="apply_dp_noise"
             )
         dataset_id = runtime.spec.dataset_id
-        if engine.privacy is not None and dataset_id is not None:
-            return self._budgeted_optim_step(op, run, engine, request, dataset_id)
+        if engine.privacy is not None:  # every DP step is charged to a dataset budget
+            return self._budgeted_optim_step(
+                op, run, engine, request, dataset_id or DEFAULT_DATASET_ID
+            )
         result = engine.optim_step(adam_params(request))
         dataset_size = engine.privacy.dataset_size if engine.privacy is not None else 0
 

@@ -61,6 +61,8 @@ class LiveServer:
                 # the pipelining test compares two runs bit for bit
                 "TENSAFE_DETERMINISTIC_NOISE": "true",
                 "TENSAFE_WORKER_THREADS": "2",
+                # DP runs that name no budgeted dataset get one on first use
+                "TENSAFE_DEFAULT_EPSILON_CAP": "1000",
                 "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1",
             }

@@ -105,6 +105,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
         max_body_bytes=256 * 1024,
         max_batch_size=16,
         max_seq_len=64,
+        default_epsilon_cap=1000.0,  # DP runs' datasets get a budget on first use
     )
     context = build_context(settings)
     with TestClient(create_app(settings, context=context)) as client:

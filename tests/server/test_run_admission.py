@@ -1,0 +1,112 @@
+"""Run creation and privacy budgets: every DP run is charged to a dataset budget, and
+a run its budget cannot afford is refused before it exists."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.context import build_context
+from server.services.runs import DEFAULT_DATASET_ID
+from server.settings import Settings
+from tests.server.harness import DP, Harness, batch, run_config
+
+
+def _dp(**extra: Any) -> dict[str, Any]:
+    return {**DP, **extra}
+
+
+def _run_count(api: Harness, headers: dict[str, str]) -> int:
+    return len(api.client.get("/v1/training_runs", headers=headers).json()["runs"])
+
+
+def test_a_dp_run_without_dataset_id_is_charged_to_the_default_budget(api: Harness) -> None:
+    headers = api.tenant()
+    run_id = api.create_run(headers)  # dp_config names no dataset_id
+    api.wait(headers, api.submit(headers, run_id, "forward_backward", batch(1)))
+    out = api.wait(headers, api.submit(headers, run_id, "optim_step", {}))
+    assert out["status"] == "completed", out
+    assert out["result"]["metrics"]["dp/ledger_seq"] >= 1
+    budget = api.client.get(f"/v1/budgets/{DEFAULT_DATASET_ID}", headers=headers).json()
+    assert budget["total_steps"] == 1
+    assert budget["epsilon_cap"] == 1000.0  # created on first use by the server's default
+
+
+def test_a_run_the_budget_cannot_afford_is_refused_at_creation(api: Harness) -> None:
+    headers = api.tenant()
+    dataset = "tiny-" + uuid.uuid4().hex[:6]
+    created = api.client.post(
+        "/v1/budgets", json={"dataset_id": dataset, "epsilon_cap": 1e-4}, headers=headers
+    )
+    assert created.status_code == 201, created.text
+    before = _run_count(api, headers)
+    response = api.client.post(
+        "/v1/training_runs",
+        json=run_config(dp_config=_dp(dataset_id=dataset)),
+        headers=headers,
+    )
+    assert response.status_code == 409, response.text
+    body = response.json()
+    assert body["error"] == "BudgetExceededError"
+    assert dataset in body["detail"] and "the run was not created" in body["detail"]
+    assert _run_count(api, headers) == before  # nothing half-created
+    ledger = api.client.get(f"/v1/budgets/{dataset}", headers=headers).json()
+    assert ledger["total_steps"] == 0
+
+
+def test_an_exhausted_budget_refuses_a_calibrated_run(api: Harness) -> None:
+    headers = api.tenant()
+    dataset = "spent-" + uuid.uuid4().hex[:6]
+    api.client.post(
+        "/v1/budgets", json={"dataset_id": dataset, "epsilon_cap": 0.0}, headers=headers
+    )
+    calibrated = {
+        "dataset_size": 1000,
+        "expected_batch_size": 4,
+        "target_epsilon": 1.0,
+        "planned_steps": 10,
+        "dataset_id": dataset,
+    }
+    response = api.client.post(
+        "/v1/training_runs", json=run_config(dp_config=calibrated), headers=headers
+    )
+    assert response.status_code == 409, response.text
+    assert "exhausted" in response.json()["detail"]
+
+
+def test_an_affordable_run_is_created(api: Harness) -> None:
+    headers = api.tenant()
+    dataset = "ok-" + uuid.uuid4().hex[:6]
+    api.client.post(
+        "/v1/budgets", json={"dataset_id": dataset, "epsilon_cap": 5.0}, headers=headers
+    )
+    api.create_run(headers, dp_config=_dp(dataset_id=dataset))
+
+
+def test_no_budget_and_no_default_cap_refuses_creation_naming_the_field(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()  # default_epsilon_cap unset, as in production
+    context = build_context(settings)
+    with TestClient(create_app(settings, context=context)) as client:
+        harness = Harness(client, context)
+        headers = harness.tenant()
+        response = client.post("/v1/training_runs", json=run_config(), headers=headers)
+        assert response.status_code == 409, response.text
+        body = response.json()
+        assert body["field"] == "dp_config.dataset_id"
+        assert repr(DEFAULT_DATASET_ID) in body["detail"] and "create-budget" in body["detail"]
+        assert client.get("/v1/training_runs", headers=headers).json()["runs"] == []
+        created = client.post(
+            "/v1/budgets",
+            json={"dataset_id": DEFAULT_DATASET_ID, "epsilon_cap": 5.0},
+            headers=headers,
+        )
+        assert created.status_code == 201, created.text
+        assert (
+            client.post("/v1/training_runs", json=run_config(), headers=headers).status_code == 201
+        )
