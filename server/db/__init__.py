@@ -1,2 +1,3 @@
 """Persistence: SQLAlchemy models (:mod:`.models`), engine and sessions (:mod:`.session`),
-Alembic migrations (:mod:`.migrate`, scripts in the repository's ``migrations/``)."""
+Alembic migrations (:mod:`.migrate`; the scripts are in ``server/db/migrations/`` and ship
+with the package)."""

@@ -1,4 +1,6 @@
-"""Apply the Alembic migrations in ``migrations/`` (at start and by ``tensafe db upgrade``)."""
+"""Apply the Alembic migrations in ``server/db/migrations/`` (at start and by
+``tensafe db upgrade``). The scripts ship inside the package, so an installed wheel
+migrates the same way as a source checkout."""
 
 from __future__ import annotations
 
@@ -13,14 +15,15 @@ from sqlalchemy import Engine
 
 from server.db.models import UTCDateTime
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MIGRATIONS_DIR = REPO_ROOT / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def alembic_config(url: str) -> Config:
-    """An Alembic config for ``url`` that does not depend on the working directory."""
-    config = Config(str(REPO_ROOT / "alembic.ini"))
+    """An Alembic config for ``url`` that depends on neither the working directory nor
+    an ``alembic.ini`` (the repository's one is for developers' ``alembic`` commands)."""
+    config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
     config.attributes["url"] = url
     config.attributes["configure_logger"] = False
     return config
@@ -37,7 +40,7 @@ def upgrade_database(url: str, *, revision: str = "head") -> None:
 
 
 def head_revision() -> str | None:
-    """The newest revision in ``migrations/versions``."""
+    """The newest revision in ``server/db/migrations/versions``."""
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 

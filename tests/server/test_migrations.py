@@ -85,3 +85,18 @@ def test_sqlite_pragmas(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert path.stat().st_mode & 0o077 == 0
+
+
+def test_migration_scripts_ship_inside_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server
+    from server.db.migrate import MIGRATIONS_DIR
+
+    package = Path(server.__file__).resolve().parent
+    assert MIGRATIONS_DIR.is_relative_to(package)  # a wheel carries them
+    assert sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("0*.py"))
+    monkeypatch.chdir(tmp_path)  # neither the working directory nor alembic.ini matters
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade_database(url)
+    assert current_revision(make_engine(url)) == head_revision()
