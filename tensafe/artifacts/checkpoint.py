@@ -1,9 +1,12 @@
 """Seal torch tensors + a manifest into an artifact, and open one back into memory.
 
 This is the torch-facing layer the server uses. The stream is produced in one
-pass: safetensors bytes are hashed (plaintext SHA-256) and encrypted as they are
-generated from the tensors' own memory, while a helper thread hashes and writes
-the ciphertext. Nothing is written to disk in the clear.
+pass over the tensors' own memory (no copy): the caller's thread encrypts it chunk
+by chunk, one helper thread computes the plaintext SHA-256 of the same chunks
+(still in cache), and two more hash and write the ciphertext, so the two SHA-256
+streams run on different cores. Opening decrypts straight into the final tensor
+buffer while helper threads hash the ciphertext and the plaintext. Nothing is
+written to disk in the clear.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 
 from tensafe.artifacts.format import DEFAULT_CHUNK_SIZE, ArtifactHeader
 from tensafe.artifacts.manifest import Manifest
-from tensafe.artifacts.payload import PayloadSplitter, encode_prefix, parse_manifest
+from tensafe.artifacts.payload import PREFIX, PayloadSplitter, encode_prefix, parse_manifest
 from tensafe.artifacts.pipeline import HashingPipe
 from tensafe.artifacts.reader import OpeningReader
 from tensafe.artifacts.safetensors_io import (
@@ -29,6 +32,9 @@ from tensafe.artifacts.safetensors_io import (
 from tensafe.artifacts.tenant_key import KeyResolver, TenantKey
 from tensafe.artifacts.writer import SealingWriter
 from tensafe.errors import ConfigError, IntegrityError
+
+PLAIN_HASH_DEPTH = 8
+"""Chunks the plaintext-hash thread may lag behind (views of memory that exists anyway)."""
 
 
 def peft_config_dict(config: object) -> dict[str, object]:
@@ -97,21 +103,27 @@ def seal_checkpoint(
     """
     layout = safetensors_layout(tensors)
     plain = hashlib.sha256()
-    with SealingWriter(
-        out, tenant_key=tenant_key, artifact_id=artifact_id, chunk_size=chunk_size
-    ) as writer:
+    with (
+        SealingWriter(
+            out, tenant_key=tenant_key, artifact_id=artifact_id, chunk_size=chunk_size
+        ) as writer,
+        # The plaintext hash runs on its own thread over the (immutable) tensor
+        # memory, a few chunks behind the encryption: still in cache.
+        HashingPipe(plain, depth=PLAIN_HASH_DEPTH) as plain_pipe,
+    ):
         prefix = encode_prefix(layout.total_size)
         writer.write(prefix)
         offset = len(prefix)
         for data in iter_safetensors_bytes(layout):
             # Pieces end on chunk boundaries, so the writer seals straight from the
-            # tensors' memory, and each piece is hashed while it is still in cache.
+            # tensors' memory.
             while len(data):
                 piece = data[: chunk_size - offset % chunk_size]
-                plain.update(piece)
+                plain_pipe.feed(piece)
                 writer.write(piece)
                 offset += len(piece)
                 data = data[len(piece) :]
+        plain_pipe.close()
         stamped = manifest.with_plaintext_sha256(plain.hexdigest())
         writer.write(stamped.to_json().encode("utf-8"))
     result = writer.result
@@ -136,23 +148,45 @@ class OpenedCheckpoint:
 
 
 class _BufferSink:
-    """Receives the safetensors bytes into one uninitialized uint8 tensor."""
+    """Receives the safetensors bytes into one uninitialized uint8 tensor.
 
-    def __init__(self, pipe: HashingPipe) -> None:
+    :meth:`place` tells the reader where to decrypt each chunk: straight into the
+    tensor buffer when the chunk lies entirely inside the safetensors bytes and
+    their size is known, else into a scratch buffer (the first chunk, which holds
+    the size prefix, and the last ones, which hold the manifest). The splitter then
+    hands every safetensors part to :meth:`__call__`, which copies only what was not
+    decrypted in place, and feeds the buffer's bytes to the plaintext hash.
+    """
+
+    def __init__(self, pipe: HashingPipe, chunk_size: int) -> None:
         self.pipe = pipe
         self.buffer = torch.empty(0, dtype=torch.uint8)
         self._view = memoryview(b"")
         self._position = 0
+        self._size: int | None = None
+        self._scratch = bytearray(chunk_size)
+        self._payload_offset = 0  # of the next chunk
+        self._placed = (-1, -1)  # safetensors range decrypted in place, not yet received
 
     def allocate(self, size: int) -> None:
         self.buffer = torch.empty(size, dtype=torch.uint8)
         self._view = memoryview(self.buffer.numpy()) if size else memoryview(bytearray())
+        self._size = size
+
+    def place(self, size: int) -> memoryview:
+        start = self._payload_offset - PREFIX.size  # offset in the safetensors bytes
+        self._payload_offset += size
+        if self._size is not None and start >= 0 and start + size <= self._size:
+            self._placed = (start, start + size)
+            return self._view[start : start + size]
+        return memoryview(self._scratch)[:size]
 
     def __call__(self, part: memoryview) -> None:
         end = self._position + len(part)
-        self._view[self._position : end] = part
+        if (self._position, end) != self._placed:
+            self._view[self._position : end] = part
+        self.pipe.feed(self._view[self._position : end])
         self._position = end
-        self.pipe.feed(part)
 
 
 def open_checkpoint(
@@ -182,14 +216,11 @@ def open_checkpoint(
         src, keys=keys, tenant_id=tenant_id, artifact_id=artifact_id, content_hasher=content
     )
     plain = hashlib.sha256()
-    pipe = HashingPipe(plain)
-    sink = _BufferSink(pipe)
-    splitter = PayloadSplitter(sink, on_size=sink.allocate)
-    try:
-        for chunk in reader.chunks():
+    with HashingPipe(plain, depth=PLAIN_HASH_DEPTH) as pipe:
+        sink = _BufferSink(pipe, reader.header.chunk_size)
+        splitter = PayloadSplitter(sink, on_size=sink.allocate)
+        for chunk in reader.chunks_into(sink.place):
             splitter.feed(chunk)
-    finally:
-        pipe.close()
     manifest = parse_manifest(splitter.finish())
     if manifest.plaintext_sha256 != plain.hexdigest():
         raise IntegrityError()

@@ -12,6 +12,7 @@ while it streams, in one pass. Needs only the standard library and the core.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -25,9 +26,10 @@ from typing import BinaryIO
 
 from tensafe.artifacts.format import ArtifactHeader
 from tensafe.artifacts.manifest import ArtifactKind, Manifest
-from tensafe.artifacts.pipeline import HashingPipe
-from tensafe.artifacts.reader import OpeningReader
+from tensafe.artifacts.pipeline import BufferPool, HashingPipe
+from tensafe.artifacts.reader import FRAME_BUFFERS, OpeningReader
 from tensafe.artifacts.tenant_key import KeyResolver
+from tensafe.artifacts.writeback import WriteBehind
 from tensafe.errors import ArtifactFormatError, ConfigError, IntegrityError
 
 PREFIX = struct.Struct(">Q")
@@ -73,8 +75,9 @@ class PayloadSplitter:
         self._manifest = bytearray()
         self.safetensors_size: int | None = None
 
-    def feed(self, data: bytes) -> None:
-        """Consume the next piece of payload.
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Consume the next piece of payload. ``sink`` gets views of ``data`` (parts
+        of ``S``) and may use them only until it returns unless ``data`` stays valid.
 
         Raises:
             ArtifactFormatError: if the manifest section exceeds 16 MiB.
@@ -156,20 +159,41 @@ def _check_free(target: Path, names: tuple[str, ...], overwrite: bool) -> None:
             raise FileExistsError(f"{target / name} exists (pass overwrite=True to replace it)")
 
 
+class _PlainFile:
+    """The sink of the decrypted weights: a file written with write-behind."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self._behind = WriteBehind(handle.fileno())
+
+    def __call__(self, data: bytes | memoryview) -> None:
+        self._handle.write(data)
+        self._behind.wrote(len(data))
+
+
 def _decrypt_into(
     temp: Path, reader: OpeningReader, content_hash: Callable[[], str], expected: str | None
 ) -> Manifest:
     plain_hash = hashlib.sha256()
     weights = temp / "weights.safetensors"
     fd = os.open(weights, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Plaintext chunks are decrypted into a few reused buffers; helper threads hash
+    # and write them, then hand each buffer back.
+    pool = BufferPool(size=reader.header.chunk_size, count=FRAME_BUFFERS + 2)
+    held: list[bytearray] = []
+
+    def destination(size: int) -> memoryview:
+        held.append(pool.acquire())
+        return memoryview(held[-1])[:size]
+
     with os.fdopen(fd, "wb") as handle:
-        pipe = HashingPipe(plain_hash, sink=handle.write)
-        try:
+        with HashingPipe(
+            plain_hash, sink=_PlainFile(handle), depth=pool.count, sink_thread=True
+        ) as pipe:
             splitter = PayloadSplitter(pipe.feed)
-            for chunk in reader.chunks():
+            for chunk in reader.chunks_into(destination):
                 splitter.feed(chunk)
-        finally:
-            pipe.close()
+                pipe.after(functools.partial(pool.release, held.pop()))
         handle.flush()
         os.fsync(handle.fileno())
     manifest_bytes = splitter.finish()
@@ -204,7 +228,10 @@ def decrypt_to_directory(
     private (0700) temporary directory inside ``directory`` and is renamed into
     place only after the final chunk, the plaintext SHA-256 and (if given) the
     content hash verified; on any failure the temporary output is deleted and
-    nothing is published. Memory stays bounded by a few chunks.
+    nothing is published. Memory stays bounded by a few chunks: decryption runs on
+    the caller's thread into reused buffers while helper threads hash the
+    ciphertext, hash the plaintext and write it (starting disk writeback as it
+    goes, so the final ``fsync`` is short).
 
     ``artifact_id`` must be the id the artifact is presented under (the server
     always passes it); ``None`` trusts the id in the header, which the key

@@ -7,15 +7,20 @@ chunk's tag verified, and raises :class:`~tensafe.errors.IntegrityError` on the
 first bad or missing chunk. A caller of the reader must still treat what it got as
 provisional until the iterator ends (a truncated stream is only detected at the
 end); the public helpers built on it buffer and release nothing before then.
+
+Ciphertext frames are read into a few reused buffers; the content hash (when asked
+for) runs on a helper thread while the caller's thread decrypts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -33,11 +38,13 @@ from tensafe.artifacts.format import (
     derive_artifact_keys,
     parse_fixed_header,
 )
-from tensafe.artifacts.pipeline import Hasher
+from tensafe.artifacts.pipeline import BufferPool, Hasher, HashingPipe
 from tensafe.artifacts.tenant_key import KeyResolver
 from tensafe.errors import ArtifactFormatError, IntegrityError
 
 _READ_BLOCK = 1 << 20
+FRAME_BUFFERS = 4
+"""Ciphertext frame buffers an :class:`OpeningReader` hashing in the background uses."""
 
 
 def _read_exact(src: BinaryIO, size: int) -> bytes:
@@ -97,7 +104,13 @@ class OpeningReader:
 
     Construction reads the header, checks ``artifact_id`` (when given), resolves the
     tenant key and checks the key commitment, all before any chunk is decrypted.
-    :meth:`chunks` then yields each chunk's plaintext after its tag verified.
+    :meth:`chunks` (or :meth:`chunks_into`) then yields each chunk's plaintext after
+    its tag verified.
+
+    ``content_hasher`` (optional) is updated with every ciphertext byte (header and
+    frames), on a helper thread when ``background`` is true; either way it is
+    complete before the final chunk is yielded. Memory: up to
+    :data:`FRAME_BUFFERS` frames plus the plaintext of the chunk in hand.
 
     Raises (constructor):
         ArtifactFormatError: the input is not an artifact of a supported version.
@@ -123,8 +136,10 @@ class OpeningReader:
         tenant_id: str,
         artifact_id: str | None,
         content_hasher: Hasher | None = None,
+        background: bool = True,
     ) -> None:
         self._src = src
+        self._background = background
         self.header = read_header(src)
         if artifact_id is not None and artifact_id != self.header.artifact_id:
             raise IntegrityError()
@@ -143,35 +158,95 @@ class OpeningReader:
         self.chunk_count = 0
 
     def chunks(self) -> Iterator[bytes]:
-        """Yield each chunk's verified plaintext; sets :attr:`complete` at the end.
+        """Yield each chunk's verified plaintext (a new ``bytes`` object per chunk, the
+        caller may keep it); sets :attr:`complete` at the end.
 
         Raises:
             IntegrityError: a chunk failed, or chunks are missing, extra or reordered.
         """
+        return cast(Iterator[bytes], self._chunks(None))
+
+    def chunks_into(self, destination: Callable[[int], memoryview]) -> Iterator[memoryview]:
+        """Like :meth:`chunks`, but decrypt each chunk into ``destination(size)``.
+
+        ``destination`` is called once per chunk with its plaintext size and must
+        return a writable buffer of exactly that many bytes (for example a slice of
+        the final output, or a reused buffer); it is yielded, as a byte
+        ``memoryview``, once the chunk's tag verified. If a tag does not verify the
+        buffer is zeroed before :class:`~tensafe.errors.IntegrityError` is raised,
+        so it never holds unauthenticated plaintext.
+
+        Raises:
+            IntegrityError: a chunk failed, or chunks are missing, extra or reordered.
+            ValueError: if ``destination`` returned a buffer of the wrong size.
+        """
+        return cast(Iterator[memoryview], self._chunks(destination))
+
+    def _chunks(
+        self, destination: Callable[[int], memoryview] | None
+    ) -> Iterator[bytes | memoryview]:
         frame_size = self.header.chunk_size + TAG_SIZE
-        buffer = bytearray(frame_size)  # reused: plaintext is always a fresh object
+        pipe: HashingPipe | None = None
+        count = 1
+        if self._hasher is not None:
+            count = FRAME_BUFFERS if self._background else 1
+            pipe = HashingPipe(self._hasher, background=self._background, depth=count)
+        pool = BufferPool(size=frame_size, count=count)
         index = 0
-        while True:
-            frame = _read_into(self._src, buffer)
-            if len(frame) < TAG_SIZE or index >= MAX_CHUNKS:
-                raise IntegrityError()
-            if self._hasher is not None:
-                self._hasher.update(frame)
-            final = len(frame) < frame_size
+        try:
+            while True:
+                # Only this thread acquires, and only after it is done with the last
+                # frame, so the hash thread may release a frame while it is decrypted.
+                buffer = pool.acquire()
+                frame = _read_into(self._src, buffer)
+                if len(frame) < TAG_SIZE or index >= MAX_CHUNKS:
+                    raise IntegrityError()
+                if pipe is None:
+                    pool.release(buffer)
+                else:
+                    pipe.feed(frame, then=functools.partial(pool.release, buffer))
+                final = len(frame) < frame_size
+                plain = self._decrypt(index, frame, final, destination)
+                index += 1
+                self.chunk_count = index
+                self.payload_size += len(plain)
+                if final:
+                    if pipe is not None:
+                        pipe.close()  # the content hash is complete before the last chunk
+                    self.complete = True
+                    yield plain
+                    return
+                yield plain
+        except BaseException:
+            if pipe is not None:
+                with contextlib.suppress(Exception):  # the failure being raised matters
+                    pipe.close()
+            raise
+
+    def _decrypt(
+        self,
+        index: int,
+        frame: memoryview,
+        final: bool,
+        destination: Callable[[int], memoryview] | None,
+    ) -> bytes | memoryview:
+        nonce = chunk_nonce(self._base_nonce, index)
+        flag = FLAG_FINAL if final else FLAG_MORE
+        if destination is None:
             try:
-                plain = self._aead.decrypt(
-                    chunk_nonce(self._base_nonce, index), frame, FLAG_FINAL if final else FLAG_MORE
-                )
+                return self._aead.decrypt(nonce, frame, flag)
             except InvalidTag:
                 raise IntegrityError() from None
-            index += 1
-            self.chunk_count = index
-            self.payload_size += len(plain)
-            if final:
-                self.complete = True
-                yield plain
-                return
-            yield plain
+        size = len(frame) - TAG_SIZE
+        target = memoryview(destination(size)).cast("B")
+        if len(target) != size:
+            raise ValueError(f"destination returned {len(target)} bytes, expected {size}")
+        try:
+            self._aead.decrypt_into(nonce, frame, flag, target)
+        except InvalidTag:
+            target[:] = bytes(size)  # decrypt_into leaves unverified plaintext behind
+            raise IntegrityError() from None
+        return target
 
 
 def open_bytes(blob: bytes, *, keys: KeyResolver, tenant_id: str, artifact_id: str | None) -> bytes:

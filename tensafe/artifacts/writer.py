@@ -6,6 +6,7 @@ Part of the crypto core: standard library and pyca ``cryptography`` only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 from dataclasses import dataclass, replace
@@ -19,12 +20,16 @@ from tensafe.artifacts.format import (
     FLAG_FINAL,
     FLAG_MORE,
     MAX_CHUNKS,
+    TAG_SIZE,
     ArtifactHeader,
     chunk_nonce,
     derive_artifact_keys,
 )
-from tensafe.artifacts.pipeline import HashingPipe
+from tensafe.artifacts.pipeline import BufferPool, HashingPipe
 from tensafe.artifacts.tenant_key import TenantKey
+
+PIPELINE_BUFFERS = 6
+"""Ciphertext buffers a background :class:`SealingWriter` keeps in flight."""
 
 
 @dataclass(frozen=True)
@@ -42,10 +47,20 @@ class SealResult:
 class SealingWriter:
     """Encrypt a byte stream into an artifact, chunk by chunk, in bounded memory.
 
-    Memory stays within about 7 chunks whatever the total size. The output
-    stream is written sequentially and never seeked. Use as a context manager:
-    a clean exit finishes the artifact, an exception aborts it (the output is then
-    left unfinished and will fail authentication).
+    Each chunk is encrypted on the caller's thread (``AESGCM.encrypt_into``) into
+    one of :data:`PIPELINE_BUFFERS` reused ciphertext buffers; with ``background``
+    (the default) one helper thread hashes the ciphertext (``content_hash``) and a
+    second one writes it to ``out``, each releasing the buffer when done. Memory
+    stays within 7 chunks (6 buffers plus the partial chunk) whatever the total
+    size. ``out.write`` receives views of reused buffers, as the ``io`` contract
+    allows: it must not keep them after it returns. The output stream is written
+    sequentially and never seeked.
+
+    Use as a context manager: a clean exit finishes the artifact, an exception
+    aborts it (the output is then left unfinished and will fail authentication).
+    Any error, including one from ``out.write`` or the hash on a helper thread, is
+    re-raised in the caller (by :meth:`write` or :meth:`finish`) and aborts the
+    writer.
 
     Example:
         >>> import io
@@ -68,6 +83,8 @@ class SealingWriter:
     ) -> None:
         """Start an artifact and write its header to ``out``.
 
+        ``background=False`` does everything on the caller's thread (small payloads).
+
         Raises:
             ConfigError: for an invalid artifact id or chunk size.
         """
@@ -85,7 +102,15 @@ class SealingWriter:
         self._out = out
         self._hasher = hashlib.sha256()
         self._written = 0
-        self._pipe = HashingPipe(self._hasher, sink=self._write_out, background=background)
+        count = PIPELINE_BUFFERS if background else 1
+        self._pool = BufferPool(size=chunk_size + TAG_SIZE, count=count)
+        self._pipe = HashingPipe(
+            self._hasher,
+            sink=self._write_out,
+            background=background,
+            depth=count,
+            sink_thread=True,
+        )
         self._chunk = bytearray(chunk_size)  # the partial chunk between writes
         self._fill = 0
         self._index = 0
@@ -101,19 +126,39 @@ class SealingWriter:
     def _seal(self, data: bytes | bytearray | memoryview, flag: bytes) -> None:
         if self._index >= MAX_CHUNKS:
             raise OverflowError("artifact exceeds the maximum number of chunks")
-        nonce = chunk_nonce(self._base_nonce, self._index)
-        self._pipe.feed(self._aead.encrypt(nonce, data, flag))
+        self._pipe.check()  # fail fast rather than encrypt into a pipe that failed
+        buffer = self._pool.acquire()
+        try:
+            frame = memoryview(buffer)[: len(data) + TAG_SIZE]
+            nonce = chunk_nonce(self._base_nonce, self._index)
+            self._aead.encrypt_into(nonce, data, flag, frame)
+        except BaseException:
+            self._pool.release(buffer)
+            raise
         self._index += 1
+        # The helper threads hash and write the frame, then hand the buffer back.
+        self._pipe.feed(frame, then=functools.partial(self._pool.release, buffer))
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append plaintext; returns ``len(data)``. Full chunks are sealed immediately,
         straight from ``data`` when they do not straddle an earlier write.
 
+        ``data`` may be reused as soon as this returns.
+
         Raises:
             ValueError: if the writer is finished or aborted.
+            OSError: (or any other error) from ``out.write`` or the hash, possibly of
+                an earlier chunk; the writer is then aborted.
         """
         if self._closed:
             raise ValueError("write to a finished or aborted SealingWriter")
+        try:
+            return self._write(data)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data).cast("B")
         size = len(view)
         chunk = self._chunk_size
@@ -135,10 +180,13 @@ class SealingWriter:
         return size
 
     def finish(self) -> SealResult:
-        """Seal the final (short, possibly empty) chunk and flush.
+        """Seal the final (short, possibly empty) chunk, wait for the helper threads
+        and flush ``out``; idempotent.
 
         Raises:
             ValueError: if the writer was aborted.
+            OSError: (or any other error) from ``out.write`` or the hash; the writer
+                is then aborted.
         """
         if self._result is not None:
             return self._result

@@ -13,6 +13,7 @@ CORE_MODULES = (
     "tensafe.artifacts.pipeline",
     "tensafe.artifacts.reader",
     "tensafe.artifacts.writer",
+    "tensafe.artifacts.writeback",
     "tensafe.artifacts.tenant_key",
     "tensafe.artifacts.manifest",
     "tensafe.artifacts.payload",
