@@ -25,6 +25,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--dataset-size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=4, help="expected batch size q·N")
     ap.add_argument("--sigma", type=float, default=1.0, help="noise multiplier σ")
+    ap.add_argument(
+        "--dataset-id",
+        default="synthetic-notes",
+        help="the dataset whose privacy budget the run is charged to (an admin creates it: "
+        "tensafe admin create-budget TENANT synthetic-notes --epsilon-cap E)",
+    )
     return ap
 
 
@@ -38,6 +44,7 @@ def dp_config(args: argparse.Namespace) -> DPConfig:
         max_grad_norm=1.0,
         dataset_size=args.dataset_size,
         expected_batch_size=args.batch,
+        dataset_id=args.dataset_id,
     )
 
 

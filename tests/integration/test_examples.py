@@ -26,6 +26,10 @@ def example_env(live_server):
     if live_server.database_url.startswith("postgresql"):
         pytest.skip("the examples run once, on the embedded SQLite default")
     tenant = live_server.create_tenant("examples")
+    # as docs/quickstart.md says: an admin creates the examples' dataset budget first
+    live_server.cli(
+        "admin", "create-budget", tenant["tenant_id"], "synthetic-notes", "--epsilon-cap", "100"
+    )
     return {
         **os.environ,
         "TG_TINKER_BASE_URL": live_server.url,
