@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from server.db.migrate import upgrade_database
 from server.db.session import Database
 from server.services import artifacts as artifact_service
 from server.services.keys import build_keyring
-from server.services.operations import fail_interrupted
+from server.services.operations import fail_interrupted, purge_results
 from server.services.tenants import ApiKeyHasher, build_hasher
 from server.settings import Settings
 from server.storage import ArtifactStore, LocalArtifactStore, S3ArtifactStore
@@ -89,14 +90,25 @@ class ServerContext:
         """Purge expired artifacts now; returns how many rows were removed."""
         return artifact_service.sweep_expired(self.db, self.store)
 
+    def purge_results_now(self) -> int:
+        """Purge operation results older than ``result_ttl_s``; returns how many."""
+        ttl = self.settings.result_ttl_s
+        if ttl is None:
+            return 0
+        return purge_results(self.db, older_than=timedelta(seconds=ttl))
+
     def _sweep_loop(self) -> None:
         while not self._stop_sweeper.is_set():
-            try:
-                removed = self.sweep_now()
-                if removed:
-                    log.info("purged %d expired artifact(s)", removed)
-            except Exception:
-                log.exception("artifact expiry sweep failed")
+            for what, sweep in (
+                ("expired artifact", self.sweep_now),
+                ("result", self.purge_results_now),
+            ):
+                try:
+                    removed = sweep()
+                    if removed:
+                        log.info("purged %d %s(s)", removed, what)
+                except Exception:
+                    log.exception("%s sweep failed", what)
             self._stop_sweeper.wait(self.settings.sweep_interval_s)
 
 

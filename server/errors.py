@@ -66,6 +66,13 @@ class NotFoundError(ServiceError, LookupError):
     category = "user"
 
 
+class ResultExpiredError(NotFoundError):
+    """A completed operation's result was purged after ``result_ttl_s`` (410); the
+    operation itself was applied."""
+
+    status_code = 410
+
+
 class ConflictError(ServiceError, RuntimeError):
     """Not valid in the current state (409): terminated run, name taken, ..."""
 
@@ -134,6 +141,7 @@ __all__ = [
     "ConflictError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "ResultExpiredError",
     "ServerError",
     "ServiceError",
     "ServiceUnavailableError",

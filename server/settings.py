@@ -89,12 +89,18 @@ class Settings(BaseSettings):
         device: torch device for models (``cpu``, ``cuda``, ``cuda:1``).
         model_cache_dir: where models are prepared/cached (default: tensafe's cache).
         artifact_ttl_s: artifacts expire this many seconds after creation (``None``: never).
+        result_ttl_s: a completed operation's result (losses, per-token values, metrics)
+            is purged this many seconds after completion (``None``: kept forever); reading
+            it later is 410. Requests are never stored with their training data. In the
+            environment, ``none`` unsets this (and any other optional setting).
         sweep_interval_s: how often expired artifacts are purged.
         log_level, log_json: logging (JSON lines by default).
         host, port: where ``tensafe serve`` listens.
     """
 
-    model_config = SettingsConfigDict(env_prefix="TENSAFE_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="TENSAFE_", extra="forbid", frozen=True, env_parse_none_str="none"
+    )
 
     environment: Environment = "production"
     data_dir: Path = Field(default_factory=default_data_dir)
@@ -126,6 +132,7 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = None
 
     artifact_ttl_s: float | None = Field(None, gt=0)
+    result_ttl_s: float | None = Field(7 * 24 * 3600.0, gt=0)
     sweep_interval_s: float = Field(300.0, gt=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

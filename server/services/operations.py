@@ -10,6 +10,9 @@ travels to the worker in memory only, and the ``request`` column keeps a summary
 (loss, example and token counts). Operations left queued by a previous process are
 failed at start rather than replayed, so nothing needs the batch afterwards. Other
 requests (optimizer hyperparameters, checkpoint names and metadata) are stored as sent.
+Results (losses, per-token values, metrics) are purged ``result_ttl_s`` after
+completion (:func:`purge_results`, run by the sweeper); reading one afterwards is a
+410 (:class:`~server.errors.ResultExpiredError`).
 
 Idempotency: a submission may carry an ``Idempotency-Key`` (the SDK sends one per
 logical call). A repeat with the same key on the same run returns the original
@@ -20,16 +23,17 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import select, update
+from sqlalchemy import null, select, update
 from sqlalchemy.orm import Session
 from tg_tinker.types import CancelResponse, ErrorBody, FutureRef, FutureState
 
 from server.db.models import OperationRow, TrainingRunRow, utcnow
 from server.db.session import Database
-from server.errors import ConflictError, NotFoundError
+from server.errors import ConflictError, NotFoundError, ResultExpiredError
 from server.services.runs import LOAD_MODEL, get_run, request_hash
 from server.worker.queue import QueuedOperation, RunQueue
 
@@ -199,9 +203,35 @@ def read_future(db: Database, *, tenant_id: str, future_id: str) -> FutureState:
 
     Raises:
         NotFoundError: no such future for this tenant.
+        ResultExpiredError: it completed, but its result was purged (:func:`purge_results`).
     """
     with db.sessions() as session:
-        return future_state(get_operation(session, tenant_id=tenant_id, future_id=future_id))
+        op = get_operation(session, tenant_id=tenant_id, future_id=future_id)
+        if op.status == "completed" and op.result is None:
+            raise ResultExpiredError(
+                f"operation {future_id} ({op.operation}) completed at "
+                f"{op.completed_at:%Y-%m-%d %H:%M:%S} UTC and was applied; its result was "
+                "purged after the server's result retention period (TENSAFE_RESULT_TTL_S)"
+            )
+        return future_state(op)
+
+
+def purge_results(db: Database, *, older_than: timedelta) -> int:
+    """Drop the results of operations completed more than ``older_than`` ago; returns
+    how many were purged. The operations themselves (status, times, errors) stay."""
+    cutoff = utcnow() - older_than
+    with db.transaction() as session:
+        purged = session.execute(
+            update(OperationRow)
+            .where(
+                OperationRow.status == "completed",
+                OperationRow.result.is_not(None),
+                OperationRow.completed_at < cutoff,
+            )
+            .values(result=null())  # SQL NULL, not a JSON null
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+    return int(purged)
 
 
 def cancel_future(db: Database, *, tenant_id: str, future_id: str) -> CancelResponse:
@@ -298,6 +328,7 @@ __all__ = [
     "get_operation",
     "mark_completed",
     "mark_failed",
+    "purge_results",
     "read_future",
     "refuse_if_closed",
     "submit_operation",
