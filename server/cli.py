@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 _SETTINGS_FLAGS = ("data_dir", "database_url", "environment", "log_level")
@@ -120,6 +122,16 @@ def _admin_session(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return Database(url), build_hasher(settings)
 
 
+@contextmanager
+def _admin_database(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+    """:func:`_admin_session`'s database and hasher; the database is disposed on exit."""
+    db, hasher = _admin_session(args)
+    try:
+        yield db, hasher
+    finally:
+        db.dispose()
+
+
 def _print_key(issued: Any, *, as_json: bool, what: str) -> None:
     if as_json:
         print(
@@ -136,12 +148,8 @@ def _print_key(issued: Any, *, as_json: bool, what: str) -> None:
 def _create_tenant(args: argparse.Namespace) -> int:
     from server.services.tenants import create_tenant
 
-    db, hasher = _admin_session(args)
-    try:
-        with db.transaction() as session:
-            issued = create_tenant(session, name=args.name, hasher=hasher)
-    finally:
-        db.dispose()
+    with _admin_database(args) as (db, hasher), db.transaction() as session:
+        issued = create_tenant(session, name=args.name, hasher=hasher)
     _print_key(issued, as_json=args.json, what="tenant created")
     return 0
 
@@ -149,14 +157,8 @@ def _create_tenant(args: argparse.Namespace) -> int:
 def _create_key(args: argparse.Namespace) -> int:
     from server.services.tenants import create_api_key
 
-    db, hasher = _admin_session(args)
-    try:
-        with db.transaction() as session:
-            issued = create_api_key(
-                session, tenant_id=args.tenant_id, hasher=hasher, label=args.label
-            )
-    finally:
-        db.dispose()
+    with _admin_database(args) as (db, hasher), db.transaction() as session:
+        issued = create_api_key(session, tenant_id=args.tenant_id, hasher=hasher, label=args.label)
     _print_key(issued, as_json=args.json, what="key created")
     return 0
 
@@ -164,12 +166,8 @@ def _create_key(args: argparse.Namespace) -> int:
 def _revoke_key(args: argparse.Namespace) -> int:
     from server.services.tenants import revoke_api_key
 
-    db, _ = _admin_session(args)
-    try:
-        with db.transaction() as session:
-            revoke_api_key(session, key_id=args.key_id)
-    finally:
-        db.dispose()
+    with _admin_database(args) as (db, _), db.transaction() as session:
+        revoke_api_key(session, key_id=args.key_id)
     print(f"revoked {args.key_id}")
     return 0
 
@@ -177,20 +175,16 @@ def _revoke_key(args: argparse.Namespace) -> int:
 def _list_tenants(args: argparse.Namespace) -> int:
     from server.services.tenants import list_tenants
 
-    db, _ = _admin_session(args)
-    try:
-        with db.sessions() as session:
-            rows = [
-                {
-                    "tenant_id": t.tenant_id,
-                    "name": t.name,
-                    "created_at": t.created_at.isoformat(),
-                    "disabled": t.disabled_at is not None,
-                }
-                for t in list_tenants(session)
-            ]
-    finally:
-        db.dispose()
+    with _admin_database(args) as (db, _), db.sessions() as session:
+        rows = [
+            {
+                "tenant_id": t.tenant_id,
+                "name": t.name,
+                "created_at": t.created_at.isoformat(),
+                "disabled": t.disabled_at is not None,
+            }
+            for t in list_tenants(session)
+        ]
     if args.json:
         print(json.dumps(rows))
     else:
@@ -200,13 +194,21 @@ def _list_tenants(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------- budgets / audit
-def _budget_service(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+@contextmanager
+def _budget_service(args: argparse.Namespace) -> Iterator[Any]:
+    """A :class:`BudgetService` on the admin database; closed (and the database
+    disposed) on exit."""
     from server.services.budgets import BudgetService
     from server.services.keys import build_keyring
 
     db, _ = _admin_session(args)
     settings = _settings(args)
-    return db, BudgetService(db, build_keyring(settings, db))
+    service = BudgetService(db, build_keyring(settings, db))
+    try:
+        yield service
+    finally:
+        service.close()
+        db.dispose()
 
 
 def _print_budget(service: Any, tenant_id: str, dataset_id: str) -> None:
@@ -219,8 +221,7 @@ def _print_budget(service: Any, tenant_id: str, dataset_id: str) -> None:
 
 
 def _create_budget(args: argparse.Namespace) -> int:
-    db, service = _budget_service(args)
-    try:
+    with _budget_service(args) as service:
         service.create_budget(
             tenant_id=args.tenant_id,
             dataset_id=args.dataset_id,
@@ -231,15 +232,11 @@ def _create_budget(args: argparse.Namespace) -> int:
             reason=args.reason,
         )
         _print_budget(service, args.tenant_id, args.dataset_id)
-    finally:
-        service.close()
-        db.dispose()
     return 0
 
 
 def _raise_budget(args: argparse.Namespace) -> int:
-    db, service = _budget_service(args)
-    try:
+    with _budget_service(args) as service:
         service.change_cap(
             tenant_id=args.tenant_id,
             dataset_id=args.dataset_id,
@@ -248,9 +245,6 @@ def _raise_budget(args: argparse.Namespace) -> int:
             reason=args.reason,
         )
         _print_budget(service, args.tenant_id, args.dataset_id)
-    finally:
-        service.close()
-        db.dispose()
     return 0
 
 
@@ -276,13 +270,9 @@ def _audit_report(args: argparse.Namespace) -> int:
 
     from tensafe.audit import render_html
 
-    db, service = _budget_service(args)
-    try:
+    with _budget_service(args) as service:
         tenant_id = _resolve_tenant(service, args.dataset, args.tenant)
         report = service.audit_report(tenant_id=tenant_id, dataset_id=args.dataset)
-    finally:
-        service.close()
-        db.dispose()
     text = render_html(report) if args.format == "html" else report.to_json() + "\n"
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
@@ -295,12 +285,8 @@ def _audit_report(args: argparse.Namespace) -> int:
 def _audit_verify(args: argparse.Namespace) -> int:
     from server.services.budgets import first_broken
 
-    db, service = _budget_service(args)
-    try:
+    with _budget_service(args) as service:
         results = service.verify(tenant_id=args.tenant, dataset_id=args.dataset)
-    finally:
-        service.close()
-        db.dispose()
     for result in results:
         r = result.report
         state = "ok" if r.ok else f"BROKEN at seq {r.first_broken_seq}: {r.reason}"
@@ -328,85 +314,96 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
+def _add_group(
+    subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    help_text: str,
+    *,
+    metavar: str = "ACTION",
+) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """Add command group ``name`` (its choice is stored as ``<name>_command``)."""
+    group = subparsers.add_parser(name, help=help_text)
+    return group.add_subparsers(dest=f"{name}_command", required=True, metavar=metavar)
+
+
+def _add_command(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    handler: Callable[[argparse.Namespace], int],
+    help_text: str,
+    *positionals: str,
+    flags: Callable[[argparse.ArgumentParser], None] = _common,
+) -> argparse.ArgumentParser:
+    """Add command ``name``: the settings ``flags``, then the plain ``positionals``;
+    it runs ``handler`` through :func:`_guarded`. Returns its parser for more arguments."""
+    parser = commands.add_parser(name, help=help_text)
+    flags(parser)
+    for positional in positionals:
+        parser.add_argument(positional)
+    parser.set_defaults(func=_guarded(handler))
+    return parser
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``serve``, ``db`` and ``admin`` command groups to the ``tensafe`` CLI."""
-    serve = subparsers.add_parser("serve", help="run the TenSafe training server")
-    _common(serve)
+    serve = _add_command(subparsers, "serve", _serve, "run the TenSafe training server")
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--worker-threads", type=int, help="runs trained concurrently (default 2)")
-    serve.set_defaults(func=_guarded(_serve))
 
-    db = subparsers.add_parser("db", help="database migrations")
-    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    upgrade = db_commands.add_parser("upgrade", help="apply migrations up to a revision")
-    _common(upgrade)
+    db = _add_group(subparsers, "db", "database migrations")
+    upgrade = _add_command(db, "upgrade", _db_upgrade, "apply migrations up to a revision")
     upgrade.add_argument("--revision", default="head", help="target revision (default head)")
-    upgrade.set_defaults(func=_guarded(_db_upgrade))
-    current = db_commands.add_parser("current", help="show the revision (exit 1 if not head)")
-    _common(current)
-    current.set_defaults(func=_guarded(_db_current))
+    _add_command(db, "current", _db_current, "show the revision (exit 1 if not head)")
 
-    admin = subparsers.add_parser("admin", help="tenants and API keys")
-    admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
-    tenant = admin_commands.add_parser(
-        "create-tenant", help="create a tenant and its first API key"
+    admin = _add_group(subparsers, "admin", "tenants and API keys")
+    tenant = _add_command(
+        admin, "create-tenant", _create_tenant, "create a tenant and its first API key"
     )
-    _common(tenant)
     tenant.add_argument("name", help="tenant name (unique)")
     tenant.add_argument(
         "--json", action="store_true", help='print {"tenant_id", "api_key"} as JSON'
     )
-    tenant.set_defaults(func=_guarded(_create_tenant))
-    key = admin_commands.add_parser("create-key", help="issue another API key for a tenant")
-    _common(key)
-    key.add_argument("tenant_id")
+    key = _add_command(
+        admin, "create-key", _create_key, "issue another API key for a tenant", "tenant_id"
+    )
     key.add_argument("--label", help="a note to remember the key by")
     key.add_argument("--json", action="store_true")
-    key.set_defaults(func=_guarded(_create_key))
-    revoke = admin_commands.add_parser("revoke-key", help="revoke an API key")
-    _common(revoke)
-    revoke.add_argument("key_id")
-    revoke.set_defaults(func=_guarded(_revoke_key))
-    tenants = admin_commands.add_parser("list-tenants", help="list tenants")
-    _common(tenants)
+    _add_command(admin, "revoke-key", _revoke_key, "revoke an API key", "key_id")
+    tenants = _add_command(admin, "list-tenants", _list_tenants, "list tenants")
     tenants.add_argument("--json", action="store_true")
-    tenants.set_defaults(func=_guarded(_list_tenants))
-    create_budget = admin_commands.add_parser(
-        "create-budget", help="create a dataset's privacy budget (ε cap)"
+    create_budget = _add_command(
+        admin,
+        "create-budget",
+        _create_budget,
+        "create a dataset's privacy budget (ε cap)",
+        "tenant_id",
+        "dataset_id",
     )
-    _common(create_budget)
-    create_budget.add_argument("tenant_id")
-    create_budget.add_argument("dataset_id")
     create_budget.add_argument("--epsilon-cap", type=float, required=True)
     create_budget.add_argument("--delta", type=float, default=None, help="default 1e-5")
     create_budget.add_argument("--accountant", choices=("prv", "rdp"), default="prv")
     create_budget.add_argument("--reason")
-    create_budget.set_defaults(func=_guarded(_create_budget))
-    raise_budget = admin_commands.add_parser(
-        "raise-budget", help="change a dataset's ε cap (never below the ε spent)"
+    raise_budget = _add_command(
+        admin,
+        "raise-budget",
+        _raise_budget,
+        "change a dataset's ε cap (never below the ε spent)",
+        "tenant_id",
+        "dataset_id",
     )
-    _common(raise_budget)
-    raise_budget.add_argument("tenant_id")
-    raise_budget.add_argument("dataset_id")
     raise_budget.add_argument("--epsilon-cap", type=float, required=True)
     raise_budget.add_argument("--reason")
-    raise_budget.set_defaults(func=_guarded(_raise_budget))
 
-    audit = subparsers.add_parser("audit", help="privacy ledger: reports and verification")
-    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    report = audit_commands.add_parser("report", help="audit report of one dataset")
-    _common(report)
+    audit = _add_group(subparsers, "audit", "privacy ledger: reports and verification")
+    report = _add_command(audit, "report", _audit_report, "audit report of one dataset")
     report.add_argument("--dataset", required=True)
     report.add_argument("--tenant", help="the owning tenant (needed if several own the name)")
     report.add_argument("--format", choices=("json", "html"), default="json")
     report.add_argument("-o", "--output", help="write to FILE instead of stdout")
-    report.set_defaults(func=_guarded(_audit_report))
-    verify = audit_commands.add_parser("verify", help="verify the ledger's HMAC chains")
-    _common(verify)
+    verify = _add_command(audit, "verify", _audit_verify, "verify the ledger's HMAC chains")
     verify.add_argument("--dataset")
     verify.add_argument("--tenant")
-    verify.set_defaults(func=_guarded(_audit_verify))
 
 
 __all__ = ["register"]

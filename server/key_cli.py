@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from typing import Any
 
-from server.cli import _admin_session, _fail, _guarded, _settings
+from server.cli import _add_command, _add_group, _admin_session, _fail, _settings
 
 
 def _keyring(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -72,24 +73,30 @@ def _shred(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flags(parser: argparse.ArgumentParser) -> None:
+    """The settings flags of every ``keys`` command (fewer than ``tensafe admin``'s)."""
+    parser.add_argument("--data-dir", dest="data_dir")
+    parser.add_argument("--database-url", dest="database_url")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``keys`` command group."""
-    keys = subparsers.add_parser("keys", help="tenant keys: rotation and crypto-shredding")
-    commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
-
-    def add(
-        name: str, handler: Any, help_text: str, *, tenant: bool = True
-    ) -> argparse.ArgumentParser:
-        p = commands.add_parser(name, help=help_text)
-        if tenant:
-            p.add_argument("tenant_id")
-        p.add_argument("--data-dir", dest="data_dir")
-        p.add_argument("--database-url", dest="database_url")
-        p.set_defaults(func=_guarded(handler))
-        return p
-
-    add("list", _list, "key versions held for a tenant")
-    add("rotate-tenant", _rotate_tenant, "new key version for the tenant's new artifacts")
-    add("rotate-kek", _rotate_kek, "new KEK version; rewrap all tenant keys", tenant=False)
-    shred = add("shred", _shred, "destroy every key of a tenant (its artifacts become unreadable)")
+    commands = _add_group(
+        subparsers, "keys", "tenant keys: rotation and crypto-shredding", metavar="COMMAND"
+    )
+    add = partial(_add_command, commands, flags=_flags)
+    add("list", _list, "key versions held for a tenant", "tenant_id")
+    add(
+        "rotate-tenant",
+        _rotate_tenant,
+        "new key version for the tenant's new artifacts",
+        "tenant_id",
+    )
+    add("rotate-kek", _rotate_kek, "new KEK version; rewrap all tenant keys")
+    shred = add(
+        "shred",
+        _shred,
+        "destroy every key of a tenant (its artifacts become unreadable)",
+        "tenant_id",
+    )
     shred.add_argument("--yes", action="store_true", help="confirm the irreversible shred")

@@ -135,6 +135,10 @@ def _submit(
     idempotency_key: str | None,
     validate: RunCheck | None = None,
 ) -> FutureRef:
+    """Queue ``operation`` on the tenant's run and answer its ``FutureRef``.
+
+    ``validate`` is checked against the run when the operation is submitted: if it
+    raises, nothing is queued."""
     stored = None
     if isinstance(request, ForwardBackwardRequest):
         stored = batch_summary(request)  # the batch itself is never stored
@@ -151,6 +155,9 @@ def _submit(
     )
 
 
+# ----------------------------------------------------------------- checks
+# Each builder validates what it can without the run at once (a 422 before
+# queuing) and returns the check of what depends on the run.
 def _batch_check(context: ServerContext, request: ForwardBackwardRequest) -> RunCheck:
     limits = BatchLimits(
         max_batch_size=context.settings.max_batch_size, max_seq_len=context.settings.max_seq_len
@@ -162,6 +169,58 @@ def _batch_check(context: ServerContext, request: ForwardBackwardRequest) -> Run
     return check
 
 
+def _optim_check(request: OptimStepRequest) -> RunCheck:
+    adam_params(request)  # 422 on bad hyperparameters before queuing
+
+    def check(run: TrainingRunRow) -> None:
+        if run.dp_enabled and not request.apply_dp_noise:
+            raise ValidationError(
+                "this run uses differential privacy; every step adds noise",
+                field="apply_dp_noise",
+            )
+
+    return check
+
+
+def _name_check(context: ServerContext, *, kind: str, name: str | None) -> RunCheck:
+    def check(run: TrainingRunRow) -> None:
+        if name is None:
+            return
+        path = artifact_service.artifact_path(run_id=run.run_id, kind=kind, name=name)  # type: ignore[arg-type]
+        with context.db.sessions() as session:
+            if artifact_service.name_taken(session, path=path):
+                raise ConflictError(
+                    f"run {run.run_id} already has a checkpoint named {name!r} ({path})",
+                    field="name",
+                )
+
+    return check
+
+
+def _save_state_check(context: ServerContext, request: SaveStateRequest) -> RunCheck:
+    if len(json.dumps(request.metadata)) > MAX_METADATA_BYTES:
+        raise ValidationError(
+            f"must be at most {MAX_METADATA_BYTES} bytes as JSON", field="metadata"
+        )
+    return _name_check(context, kind="training_state", name=request.name)
+
+
+def _reference_check(
+    context: ServerContext, tenant: AuthenticatedTenant, request: LoadStateRequest
+) -> RunCheck:
+    def check(run: TrainingRunRow) -> None:
+        with context.db.sessions() as session:
+            artifact_service.resolve_reference(
+                session,
+                tenant_id=tenant.tenant_id,
+                artifact_id=request.artifact_id,
+                path=request.path,
+            )
+
+    return check
+
+
+# ----------------------------------------------------------------- operations
 @router.post("/{run_id}/forward", **_ACCEPTED)
 def forward(
     run_id: str,
@@ -198,31 +257,8 @@ def optim_step(
 ) -> FutureRef:
     """Noise (DP), optimizer step, accountant step → ``OptimStepResponse``."""
     request = request or OptimStepRequest()
-    adam_params(request)  # 422 on bad hyperparameters before queuing
-
-    def check(run: TrainingRunRow) -> None:
-        if run.dp_enabled and not request.apply_dp_noise:
-            raise ValidationError(
-                "this run uses differential privacy; every step adds noise",
-                field="apply_dp_noise",
-            )
-
+    check = _optim_check(request)
     return _submit(context, tenant, run_id, "optim_step", request, idempotency_key, check)
-
-
-def _name_check(context: ServerContext, *, kind: str, name: str | None) -> RunCheck:
-    def check(run: TrainingRunRow) -> None:
-        if name is None:
-            return
-        path = artifact_service.artifact_path(run_id=run.run_id, kind=kind, name=name)  # type: ignore[arg-type]
-        with context.db.sessions() as session:
-            if artifact_service.name_taken(session, path=path):
-                raise ConflictError(
-                    f"run {run.run_id} already has a checkpoint named {name!r} ({path})",
-                    field="name",
-                )
-
-    return check
 
 
 @router.post("/{run_id}/save_state", **_ACCEPTED)
@@ -235,11 +271,7 @@ def save_state(
 ) -> FutureRef:
     """Encrypted training-state checkpoint → ``SaveStateResponse``."""
     request = request or SaveStateRequest()
-    if len(json.dumps(request.metadata)) > MAX_METADATA_BYTES:
-        raise ValidationError(
-            f"must be at most {MAX_METADATA_BYTES} bytes as JSON", field="metadata"
-        )
-    check = _name_check(context, kind="training_state", name=request.name)
+    check = _save_state_check(context, request)
     return _submit(context, tenant, run_id, "save_state", request, idempotency_key, check)
 
 
@@ -253,16 +285,7 @@ def load_state(
 ) -> FutureRef:
     """Restore weights and optimizer from a training-state checkpoint (this run's or
     another run's of the same model) → ``LoadStateResponse``."""
-
-    def check(run: TrainingRunRow) -> None:
-        with context.db.sessions() as session:
-            artifact_service.resolve_reference(
-                session,
-                tenant_id=tenant.tenant_id,
-                artifact_id=request.artifact_id,
-                path=request.path,
-            )
-
+    check = _reference_check(context, tenant, request)
     return _submit(context, tenant, run_id, "load_state", request, idempotency_key, check)
 
 
