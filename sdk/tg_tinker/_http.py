@@ -30,8 +30,9 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import httpx
 import pydantic
@@ -145,6 +146,43 @@ def parse_model(response: httpx.Response, model: type[M]) -> M:
         ) from exc
 
 
+@dataclass(frozen=True)
+class RawRequest:
+    """One API call described once, for both its sync and its async twin; the
+    caller reads the answer itself (:meth:`HTTPCore.send` / :meth:`HTTPCore.asend`).
+
+    The retry policy above follows from ``method``: a ``POST`` gets an
+    ``Idempotency-Key`` and is not retried once it may have been applied.
+    """
+
+    method: str
+    path: str
+    body: pydantic.BaseModel | None = None
+    params: Mapping[str, str] | None = None
+    headers: Mapping[str, str] | None = None
+    read_extra: float | None = None  # lengthens the read timeout (long polls)
+
+
+@dataclass(frozen=True)
+class Request(RawRequest, Generic[M]):
+    """A :class:`RawRequest` whose answer is validated into ``response``
+    (:meth:`HTTPCore.call` / :meth:`HTTPCore.acall`)."""
+
+    response: type[M] = field(kw_only=True)
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    """What goes on the wire for one logical call; every attempt sends the same."""
+
+    method: str
+    path: str
+    content: bytes | None
+    params: Mapping[str, str] | None
+    headers: Mapping[str, str]
+    timeout: httpx.Timeout
+
+
 class HTTPCore:
     """Authenticated requests against one server, with the retry policy above."""
 
@@ -185,39 +223,47 @@ class HTTPCore:
             return httpx.Timeout(self.timeout)
         return httpx.Timeout(self.timeout, read=self.timeout + read_extra)
 
+    def _outgoing(self, request: RawRequest) -> _Outgoing:
+        headers = dict(request.headers or {})
+        if request.method == "POST":  # one key per logical call, the same on each retry
+            headers.setdefault("Idempotency-Key", uuid.uuid4().hex)
+        content = None
+        if request.body is not None:
+            content = request.body.model_dump_json().encode()
+            headers["Content-Type"] = "application/json"
+        timeout = self._timeout(request.read_extra)
+        return _Outgoing(request.method, request.path, content, request.params, headers, timeout)
+
     def _build(
-        self,
-        client: httpx.Client | httpx.AsyncClient,
-        method: str,
-        path: str,
-        *,
-        body: pydantic.BaseModel | None,
-        params: Mapping[str, str] | None,
-        headers: Mapping[str, str] | None,
-        read_extra: float | None,
+        self, client: httpx.Client | httpx.AsyncClient, outgoing: _Outgoing
     ) -> httpx.Request:
         if self._closed:
             raise TGTinkerError("this ServiceClient is closed")
-        content = None
-        all_headers = dict(headers or {})
-        if body is not None:
-            content = body.model_dump_json().encode()
-            all_headers["Content-Type"] = "application/json"
         return client.build_request(
-            method,
-            path,
-            content=content,
-            params=params,
-            headers=all_headers,
-            timeout=self._timeout(read_extra),
+            outgoing.method,
+            outgoing.path,
+            content=outgoing.content,
+            params=outgoing.params,
+            headers=outgoing.headers,
+            timeout=outgoing.timeout,
         )
 
-    @staticmethod
-    def _post_headers(method: str, headers: Mapping[str, str] | None) -> dict[str, str]:
-        out = dict(headers or {})
-        if method == "POST":
-            out.setdefault("Idempotency-Key", uuid.uuid4().hex)
-        return out
+    def _delay_after_exception(
+        self, outgoing: _Outgoing, attempt: int, exc: httpx.TransportError
+    ) -> float:
+        """Seconds to wait before retrying after ``exc``; raises if it may not be retried."""
+        if attempt < self.max_retries and should_retry_exception(outgoing.method, exc):
+            return backoff_delay(attempt)
+        raise _connection_error(outgoing.method, outgoing.path, exc) from exc
+
+    def _delay_after_status(
+        self, outgoing: _Outgoing, attempt: int, response: httpx.Response
+    ) -> float:
+        """Seconds to wait before retrying a non-2xx answer; raises if it may not be retried."""
+        retryable = should_retry_status(outgoing.method, response.status_code)
+        if attempt < self.max_retries and retryable:
+            return backoff_delay(attempt, response)
+        raise error_from_response(response)
 
     def _async_client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -233,73 +279,39 @@ class HTTPCore:
         return client
 
     # ------------------------------------------------------------------ sync
-    def send(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: pydantic.BaseModel | None = None,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        read_extra: float | None = None,
-        stream: bool = False,
-    ) -> httpx.Response:
+    def send(self, request: RawRequest, *, stream: bool = False) -> httpx.Response:
         """Send with retries; returns a 2xx response or raises a TGTinkerError.
 
-        ``read_extra`` lengthens the read timeout (long polls); with ``stream=True``
-        the caller must close the response.
+        With ``stream=True`` the caller must close the response.
         """
-        headers = self._post_headers(method, headers)
+        outgoing = self._outgoing(request)
         attempt = 0
         while True:
-            request = self._build(
-                self._client,
-                method,
-                path,
-                body=body,
-                params=params,
-                headers=headers,
-                read_extra=read_extra,
-            )
             try:
-                response = self._client.send(request, stream=stream)
+                response = self._client.send(self._build(self._client, outgoing), stream=stream)
             except httpx.TransportError as exc:
-                if attempt < self.max_retries and should_retry_exception(method, exc):
-                    self.sleep(backoff_delay(attempt))
-                    attempt += 1
-                    continue
-                raise _connection_error(method, path, exc) from exc
-            if response.is_success:
-                return response
-            try:
-                response.read()
-            finally:
-                response.close()
-            if attempt < self.max_retries and should_retry_status(method, response.status_code):
-                self.sleep(backoff_delay(attempt, response))
-                attempt += 1
-                continue
-            raise error_from_response(response)
+                delay = self._delay_after_exception(outgoing, attempt, exc)
+            else:
+                if response.is_success:
+                    return response
+                try:
+                    response.read()
+                finally:
+                    response.close()
+                delay = self._delay_after_status(outgoing, attempt, response)
+            self.sleep(delay)
+            attempt += 1
 
-    def get(
-        self,
-        path: str,
-        model: type[M],
-        *,
-        params: Mapping[str, str] | None = None,
-        read_extra: float | None = None,
-    ) -> M:
-        return parse_model(self.send("GET", path, params=params, read_extra=read_extra), model)
-
-    def post(self, path: str, model: type[M], *, body: pydantic.BaseModel | None = None) -> M:
-        return parse_model(self.send("POST", path, body=body), model)
+    def call(self, request: Request[M]) -> M:
+        """Send a described request and validate the answer into its response model."""
+        return parse_model(self.send(request), request.response)
 
     @contextmanager
     def stream(
         self, path: str, *, headers: Mapping[str, str] | None = None
     ) -> Iterator[httpx.Response]:
         """A streamed ``GET`` whose body the caller reads; always closed afterwards."""
-        response = self.send("GET", path, headers=headers, stream=True)
+        response = self.send(RawRequest("GET", path, headers=headers), stream=True)
         try:
             yield response
         finally:
@@ -311,73 +323,36 @@ class HTTPCore:
         self._client.close()
 
     # ------------------------------------------------------------------ async
-    async def asend(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: pydantic.BaseModel | None = None,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        read_extra: float | None = None,
-        stream: bool = False,
-    ) -> httpx.Response:
+    async def asend(self, request: RawRequest, *, stream: bool = False) -> httpx.Response:
         """Async twin of :meth:`send` (same retry policy)."""
-        headers = self._post_headers(method, headers)
+        outgoing = self._outgoing(request)
         client = self._async_client()
         attempt = 0
         while True:
-            request = self._build(
-                client,
-                method,
-                path,
-                body=body,
-                params=params,
-                headers=headers,
-                read_extra=read_extra,
-            )
             try:
-                response = await client.send(request, stream=stream)
+                response = await client.send(self._build(client, outgoing), stream=stream)
             except httpx.TransportError as exc:
-                if attempt < self.max_retries and should_retry_exception(method, exc):
-                    await self.async_sleep(backoff_delay(attempt))
-                    attempt += 1
-                    continue
-                raise _connection_error(method, path, exc) from exc
-            if response.is_success:
-                return response
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
-            if attempt < self.max_retries and should_retry_status(method, response.status_code):
-                await self.async_sleep(backoff_delay(attempt, response))
-                attempt += 1
-                continue
-            raise error_from_response(response)
+                delay = self._delay_after_exception(outgoing, attempt, exc)
+            else:
+                if response.is_success:
+                    return response
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+                delay = self._delay_after_status(outgoing, attempt, response)
+            await self.async_sleep(delay)
+            attempt += 1
 
-    async def aget(
-        self,
-        path: str,
-        model: type[M],
-        *,
-        params: Mapping[str, str] | None = None,
-        read_extra: float | None = None,
-    ) -> M:
-        return parse_model(
-            await self.asend("GET", path, params=params, read_extra=read_extra), model
-        )
-
-    async def apost(
-        self, path: str, model: type[M], *, body: pydantic.BaseModel | None = None
-    ) -> M:
-        return parse_model(await self.asend("POST", path, body=body), model)
+    async def acall(self, request: Request[M]) -> M:
+        """Async twin of :meth:`call`."""
+        return parse_model(await self.asend(request), request.response)
 
     @asynccontextmanager
     async def astream(
         self, path: str, *, headers: Mapping[str, str] | None = None
     ) -> AsyncIterator[httpx.Response]:
-        response = await self.asend("GET", path, headers=headers, stream=True)
+        response = await self.asend(RawRequest("GET", path, headers=headers), stream=True)
         try:
             yield response
         finally:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pydantic
 
+from tg_tinker._http import Request
 from tg_tinker.errors import FutureCancelledError, FutureTimeoutError, ServerError, error_from_body
 from tg_tinker.types import CancelResponse, ErrorBody, FutureRef, FutureState
 
@@ -38,6 +39,42 @@ _EARLY_GAP_CAP = 1.0
 
 def _wait_param(seconds: float) -> dict[str, str]:
     return {"wait": f"{max(0.0, seconds):.3f}".rstrip("0").rstrip(".") or "0"}
+
+
+class _PollClock:
+    """The timing of one wait for a result, shared by ``result`` and ``result_async``:
+    how long each long poll may block, the deadline, and the doubling pause taken
+    when the server answers a poll early without a result."""
+
+    def __init__(self, timeout: float | None) -> None:
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._gap = _EARLY_GAP
+        self._wait = 0.0
+        self._started = 0.0
+        self._now = 0.0
+
+    def next_wait(self) -> float:
+        """Seconds the next poll may block (starts timing it)."""
+        remaining = None if self._deadline is None else self._deadline - time.monotonic()
+        self._wait = MAX_POLL_WAIT if remaining is None else max(0.0, min(MAX_POLL_WAIT, remaining))
+        self._started = time.monotonic()
+        return self._wait
+
+    def expired(self) -> bool:
+        """After a poll without a result: whether the deadline has passed."""
+        self._now = time.monotonic()
+        return self._deadline is not None and self._now >= self._deadline
+
+    def early_pause(self) -> float | None:
+        """After a poll that did not expire: seconds to pause before the next one if
+        the server answered early, else None (poll again at once)."""
+        if self._now - self._started >= self._wait / 2:
+            return None
+        pause = self._gap if self._deadline is None else min(self._gap, self._deadline - self._now)
+        self._gap = min(self._gap * 2, _EARLY_GAP_CAP)
+        return max(0.0, pause)
 
 
 class APIFuture(Generic[T]):
@@ -150,17 +187,22 @@ class APIFuture(Generic[T]):
             return True
         return False
 
-    @staticmethod
-    def _check_timeout(timeout: float | None) -> float | None:
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
-        return None if timeout is None else time.monotonic() + timeout
+    def _poll_request(self, wait: float) -> Request[FutureState]:
+        path = f"/v1/futures/{self.future_id}"
+        return Request("GET", path, response=FutureState, params=_wait_param(wait), read_extra=wait)
+
+    def _cancel_request(self) -> Request[CancelResponse]:
+        return Request("POST", f"/v1/futures/{self.future_id}/cancel", response=CancelResponse)
+
+    def _cancel_known(self) -> bool | None:
+        """The answer to ``cancel()`` from local knowledge; None if the server must be asked."""
+        if self._cancelled:
+            return True
+        if self._final is not None:
+            return False
+        return None
 
     # ---------------------------------------------------------------- sync
-    def _poll(self, wait: float) -> FutureState:
-        return self._http.get(
-            f"/v1/futures/{self.future_id}", FutureState, params=_wait_param(wait), read_extra=wait
-        )
 
     def result(self, timeout: float | None = None) -> T:
         """Wait for the operation and return its typed result.
@@ -177,21 +219,15 @@ class APIFuture(Generic[T]):
         known = self._known()
         if known is not None:
             return known
-        deadline = self._check_timeout(timeout)
-        gap = _EARLY_GAP
+        clock = _PollClock(timeout)
         while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            wait = MAX_POLL_WAIT if remaining is None else max(0.0, min(MAX_POLL_WAIT, remaining))
-            started = time.monotonic()
-            if self._record(self._poll(wait)):
+            if self._record(self._http.call(self._poll_request(clock.next_wait()))):
                 return self._settle(self._final)  # type: ignore[arg-type]
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
+            if clock.expired():
                 raise self._timeout_error(timeout)  # type: ignore[arg-type]
-            if now - started < wait / 2:
-                pause = gap if deadline is None else min(gap, deadline - now)
-                self._http.sleep(max(0.0, pause))
-                gap = min(gap * 2, _EARLY_GAP_CAP)
+            pause = clock.early_pause()
+            if pause is not None:
+                self._http.sleep(pause)
 
     def done(self) -> bool:
         """Whether the operation has finished (completed, failed or cancelled).
@@ -200,20 +236,17 @@ class APIFuture(Generic[T]):
         """
         if self._cancelled or self._final is not None:
             return True
-        return self._record(self._poll(0.0))
+        return self._record(self._http.call(self._poll_request(0.0)))
 
     def cancel(self) -> bool:
         """Cancel the operation if it is still queued; True if it was cancelled.
 
         An operation that already started or finished cannot be cancelled.
         """
-        if self._cancelled:
-            return True
-        if self._final is not None:
-            return False
-        return self._after_cancel(
-            self._http.post(f"/v1/futures/{self.future_id}/cancel", CancelResponse)
-        )
+        known = self._cancel_known()
+        if known is not None:
+            return known
+        return self._after_cancel(self._http.call(self._cancel_request()))
 
     def _after_cancel(self, answer: CancelResponse) -> bool:
         if answer.cancelled or answer.status == "cancelled":
@@ -222,40 +255,27 @@ class APIFuture(Generic[T]):
         return False
 
     # ---------------------------------------------------------------- async
-    async def _apoll(self, wait: float) -> FutureState:
-        return await self._http.aget(
-            f"/v1/futures/{self.future_id}", FutureState, params=_wait_param(wait), read_extra=wait
-        )
-
     async def result_async(self, timeout: float | None = None) -> T:
         """Async twin of :meth:`result`; ``await future`` is the same with no timeout."""
         known = self._known()
         if known is not None:
             return known
-        deadline = self._check_timeout(timeout)
-        gap = _EARLY_GAP
+        clock = _PollClock(timeout)
         while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            wait = MAX_POLL_WAIT if remaining is None else max(0.0, min(MAX_POLL_WAIT, remaining))
-            started = time.monotonic()
-            if self._record(await self._apoll(wait)):
+            if self._record(await self._http.acall(self._poll_request(clock.next_wait()))):
                 return self._settle(self._final)  # type: ignore[arg-type]
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
+            if clock.expired():
                 raise self._timeout_error(timeout)  # type: ignore[arg-type]
-            if now - started < wait / 2:
-                pause = gap if deadline is None else min(gap, deadline - now)
-                await self._http.async_sleep(max(0.0, pause))
-                gap = min(gap * 2, _EARLY_GAP_CAP)
+            pause = clock.early_pause()
+            if pause is not None:
+                await self._http.async_sleep(pause)
 
     async def cancel_async(self) -> bool:
         """Async twin of :meth:`cancel`."""
-        if self._cancelled:
-            return True
-        if self._final is not None:
-            return False
-        answer = await self._http.apost(f"/v1/futures/{self.future_id}/cancel", CancelResponse)
-        return self._after_cancel(answer)
+        known = self._cancel_known()
+        if known is not None:
+            return known
+        return self._after_cancel(await self._http.acall(self._cancel_request()))
 
     def __await__(self) -> Generator[Any, None, T]:
         return self.result_async().__await__()

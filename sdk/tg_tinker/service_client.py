@@ -26,10 +26,10 @@ from tg_tinker._config import (
     resolve_base_url,
     run_id_from_path,
 )
-from tg_tinker._http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, HTTPCore
+from tg_tinker._http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, HTTPCore, RawRequest, Request
 from tg_tinker.downloads import PulledArtifact
 from tg_tinker.errors import ValidationError
-from tg_tinker.training_client import TrainingClient
+from tg_tinker.training_client import TrainingClient, run_request
 from tg_tinker.types import (
     ArtifactInfo,
     ArtifactList,
@@ -42,6 +42,31 @@ from tg_tinker.types import (
     TrainingRun,
     TrainingRunList,
 )
+
+# Requests that have a sync and an ``_async`` twin, described once.
+_LIST_RUNS = Request("GET", "/v1/training_runs", response=TrainingRunList)
+_EXPORT_KEY = RawRequest("GET", "/v1/keys/export")
+
+
+def _create_run_request(config: TrainingConfig) -> Request[TrainingRun]:
+    return Request("POST", "/v1/training_runs", response=TrainingRun, body=config)
+
+
+def _artifact_request(artifact_id: str) -> Request[ArtifactInfo]:
+    return Request("GET", f"/v1/artifacts/{artifact_id}", response=ArtifactInfo)
+
+
+def _artifacts_request(run_id: str | None) -> Request[ArtifactList]:
+    params = {"run_id": run_id} if run_id is not None else None
+    return Request("GET", "/v1/artifacts", response=ArtifactList, params=params)
+
+
+def _source_from_path(path: str | None, artifact_id: str | None) -> str | None:
+    """The run that saved a checkpoint, if ``path`` names it; None if ``artifact_id``
+    must be looked up."""
+    if (path is None) == (artifact_id is None):
+        raise ValidationError("give exactly one of 'path' or 'artifact_id'", field="path")
+    return None if path is None else run_id_from_path(path)
 
 
 class ServiceClient:
@@ -145,14 +170,11 @@ class ServiceClient:
             ValidationError: the server refused the config (``field`` names it).
             DPBudgetExceededError: the DP settings cannot fit the privacy budget.
         """
-        return TrainingClient(
-            self._http, self._http.post("/v1/training_runs", TrainingRun, body=config)
-        )
+        return TrainingClient(self._http, self._http.call(_create_run_request(config)))
 
     async def create_training_client_async(self, config: TrainingConfig) -> TrainingClient:
         """Async twin of :meth:`create_training_client`."""
-        run = await self._http.apost("/v1/training_runs", TrainingRun, body=config)
-        return TrainingClient(self._http, run)
+        return TrainingClient(self._http, await self._http.acall(_create_run_request(config)))
 
     def create_lora_training_client(
         self,
@@ -249,7 +271,7 @@ class ServiceClient:
             NotFoundError: no such checkpoint or run for this tenant.
         """
         source = self._source_run_id(path, artifact_id)
-        config = self._http.get(f"/v1/training_runs/{source}", TrainingRun).config
+        config = self._http.call(run_request(source)).config
         tc = self.create_training_client(config)
         try:
             tc.load_state(path, artifact_id=artifact_id).result()
@@ -264,7 +286,7 @@ class ServiceClient:
     ) -> TrainingClient:
         """Async twin of :meth:`create_training_client_from_state`."""
         source = await self._asource_run_id(path, artifact_id)
-        config = (await self._http.aget(f"/v1/training_runs/{source}", TrainingRun)).config
+        config = (await self._http.acall(run_request(source))).config
         tc = await self.create_training_client_async(config)
         try:
             await (await tc.load_state_async(path, artifact_id=artifact_id))
@@ -275,17 +297,15 @@ class ServiceClient:
         return tc
 
     def _source_run_id(self, path: str | None, artifact_id: str | None) -> str:
-        if (path is None) == (artifact_id is None):
-            raise ValidationError("give exactly one of 'path' or 'artifact_id'", field="path")
-        if path is not None:
-            return run_id_from_path(path)
+        source = _source_from_path(path, artifact_id)
+        if source is not None:
+            return source
         return self.get_artifact(artifact_id).run_id  # type: ignore[arg-type]
 
     async def _asource_run_id(self, path: str | None, artifact_id: str | None) -> str:
-        if (path is None) == (artifact_id is None):
-            raise ValidationError("give exactly one of 'path' or 'artifact_id'", field="path")
-        if path is not None:
-            return run_id_from_path(path)
+        source = _source_from_path(path, artifact_id)
+        if source is not None:
+            return source
         return (await self.get_artifact_async(artifact_id)).run_id  # type: ignore[arg-type]
 
     def get_training_client(self, run_id: str) -> TrainingClient:
@@ -294,23 +314,19 @@ class ServiceClient:
         Raises:
             NotFoundError: no such run for this tenant.
         """
-        return TrainingClient(
-            self._http, self._http.get(f"/v1/training_runs/{run_id}", TrainingRun)
-        )
+        return TrainingClient(self._http, self._http.call(run_request(run_id)))
 
     async def get_training_client_async(self, run_id: str) -> TrainingClient:
         """Async twin of :meth:`get_training_client`."""
-        return TrainingClient(
-            self._http, await self._http.aget(f"/v1/training_runs/{run_id}", TrainingRun)
-        )
+        return TrainingClient(self._http, await self._http.acall(run_request(run_id)))
 
     def list_training_runs(self) -> list[TrainingRun]:
         """This tenant's training runs, as data."""
-        return self._http.get("/v1/training_runs", TrainingRunList).runs
+        return self._http.call(_LIST_RUNS).runs
 
     async def list_training_runs_async(self) -> list[TrainingRun]:
         """Async twin of :meth:`list_training_runs`."""
-        return (await self._http.aget("/v1/training_runs", TrainingRunList)).runs
+        return (await self._http.acall(_LIST_RUNS)).runs
 
     def list_training_clients(self) -> list[TrainingClient]:
         """A :class:`TrainingClient` for each of this tenant's runs (one request)."""
@@ -323,21 +339,19 @@ class ServiceClient:
     # ---------------------------------------------------------------- artifacts
     def get_artifact(self, artifact_id: str) -> ArtifactInfo:
         """Metadata of one artifact (kind, step, size, content hash)."""
-        return self._http.get(f"/v1/artifacts/{artifact_id}", ArtifactInfo)
+        return self._http.call(_artifact_request(artifact_id))
 
     async def get_artifact_async(self, artifact_id: str) -> ArtifactInfo:
         """Async twin of :meth:`get_artifact`."""
-        return await self._http.aget(f"/v1/artifacts/{artifact_id}", ArtifactInfo)
+        return await self._http.acall(_artifact_request(artifact_id))
 
     def list_artifacts(self, run_id: str | None = None) -> list[ArtifactInfo]:
         """This tenant's artifacts, optionally only those of one run."""
-        params = {"run_id": run_id} if run_id is not None else None
-        return self._http.get("/v1/artifacts", ArtifactList, params=params).artifacts
+        return self._http.call(_artifacts_request(run_id)).artifacts
 
     async def list_artifacts_async(self, run_id: str | None = None) -> list[ArtifactInfo]:
         """Async twin of :meth:`list_artifacts`."""
-        params = {"run_id": run_id} if run_id is not None else None
-        return (await self._http.aget("/v1/artifacts", ArtifactList, params=params)).artifacts
+        return (await self._http.acall(_artifacts_request(run_id))).artifacts
 
     def pull_artifact(self, artifact_id: str, *, expected_sha256: str | None = None) -> bytes:
         """Download an artifact's ciphertext into memory, verified.
@@ -427,7 +441,7 @@ class ServiceClient:
             AuthenticationError: the API key may not export keys.
         """
         target = downloads.check_target(path, overwrite=overwrite)
-        content = self._http.send("GET", "/v1/keys/export").content
+        content = self._http.send(_EXPORT_KEY).content
         return downloads.write_key_file(target, content, overwrite=overwrite)
 
     async def export_tenant_key_async(
@@ -435,13 +449,15 @@ class ServiceClient:
     ) -> Path:
         """Async twin of :meth:`export_tenant_key`."""
         target = downloads.check_target(path, overwrite=overwrite)
-        content = (await self._http.asend("GET", "/v1/keys/export")).content
+        content = (await self._http.asend(_EXPORT_KEY)).content
         return downloads.write_key_file(target, content, overwrite=overwrite)
 
     # ---------------------------------------------------------------- privacy budgets
     def get_privacy_budget(self, dataset_id: str) -> PrivacyBudget:
         """A dataset's privacy budget: cap, δ, ε spent (all runs composed), remaining, runs."""
-        return self._http.get(f"/v1/budgets/{quote(dataset_id, safe='')}", PrivacyBudget)
+        return self._http.call(
+            Request("GET", f"/v1/budgets/{quote(dataset_id, safe='')}", response=PrivacyBudget)
+        )
 
     def create_privacy_budget(
         self,
@@ -460,26 +476,24 @@ class ServiceClient:
             accountant=accountant,  # type: ignore[arg-type]
             reason=reason,
         )
-        return self._http.post("/v1/budgets", PrivacyBudget, body=body)
+        return self._http.call(Request("POST", "/v1/budgets", response=PrivacyBudget, body=body))
 
     def raise_privacy_budget(
         self, dataset_id: str, *, epsilon_cap: float, reason: str | None = None
     ) -> PrivacyBudget:
         """Change a dataset's cap (a cap below the ε already spent is refused)."""
         body = BudgetUpdate(epsilon_cap=epsilon_cap, reason=reason)
-        response = self._http.send("PATCH", f"/v1/budgets/{quote(dataset_id, safe='')}", body=body)
+        path = f"/v1/budgets/{quote(dataset_id, safe='')}"
+        response = self._http.send(RawRequest("PATCH", path, body=body))
         return PrivacyBudget.model_validate_json(response.content)
 
     def audit_report(self, dataset_id: str, *, format: str = "json") -> dict[str, object] | str:
         """The dataset's privacy audit report: a dict (``format="json"``) or an HTML page."""
         if format not in ("json", "html"):
             raise ValidationError("must be 'json' or 'html'", field="format")
-        response = self._http.send(
-            "GET",
-            f"/v1/audit/{quote(dataset_id, safe='')}/report",
-            params={"format": format},
-            read_extra=120.0,
-        )
+        path = f"/v1/audit/{quote(dataset_id, safe='')}/report"
+        request = RawRequest("GET", path, params={"format": format}, read_extra=120.0)
+        response = self._http.send(request)
         if format == "html":
             return response.text
         return dict(json.loads(response.content))

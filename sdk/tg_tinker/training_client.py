@@ -9,13 +9,16 @@ async code and returns the same kind of future (``await`` it for the result).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import pydantic
 
 from tg_tinker._config import build_model
+from tg_tinker._http import Request
 from tg_tinker.errors import FutureTimeoutError, ServerError, ValidationError
 from tg_tinker.futures import APIFuture
 from tg_tinker.types import (
@@ -82,6 +85,80 @@ def forward_request(
     return build_model(
         ForwardBackwardRequest, data=list(data), loss_fn=loss_fn, loss_fn_config=config
     )
+
+
+# ---------------------------------------------------------------- requests, described once
+# Each sync method and its ``_async`` twin execute the same description.
+
+
+def run_request(run_id: str) -> Request[TrainingRun]:
+    """Fetch one training run of this tenant."""
+    return Request("GET", f"/v1/training_runs/{run_id}", response=TrainingRun)
+
+
+def _heartbeat_request(run_id: str) -> Request[TrainingRun]:
+    return Request("POST", f"/v1/training_runs/{run_id}/heartbeat", response=TrainingRun)
+
+
+def _info_request(run_id: str) -> Request[GetInfoResponse]:
+    return Request("GET", f"/v1/training_runs/{run_id}/info", response=GetInfoResponse)
+
+
+@dataclass(frozen=True)
+class _Operation(Generic[R]):
+    """A queued training operation: the ``POST`` that submits it, and its result type."""
+
+    request: Request[FutureRef]
+    result_type: type[R]
+
+
+def _operation(
+    run_id: str, route: str, result_type: type[R], body: pydantic.BaseModel | None = None
+) -> _Operation[R]:
+    path = f"/v1/training_runs/{run_id}/{route}"
+    return _Operation(Request("POST", path, response=FutureRef, body=body), result_type)
+
+
+def _forward_operation(
+    run_id: str,
+    route: str,
+    data: TrainingInput,
+    loss_fn: str,
+    loss_fn_config: Mapping[str, float] | None,
+) -> _Operation[ForwardBackwardOutput]:
+    body = forward_request(data, loss_fn, loss_fn_config)
+    return _operation(run_id, route, ForwardBackwardOutput, body)
+
+
+def _optim_step_operation(
+    run_id: str, adam_params: AdamParams | None, apply_dp_noise: bool
+) -> _Operation[OptimStepResponse]:
+    body = OptimStepRequest(adam_params=adam_params, apply_dp_noise=apply_dp_noise)
+    return _operation(run_id, "optim_step", OptimStepResponse, body)
+
+
+def _save_state_operation(
+    run_id: str, name: str | None, include_optimizer: bool, metadata: Mapping[str, object] | None
+) -> _Operation[SaveStateResponse]:
+    body = build_model(
+        SaveStateRequest,
+        name=name,
+        include_optimizer=include_optimizer,
+        metadata=dict(metadata or {}),
+    )
+    return _operation(run_id, "save_state", SaveStateResponse, body)
+
+
+def _load_state_operation(
+    run_id: str, path: str | None, artifact_id: str | None
+) -> _Operation[LoadStateResponse]:
+    body = build_model(LoadStateRequest, path=path, artifact_id=artifact_id)
+    return _operation(run_id, "load_state", LoadStateResponse, body)
+
+
+def _save_weights_operation(run_id: str, name: str) -> _Operation[SaveWeightsForSamplerResponse]:
+    body = build_model(SaveWeightsForSamplerRequest, name=name)
+    return _operation(run_id, "save_weights_for_sampler", SaveWeightsForSamplerResponse, body)
 
 
 class TrainingClient:
@@ -162,7 +239,7 @@ class TrainingClient:
         Raises:
             NotFoundError: the run does not exist for this tenant.
         """
-        return self._adopt(self._http.get(f"/v1/training_runs/{self.run_id}", TrainingRun))
+        return self._adopt(self._http.call(run_request(self.run_id)))
 
     def wait_until_ready(self, timeout: float | None = 600.0) -> TrainingRun:
         """Block until the server has loaded the run's model (status leaves
@@ -193,29 +270,43 @@ class TrainingClient:
 
     async def refresh_async(self) -> TrainingRun:
         """Async twin of :meth:`refresh`."""
-        return self._adopt(await self._http.aget(f"/v1/training_runs/{self.run_id}", TrainingRun))
+        return self._adopt(await self._http.acall(run_request(self.run_id)))
 
     def heartbeat(self) -> TrainingRun:
         """Tell the server the client is alive (keeps an idle run from being reaped)."""
-        return self._adopt(
-            self._http.post(f"/v1/training_runs/{self.run_id}/heartbeat", TrainingRun)
-        )
+        return self._adopt(self._http.call(_heartbeat_request(self.run_id)))
 
     async def heartbeat_async(self) -> TrainingRun:
         """Async twin of :meth:`heartbeat`."""
-        run = await self._http.apost(f"/v1/training_runs/{self.run_id}/heartbeat", TrainingRun)
-        return self._adopt(run)
+        return self._adopt(await self._http.acall(_heartbeat_request(self.run_id)))
 
     def get_info(self) -> GetInfoResponse:
         """Model and LoRA details of the run (returns directly, not a future; waits for
         the model to finish loading, see :meth:`wait_until_ready`)."""
         if self._status == "INITIALIZING":
             self.wait_until_ready()
-        return self._http.get(f"/v1/training_runs/{self.run_id}/info", GetInfoResponse)
+        return self._http.call(_info_request(self.run_id))
 
     async def get_info_async(self) -> GetInfoResponse:
-        """Async twin of :meth:`get_info`."""
-        return await self._http.aget(f"/v1/training_runs/{self.run_id}/info", GetInfoResponse)
+        """Async twin of :meth:`get_info` (also waits for the model to finish loading)."""
+        if self._status == "INITIALIZING":
+            await self._wait_until_ready_async(timeout=600.0)
+        return await self._http.acall(_info_request(self.run_id))
+
+    async def _wait_until_ready_async(self, *, timeout: float) -> TrainingRun:
+        """Async form of :meth:`wait_until_ready` (same errors)."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        run = await self.refresh_async()
+        while run.status == "INITIALIZING":
+            if time.monotonic() >= deadline:
+                raise FutureTimeoutError(f"run {self.run_id} still initializing after {timeout} s")
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 2.0)
+            run = await self.refresh_async()
+        if run.status == "ERROR":
+            raise ServerError(f"run {self.run_id} failed to load its model: {run.error}")
+        return run
 
     def get_tokenizer(self) -> PreTrainedTokenizerBase:
         """The run's tokenizer as a ``transformers`` tokenizer, built offline from
@@ -231,34 +322,20 @@ class TrainingClient:
 
             if self._status == "INITIALIZING":
                 self.wait_until_ready()
-            files = self._http.get(f"/v1/training_runs/{self.run_id}/tokenizer", TokenizerFiles)
+            path = f"/v1/training_runs/{self.run_id}/tokenizer"
+            files = self._http.call(Request("GET", path, response=TokenizerFiles))
             self._tokenizer = load_tokenizer(materialize(files))
         return self._tokenizer
 
     # ---------------------------------------------------------------- submit
-    def _submit(
-        self,
-        operation: str,
-        result_type: type[R],
-        body: pydantic.BaseModel | None = None,
-        *,
-        route: str = "",
-    ) -> APIFuture[R]:
-        path = f"/v1/training_runs/{self.run_id}/{route or operation}"
-        ref = self._http.post(path, FutureRef, body=body)
-        return APIFuture(self._http, ref, result_type, on_result=self._on_result)
+    def _submit(self, operation: _Operation[R]) -> APIFuture[R]:
+        return self._future(operation, self._http.call(operation.request))
 
-    async def _asubmit(
-        self,
-        operation: str,
-        result_type: type[R],
-        body: pydantic.BaseModel | None = None,
-        *,
-        route: str = "",
-    ) -> APIFuture[R]:
-        path = f"/v1/training_runs/{self.run_id}/{route or operation}"
-        ref = await self._http.apost(path, FutureRef, body=body)
-        return APIFuture(self._http, ref, result_type, on_result=self._on_result)
+    async def _asubmit(self, operation: _Operation[R]) -> APIFuture[R]:
+        return self._future(operation, await self._http.acall(operation.request))
+
+    def _future(self, operation: _Operation[R], ref: FutureRef) -> APIFuture[R]:
+        return APIFuture(self._http, ref, operation.result_type, on_result=self._on_result)
 
     # ---------------------------------------------------------------- operations
     def forward(
@@ -276,7 +353,7 @@ class TrainingClient:
             ValidationError: malformed or empty input (raised here, before sending).
         """
         return self._submit(
-            "forward", ForwardBackwardOutput, forward_request(data, loss_fn, loss_fn_config)
+            _forward_operation(self.run_id, "forward", data, loss_fn, loss_fn_config)
         )
 
     async def forward_async(
@@ -286,8 +363,9 @@ class TrainingClient:
         loss_fn_config: Mapping[str, float] | None = None,
     ) -> APIFuture[ForwardBackwardOutput]:
         """Async twin of :meth:`forward`."""
-        request = forward_request(data, loss_fn, loss_fn_config)
-        return await self._asubmit("forward", ForwardBackwardOutput, request)
+        return await self._asubmit(
+            _forward_operation(self.run_id, "forward", data, loss_fn, loss_fn_config)
+        )
 
     def forward_backward(
         self,
@@ -303,8 +381,9 @@ class TrainingClient:
         Raises:
             ValidationError: malformed or empty input (raised here, before sending).
         """
-        request = forward_request(data, loss_fn, loss_fn_config)
-        return self._submit("forward_backward", ForwardBackwardOutput, request)
+        return self._submit(
+            _forward_operation(self.run_id, "forward_backward", data, loss_fn, loss_fn_config)
+        )
 
     async def forward_backward_async(
         self,
@@ -313,8 +392,9 @@ class TrainingClient:
         loss_fn_config: Mapping[str, float] | None = None,
     ) -> APIFuture[ForwardBackwardOutput]:
         """Async twin of :meth:`forward_backward`."""
-        request = forward_request(data, loss_fn, loss_fn_config)
-        return await self._asubmit("forward_backward", ForwardBackwardOutput, request)
+        return await self._asubmit(
+            _forward_operation(self.run_id, "forward_backward", data, loss_fn, loss_fn_config)
+        )
 
     def optim_step(
         self, adam_params: AdamParams | None = None, *, apply_dp_noise: bool = True
@@ -326,15 +406,13 @@ class TrainingClient:
             apply_dp_noise: must stay True in a DP run (the server refuses a
                 noiseless step there); ignored without DP.
         """
-        request = OptimStepRequest(adam_params=adam_params, apply_dp_noise=apply_dp_noise)
-        return self._submit("optim_step", OptimStepResponse, request)
+        return self._submit(_optim_step_operation(self.run_id, adam_params, apply_dp_noise))
 
     async def optim_step_async(
         self, adam_params: AdamParams | None = None, *, apply_dp_noise: bool = True
     ) -> APIFuture[OptimStepResponse]:
         """Async twin of :meth:`optim_step`."""
-        request = OptimStepRequest(adam_params=adam_params, apply_dp_noise=apply_dp_noise)
-        return await self._asubmit("optim_step", OptimStepResponse, request)
+        return await self._asubmit(_optim_step_operation(self.run_id, adam_params, apply_dp_noise))
 
     def save_state(
         self,
@@ -351,9 +429,7 @@ class TrainingClient:
         Raises:
             ValidationError: ``name`` is not ``[A-Za-z0-9_.-]{1,128}``.
         """
-        return self._submit(
-            "save_state", SaveStateResponse, _save_request(name, include_optimizer, metadata)
-        )
+        return self._submit(_save_state_operation(self.run_id, name, include_optimizer, metadata))
 
     async def save_state_async(
         self,
@@ -363,8 +439,9 @@ class TrainingClient:
         metadata: Mapping[str, object] | None = None,
     ) -> APIFuture[SaveStateResponse]:
         """Async twin of :meth:`save_state`."""
-        request = _save_request(name, include_optimizer, metadata)
-        return await self._asubmit("save_state", SaveStateResponse, request)
+        return await self._asubmit(
+            _save_state_operation(self.run_id, name, include_optimizer, metadata)
+        )
 
     def load_state(
         self, path: str | None = None, *, artifact_id: str | None = None
@@ -375,51 +452,34 @@ class TrainingClient:
         Raises:
             ValidationError: neither or both given.
         """
-        request = build_model(LoadStateRequest, path=path, artifact_id=artifact_id)
-        return self._submit("load_state", LoadStateResponse, request)
+        return self._submit(_load_state_operation(self.run_id, path, artifact_id))
 
     async def load_state_async(
         self, path: str | None = None, *, artifact_id: str | None = None
     ) -> APIFuture[LoadStateResponse]:
         """Async twin of :meth:`load_state`."""
-        request = build_model(LoadStateRequest, path=path, artifact_id=artifact_id)
-        return await self._asubmit("load_state", LoadStateResponse, request)
+        return await self._asubmit(_load_state_operation(self.run_id, path, artifact_id))
 
     def save_weights_for_sampler(self, name: str) -> APIFuture[SaveWeightsForSamplerResponse]:
         """Save the weights for sampling (``tensafe://{run}/sampler_weights/{name}``)."""
-        request = build_model(SaveWeightsForSamplerRequest, name=name)
-        return self._submit("save_weights_for_sampler", SaveWeightsForSamplerResponse, request)
+        return self._submit(_save_weights_operation(self.run_id, name))
 
     async def save_weights_for_sampler_async(
         self, name: str
     ) -> APIFuture[SaveWeightsForSamplerResponse]:
         """Async twin of :meth:`save_weights_for_sampler`."""
-        request = build_model(SaveWeightsForSamplerRequest, name=name)
-        return await self._asubmit(
-            "save_weights_for_sampler", SaveWeightsForSamplerResponse, request
-        )
+        return await self._asubmit(_save_weights_operation(self.run_id, name))
 
     def unload_model(self) -> APIFuture[UnloadModelResponse]:
         """End the run and free its GPU. Does not save; saved checkpoints remain."""
-        return self._submit("unload_model", UnloadModelResponse, route="unload")
+        return self._submit(_operation(self.run_id, "unload", UnloadModelResponse))
 
     async def unload_model_async(self) -> APIFuture[UnloadModelResponse]:
         """Async twin of :meth:`unload_model`."""
-        return await self._asubmit("unload_model", UnloadModelResponse, route="unload")
+        return await self._asubmit(_operation(self.run_id, "unload", UnloadModelResponse))
 
     unload = unload_model
     unload_async = unload_model_async
-
-
-def _save_request(
-    name: str | None, include_optimizer: bool, metadata: Mapping[str, object] | None
-) -> SaveStateRequest:
-    return build_model(
-        SaveStateRequest,
-        name=name,
-        include_optimizer=include_optimizer,
-        metadata=dict(metadata or {}),
-    )
 
 
 __all__ = ["TrainingClient", "TrainingInput"]

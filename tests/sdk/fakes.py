@@ -101,6 +101,15 @@ def future_state(
     return httpx.Response(200, json=body)
 
 
+INFO_RESULT = {
+    "model_data": {"arch": "llama", "model_name": "smollm2-135m-instruct"},
+    "model_id": "run-1",
+    "is_lora": True,
+    "lora_rank": 16,
+    "model_name": "smollm2-135m-instruct",
+}
+
+
 def tensor(values: list[float]) -> dict[str, Any]:
     return {"data": values, "dtype": "float32", "shape": [len(values)]}
 

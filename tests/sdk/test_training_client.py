@@ -20,7 +20,7 @@ from tg_tinker import (
 )
 from tg_tinker.types import GetInfoResponse
 
-from tests.sdk.fakes import FB_RESULT, OPTIM_RESULT, future_ref, future_state, run_json
+from tests.sdk.fakes import FB_RESULT, INFO_RESULT, OPTIM_RESULT, future_ref, future_state, run_json
 
 RUN = "/v1/training_runs/run-1"
 FUT = r"/v1/futures/fut-1"
@@ -244,14 +244,7 @@ def test_identity_refresh_and_heartbeat(api, training_client):
 
 
 def test_get_info_prints_like_the_reference(api, training_client):
-    info = {
-        "model_data": {"arch": "llama", "model_name": "smollm2-135m-instruct"},
-        "model_id": "run-1",
-        "is_lora": True,
-        "lora_rank": 16,
-        "model_name": "smollm2-135m-instruct",
-    }
-    api.on("GET", f"{RUN}/info", httpx.Response(200, json=info))
+    api.on("GET", f"{RUN}/info", httpx.Response(200, json=INFO_RESULT))
     res = training_client.get_info()
     assert isinstance(res, GetInfoResponse)
     assert str(res).startswith(
@@ -325,3 +318,34 @@ def test_get_tokenizer_without_transformers_says_what_to_install(
     api.on("GET", f"{RUN}/tokenizer", httpx.Response(200, json={"files": {"tokenizer.json": "{}"}}))
     with pytest.raises(ImportError, match="pip install transformers"):
         training_client.get_tokenizer()
+
+
+def test_get_info_async_waits_for_the_model_like_get_info(api, service):
+    import asyncio
+
+    api.on(
+        "GET",
+        RUN,
+        [
+            httpx.Response(200, json=run_json(status="INITIALIZING")),  # get_training_client
+            httpx.Response(200, json=run_json(status="INITIALIZING")),  # first poll
+            httpx.Response(200, json=run_json(status="READY")),
+        ],
+    )
+    api.on("GET", f"{RUN}/info", httpx.Response(200, json=INFO_RESULT))
+    tc = service.get_training_client("run-1")
+    assert tc.status == "INITIALIZING"
+    info = asyncio.run(tc.get_info_async())
+    assert info.model_id == "run-1" and tc.status == "READY"
+    paths = [r.url.path for r in api.requests if r.method == "GET"]
+    assert paths.index(f"{RUN}/info") > paths.index(RUN, 1)  # polled before reading info
+
+
+def test_get_info_async_reports_a_failed_load(api, service):
+    import asyncio
+
+    api.on("GET", RUN, httpx.Response(200, json=run_json(status="INITIALIZING")))
+    tc = service.get_training_client("run-1")
+    api.on("GET", RUN, httpx.Response(200, json=run_json(status="ERROR")))
+    with pytest.raises(ServerError, match="failed to load"):
+        asyncio.run(tc.get_info_async())
