@@ -4,15 +4,20 @@ the operation stays applied, and nothing else about it changes."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+import pytest
 from fastapi.testclient import TestClient
 from tg_tinker.errors import NotFoundError, error_class
 
 from server.app import create_app
 from server.context import build_context
-from server.services.operations import purge_results
+from server.db.models import OperationRow, Tenant, TrainingRunRow
+from server.db.session import Database
+from server.errors import ResultExpiredError
+from server.services.operations import purge_results, read_future
 from server.settings import Settings
 from tests.server.harness import Harness, batch
 
@@ -52,9 +57,62 @@ def test_no_ttl_keeps_results(make_settings: Callable[..., Settings]) -> None:
         assert context.purge_results_now() == 0
 
 
-def test_result_ttl_from_the_environment(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_result_ttl_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings(environment="development").result_ttl_s == 7 * 24 * 3600.0
     monkeypatch.setenv("TENSAFE_RESULT_TTL_S", "none")
     assert Settings(environment="development").result_ttl_s is None
     monkeypatch.setenv("TENSAFE_RESULT_TTL_S", "86400")
     assert Settings(environment="development").result_ttl_s == 86400.0
+
+
+FAILURE = {"error": "X", "category": "user", "detail": "d"}
+
+
+def test_purge_on_both_databases_drops_only_old_completed_results(database: Database) -> None:
+
+    tag = uuid.uuid4().hex[:10]
+    long_ago = datetime(2001, 1, 1, tzinfo=UTC)
+    with database.transaction() as session:
+        session.add(Tenant(tenant_id=f"ten_{tag}", name=f"purge-{tag}"))
+        session.flush()
+        session.add(
+            TrainingRunRow(
+                run_id=f"run_{tag}",
+                tenant_id=f"ten_{tag}",
+                status="READY",
+                config={},
+                model_ref="tiny-llama",
+                dp_enabled=True,
+            )
+        )
+        session.flush()
+        for seq, (status, result, completed) in enumerate(
+            [
+                ("completed", {"loss": 1.0}, long_ago),  # purged
+                ("completed", {"loss": 2.0}, None),  # recent: kept
+                ("failed", None, long_ago),  # errors are not results: kept as they are
+            ]
+        ):
+            session.add(
+                OperationRow(
+                    future_id=f"fut_{tag}_{seq}",
+                    run_id=f"run_{tag}",
+                    tenant_id=f"ten_{tag}",
+                    seq=seq,
+                    operation="forward",
+                    status=status,
+                    result=result,
+                    error=None
+                    if status == "completed"
+                    else {"error": "X", "category": "user", "detail": "d"},
+                    completed_at=completed or datetime.now(UTC),
+                )
+            )
+    assert purge_results(database, older_than=timedelta(days=365 * 20)) == 1
+    assert purge_results(database, older_than=timedelta(days=365 * 20)) == 0  # SQL NULL now
+    with pytest.raises(ResultExpiredError):
+        read_future(database, tenant_id=f"ten_{tag}", future_id=f"fut_{tag}_0")
+    kept = read_future(database, tenant_id=f"ten_{tag}", future_id=f"fut_{tag}_1")
+    assert kept.result == {"loss": 2.0}
+    failed = read_future(database, tenant_id=f"ten_{tag}", future_id=f"fut_{tag}_2")
+    assert failed.status == "failed" and failed.error is not None
