@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 from fastapi import APIRouter, status
-from sqlalchemy.orm import Session
 from tg_tinker.types import (
     ForwardBackwardRequest,
     FutureRef,
@@ -52,21 +51,22 @@ def create_training_run(
     A DP run is charged to its dataset's budget (``dp_config.dataset_id``, else the
     tenant's ``default`` dataset): it is refused here with 409 if that dataset has
     no budget (and the server sets no default cap), or if the budget cannot afford
-    the run's first step."""
-
-    def admit(session: Session, spec: runs.EngineSpec) -> None:
-        if spec.dataset_id is None:
-            return
-        sigma = spec.dp.noise_multiplier
-        q = spec.dp.resolve().sample_rate if sigma is not None else None
-        context.executor.budgets.admit_run(
-            session,
-            tenant_id=tenant.tenant_id,
-            dataset_id=spec.dataset_id,
-            noise_multiplier=sigma,
-            sample_rate=q,
-        )
-
+    the run's first step. The check runs before, not inside, the transaction that
+    creates the run: its ε evaluation can take a while and must not hold a write lock."""
+    spec = runs.engine_spec(config, settings=context.settings)  # 422 before anything else
+    if spec.dataset_id is not None:
+        with context.db.sessions() as session:
+            repeat = runs.run_for_key(
+                session, tenant_id=tenant.tenant_id, idempotency_key=idempotency_key
+            )
+        if repeat is None:  # a retried creation returns its run whatever the budget says now
+            sigma = spec.dp.noise_multiplier
+            context.executor.budgets.admit_run(
+                tenant_id=tenant.tenant_id,
+                dataset_id=spec.dataset_id,
+                noise_multiplier=sigma,
+                sample_rate=None if sigma is None else spec.dp.resolve().sample_rate,
+            )
     with context.db.transaction() as session:
         run, load = runs.create_run(
             session,
@@ -74,7 +74,6 @@ def create_training_run(
             config=config,
             settings=context.settings,
             idempotency_key=idempotency_key,
-            admit=admit,
         )
         wire = runs.run_to_wire(run)
     if load is not None:

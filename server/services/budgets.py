@@ -403,7 +403,6 @@ class BudgetService:
 
     def admit_run(
         self,
-        session: Session,
         *,
         tenant_id: str,
         dataset_id: str,
@@ -414,20 +413,22 @@ class BudgetService:
 
         Advisory: the authoritative check is :meth:`run_step`, under the lock, before
         every step's noise. With ``noise_multiplier`` unknown (σ calibrated later from
-        a target ε) only an exhausted budget is refused. Records nothing; reads
-        through ``session`` (the caller's transaction creating the run).
+        a target ε) only an exhausted budget is refused. Records nothing; reads in a
+        short session of its own and evaluates ε after closing it, so call it outside
+        any transaction (on SQLite every transaction holds the write lock).
 
         Raises:
             ConflictError: (``dp_config.dataset_id``) the dataset has no budget and no
                 ``default_epsilon_cap`` is set.
             BudgetExceededError: the budget is spent, or one (σ, q) step would exceed it.
         """
-        row = self._row(session, tenant_id, dataset_id, lock=False)
-        if row is None:
-            if self.default_epsilon_cap is None:
-                raise _no_budget(dataset_id, field="dp_config.dataset_id")
-            return
-        budget = self._budget(session, row)
+        with self.db.sessions() as session:
+            row = self._row(session, tenant_id, dataset_id, lock=False)
+            if row is None:
+                if self.default_epsilon_cap is None:
+                    raise _no_budget(dataset_id, field="dp_config.dataset_id")
+                return
+            budget = self._budget(session, row)
         spent, cap = budget.epsilon(), budget.epsilon_cap
         if noise_multiplier is None or sample_rate is None:
             if spent >= cap:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -159,6 +158,20 @@ def request_hash(payload: dict[str, object]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def run_for_key(
+    session: Session, *, tenant_id: str, idempotency_key: str | None
+) -> TrainingRunRow | None:
+    """The tenant's run created earlier with this ``Idempotency-Key``, if any."""
+    if idempotency_key is None:
+        return None
+    return session.scalar(
+        select(TrainingRunRow).where(
+            TrainingRunRow.tenant_id == tenant_id,
+            TrainingRunRow.idempotency_key == idempotency_key,
+        )
+    )
+
+
 def create_run(
     session: Session,
     *,
@@ -166,13 +179,10 @@ def create_run(
     config: TrainingConfig,
     settings: Settings,
     idempotency_key: str | None,
-    admit: Callable[[Session, EngineSpec], None] | None = None,
 ) -> tuple[TrainingRunRow, OperationRow | None]:
     """Insert a run and its ``load_model`` operation (flushed; the caller commits,
     then enqueues the operation). A repeat with the same idempotency key returns the
-    existing run and ``None``. ``admit`` is called with the session and the validated
-    spec of a new run before anything is inserted (the privacy-budget admission check); what it
-    raises propagates.
+    existing run and ``None``.
 
     Raises:
         ValidationError: invalid config (see :func:`engine_spec`).
@@ -180,23 +190,15 @@ def create_run(
     """
     config_json = config.model_dump(mode="json")
     digest = request_hash(config_json)
-    if idempotency_key is not None:
-        existing = session.scalar(
-            select(TrainingRunRow).where(
-                TrainingRunRow.tenant_id == tenant_id,
-                TrainingRunRow.idempotency_key == idempotency_key,
+    existing = run_for_key(session, tenant_id=tenant_id, idempotency_key=idempotency_key)
+    if existing is not None:
+        if request_hash(existing.config) != digest:
+            raise ConflictError(
+                "this Idempotency-Key was already used for a different request",
+                field="Idempotency-Key",
             )
-        )
-        if existing is not None:
-            if request_hash(existing.config) != digest:
-                raise ConflictError(
-                    "this Idempotency-Key was already used for a different request",
-                    field="Idempotency-Key",
-                )
-            return existing, None
+        return existing, None
     spec = engine_spec(config, settings=settings)
-    if admit is not None:
-        admit(session, spec)
     now = utcnow()
     run = TrainingRunRow(
         run_id="run_" + secrets.token_hex(12),

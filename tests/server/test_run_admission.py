@@ -110,3 +110,22 @@ def test_no_budget_and_no_default_cap_refuses_creation_naming_the_field(
         assert (
             client.post("/v1/training_runs", json=run_config(), headers=headers).status_code == 201
         )
+
+
+def test_a_retried_creation_returns_its_run_even_after_the_budget_is_spent(api: Harness) -> None:
+    headers = api.tenant()
+    dataset = "retry-" + uuid.uuid4().hex[:6]
+    api.client.post(
+        "/v1/budgets", json={"dataset_id": dataset, "epsilon_cap": 5.0}, headers=headers
+    )
+    config = run_config(dp_config=_dp(dataset_id=dataset))
+    keyed = {**headers, "Idempotency-Key": "create-" + dataset}
+    first = api.client.post("/v1/training_runs", json=config, headers=keyed)
+    assert first.status_code == 201, first.text
+    lowered = api.client.patch(f"/v1/budgets/{dataset}", json={"epsilon_cap": 0.0}, headers=headers)
+    assert lowered.status_code == 200, lowered.text
+    again = api.client.post("/v1/training_runs", json=config, headers=keyed)
+    assert again.status_code == 201, again.text
+    assert again.json()["run_id"] == first.json()["run_id"]
+    fresh = api.client.post("/v1/training_runs", json=config, headers=headers)
+    assert fresh.status_code == 409 and fresh.json()["error"] == "BudgetExceededError"
