@@ -49,7 +49,7 @@ from opacus.accountants.analysis.prv import (
 )
 from opacus.accountants.analysis.rdp import compute_rdp
 from scipy.fft import next_fast_len
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from tensafe.errors import ConfigError
 
@@ -230,7 +230,7 @@ class PRVMath:
             # One BLAS thread: the only BLAS call is a vector dot product, and
             # OpenBLAS' spinning helper threads would take the CPU the training step
             # and the database need while ε is evaluated in the background.
-            with threadpool_limits(limits=1, user_api="blas"):
+            with _blas_threads().limit(limits=1, user_api="blas"):
                 prv_bound = self._prv_upper_bound(history, delta, rdp_bound)
         except _PRVDomainTooLarge:
             return rdp_bound
@@ -328,6 +328,13 @@ class PRVMath:
         if math.isnan(eps_upper):
             raise FloatingPointError("PRV ε is NaN")
         return eps_upper
+
+
+@lru_cache(maxsize=1)
+def _blas_threads() -> ThreadpoolController:
+    """The process's BLAS thread pools, found once (a fresh lookup scans every loaded
+    library: ~1.7 ms with torch loaded, per ε evaluation)."""
+    return ThreadpoolController()
 
 
 def _even_fast_length(n: int) -> int:
