@@ -429,8 +429,9 @@ class BudgetService:
                     raise _no_budget(dataset_id, field="dp_config.dataset_id")
                 return
             budget = self._budget(session, row)
-        spent, cap = budget.epsilon(), budget.epsilon_cap
+        cap = budget.epsilon_cap
         if noise_multiplier is None or sample_rate is None:
+            spent = budget.epsilon()
             if spent >= cap:
                 raise BudgetExceededError(
                     f"privacy budget exhausted for dataset {dataset_id!r}: ε spent "

@@ -281,25 +281,12 @@ class OperationExecutor:
             raise ValidationError(
                 "this run uses differential privacy; every step adds noise", field="apply_dp_noise"
             )
-        dataset_id = runtime.spec.dataset_id
         if engine.privacy is not None:  # every DP step is charged to a dataset budget
-            return self._budgeted_optim_step(
-                op, run, engine, request, dataset_id or DEFAULT_DATASET_ID
-            )
-        result = engine.optim_step(adam_params(request))
-        dataset_size = engine.privacy.dataset_size if engine.privacy is not None else 0
+            dataset_id = runtime.spec.dataset_id or DEFAULT_DATASET_ID
+            return self._budgeted_optim_step(op, run, engine, request, dataset_id)
+        result = engine.optim_step(adam_params(request))  # no DP: nothing to account
 
         def effects(session: Session, row: TrainingRunRow) -> None:
-            if result.dp_metrics is not None:
-                privacy.record_dp_step(
-                    session,
-                    run=row,
-                    future_id=op.future_id,
-                    model_step=result.step,
-                    metrics=result.dp_metrics,
-                    dataset_size=dataset_size,
-                    dataset_id=dataset_id,
-                )
             row.step = result.step
             row.pending_examples = 0
 
