@@ -161,6 +161,39 @@ def _save_weights_operation(run_id: str, name: str) -> _Operation[SaveWeightsFor
     return _operation(run_id, "save_weights_for_sampler", SaveWeightsForSamplerResponse, body)
 
 
+class _ReadyWait:
+    """The polling schedule of :meth:`TrainingClient.wait_until_ready` and its async
+    form: backoff from 50 ms to 2 s, capped by the deadline."""
+
+    def __init__(self, run_id: str, timeout: float | None) -> None:
+        self._run_id = run_id
+        self._timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._delay = 0.05
+
+    def pause(self, run: TrainingRun) -> float | None:
+        """Seconds to sleep before polling again; ``None`` once the model is loaded.
+
+        Raises:
+            FutureTimeoutError: still initializing at the deadline.
+            ServerError: the model failed to load (the run is in ``ERROR``).
+        """
+        if run.status == "INITIALIZING":
+            pause = self._delay
+            if self._deadline is not None:
+                left = self._deadline - time.monotonic()
+                if left <= 0:
+                    raise FutureTimeoutError(
+                        f"run {self._run_id} still initializing after {self._timeout} s"
+                    )
+                pause = min(pause, left)
+            self._delay = min(self._delay * 2, 2.0)
+            return pause
+        if run.status == "ERROR":
+            raise ServerError(f"run {self._run_id} failed to load its model: {run.error}")
+        return None
+
+
 class TrainingClient:
     """A handle on one training run on the server.
 
@@ -253,19 +286,11 @@ class TrainingClient:
             FutureTimeoutError: still initializing after ``timeout`` seconds.
             ServerError: the model failed to load (the run is in ``ERROR``).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.05
+        wait = _ReadyWait(self.run_id, timeout)
         run = self.refresh()
-        while run.status == "INITIALIZING":
-            if deadline is not None and time.monotonic() >= deadline:
-                raise FutureTimeoutError(f"run {self.run_id} still initializing after {timeout} s")
-            time.sleep(
-                delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
-            )
-            delay = min(delay * 2, 2.0)
+        while (pause := wait.pause(run)) is not None:
+            time.sleep(pause)
             run = self.refresh()
-        if run.status == "ERROR":
-            raise ServerError(f"run {self.run_id} failed to load its model: {run.error}")
         return run
 
     async def refresh_async(self) -> TrainingRun:
@@ -295,17 +320,11 @@ class TrainingClient:
 
     async def _wait_until_ready_async(self, *, timeout: float) -> TrainingRun:
         """Async form of :meth:`wait_until_ready` (same errors)."""
-        deadline = time.monotonic() + timeout
-        delay = 0.05
+        wait = _ReadyWait(self.run_id, timeout)
         run = await self.refresh_async()
-        while run.status == "INITIALIZING":
-            if time.monotonic() >= deadline:
-                raise FutureTimeoutError(f"run {self.run_id} still initializing after {timeout} s")
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 2.0)
+        while (pause := wait.pause(run)) is not None:
+            await asyncio.sleep(pause)
             run = await self.refresh_async()
-        if run.status == "ERROR":
-            raise ServerError(f"run {self.run_id} failed to load its model: {run.error}")
         return run
 
     def get_tokenizer(self) -> PreTrainedTokenizerBase:
