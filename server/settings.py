@@ -93,7 +93,7 @@ class Settings(BaseSettings):
             is purged this many seconds after completion (``None``: kept forever); reading
             it later is 410. Requests are never stored with their training data. In the
             environment, ``none`` unsets this (and any other optional setting).
-        sweep_interval_s: how often expired artifacts are purged.
+        sweep_interval_s: how often expired artifacts and old results are purged.
         log_level, log_json: logging (JSON lines by default).
         host, port: where ``tensafe serve`` listens.
     """
