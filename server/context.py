@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from server.db.migrate import upgrade_database
 from server.db.session import Database
+from server.queue import FutureNotifier, RunQueue
 from server.services import artifacts as artifact_service
 from server.services.keys import build_keyring
 from server.services.operations import fail_interrupted, purge_results
@@ -22,8 +23,6 @@ from server.services.tenants import ApiKeyHasher, build_hasher
 from server.settings import Settings
 from server.storage import ArtifactStore, LocalArtifactStore, S3ArtifactStore
 from server.worker.executor import OperationExecutor
-from server.worker.notify import FutureNotifier
-from server.worker.queue import RunQueue
 from tensafe.artifacts import TenantKeyring
 
 log = logging.getLogger("tensafe.server")

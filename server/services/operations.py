@@ -34,8 +34,8 @@ from tg_tinker.types import CancelResponse, ErrorBody, FutureRef, FutureState
 from server.db.models import OperationRow, TrainingRunRow, utcnow
 from server.db.session import Database
 from server.errors import ConflictError, NotFoundError, ResultExpiredError
+from server.queue import OperationQueue, QueuedOperation
 from server.services.runs import LOAD_MODEL, get_run, request_hash
-from server.worker.queue import QueuedOperation, RunQueue
 
 OPERATIONS: tuple[str, ...] = (
     "forward",
@@ -90,7 +90,7 @@ def _repeat(
 
 def submit_operation(
     db: Database,
-    queue: RunQueue,
+    queue: OperationQueue,
     *,
     tenant_id: str,
     run_id: str,
@@ -152,7 +152,7 @@ def submit_operation(
     return _ref(op)
 
 
-def enqueue_committed(queue: RunQueue, op: OperationRow) -> None:
+def enqueue_committed(queue: OperationQueue, op: OperationRow) -> None:
     """Queue an operation committed elsewhere (the ``load_model`` of a new run)."""
     with queue.run_lock(op.run_id):
         queue.enqueue(op.run_id, QueuedOperation(op.future_id, op.request))

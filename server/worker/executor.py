@@ -43,6 +43,7 @@ from tg_tinker.types import (
 from server.db.models import ArtifactRow, OperationRow, TrainingRunRow
 from server.db.session import Database
 from server.errors import ConflictError, ServiceError, ValidationError, describe_error
+from server.queue import FutureNotifier, QueuedOperation
 from server.services import artifacts as artifact_service
 from server.services import privacy
 from server.services.budgets import BudgetService, StepOutcome
@@ -63,8 +64,6 @@ from server.worker.conversions import (
     optim_output,
     request_fields,
 )
-from server.worker.notify import FutureNotifier
-from server.worker.queue import QueuedOperation
 from server.worker.runtimes import RunEngines, RunRuntime
 from tensafe import errors as ts
 from tensafe.artifacts import TenantKeyring, new_artifact_id

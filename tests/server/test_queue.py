@@ -6,7 +6,7 @@ import threading
 import time
 from collections import defaultdict
 
-from server.worker.queue import QueuedOperation, RunQueue
+from server.queue import QueuedOperation, RunQueue
 
 
 def test_per_run_order_and_one_at_a_time() -> None:

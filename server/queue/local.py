@@ -17,26 +17,17 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+
+from server.queue.base import QueuedOperation
 
 log = logging.getLogger("tensafe.server.worker")
-
-
-@dataclass(frozen=True)
-class QueuedOperation:
-    """A queued operation: its future id and the request it carries in memory
-    (batches are never written to the database; see :mod:`server.services.operations`)."""
-
-    future_id: str
-    request: dict[str, Any] | None = field(default=None, repr=False)
-
 
 Handler = Callable[[str, QueuedOperation], None]
 
 
 class RunQueue:
-    """Per-run ordered execution of operations on a small thread pool.
+    """Per-run ordered execution of operations on a small thread pool (an
+    :class:`~server.queue.OperationQueue`).
 
     Example::
 
@@ -145,4 +136,4 @@ class RunQueue:
                 self._done(run_id)
 
 
-__all__ = ["Handler", "QueuedOperation", "RunQueue"]
+__all__ = ["Handler", "RunQueue"]
