@@ -28,7 +28,7 @@ from server.services import artifacts as artifact_service
 from server.services import operations, runs
 from server.services.operations import RunCheck
 from server.services.tenants import AuthenticatedTenant
-from server.worker.conversions import adam_params, batch_summary, validate_batch_request
+from server.services.wire import adam_params, batch_summary, validate_batch_request
 from tensafe.artifacts.manifest import MAX_METADATA_BYTES
 from tensafe.losses import BatchLimits
 

@@ -1,4 +1,4 @@
-"""Training runs: validate a ``TrainingConfig``, create, read, list, heartbeat.
+"""Training runs: admit and create (:func:`create_training_run`), read, list, heartbeat.
 
 Creating a run commits the run (status ``INITIALIZING``) together with its first
 operation, ``load_model`` (seq 0), which the worker runs like any other operation;
@@ -11,146 +11,30 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from tg_tinker.types import DPConfig as WireDPConfig
 from tg_tinker.types import GetInfoResponse, ModelData, TrainingConfig, TrainingRun
 
 from server.db.models import OperationRow, TrainingRunRow, utcnow
-from server.errors import ConflictError, NotFoundError, ValidationError, prefix_field
+from server.db.session import Database
+from server.errors import ConflictError, NotFoundError
+from server.queue import OperationQueue, QueuedOperation
+from server.services.budgets import BudgetService
+from server.services.wire import DEFAULT_DATASET_ID, EngineSpec, engine_spec
 from server.settings import Settings
-from tensafe.engine import OptimizerConfig
-from tensafe.errors import ConfigError
-from tensafe.models.lora import LoRAConfig
-from tensafe.privacy import DPConfig
 
 RunStatus = Literal["INITIALIZING", "READY", "BUSY", "ERROR", "TERMINATED"]
 LOAD_MODEL = "load_model"
 
-#: The dataset a DP run is charged to when its ``dp_config`` names none: every
-#: DP step is charged to some dataset budget, so a tenant's unnamed runs compose
-#: into one budget (an over-estimate if they really used different data).
-DEFAULT_DATASET_ID = "default"
 
+class TokenizerSource(Protocol):
+    """Where a loaded run's tokenizer files come from (the worker's engines)."""
 
-@dataclass(frozen=True)
-class EngineSpec:
-    """What the worker needs to build a run's engine, validated."""
-
-    model_ref: str
-    lora: LoRAConfig | None
-    dp: DPConfig
-    optimizer: OptimizerConfig
-    seed: int
-    dataset_id: str | None
-
-
-def engine_spec(
-    config: TrainingConfig, *, settings: Settings, enforce_policy: bool = True
-) -> EngineSpec:
-    """Validate a wire ``TrainingConfig`` into engine configs, without loading anything.
-
-    With ``enforce_policy`` (creating a run) the server's policy applies too: DP is
-    required unless ``settings.require_dp`` is off — a run without ``dp_config`` (or
-    with ``enabled=False``) is refused, so no client can opt out — and ``batch_size``
-    must be within ``max_batch_size``. Rebuilding an existing run skips the policy.
-
-    Raises:
-        ValidationError: naming the field (``lora_config.rank``,
-            ``dp_config.noise_multiplier``, ``optimizer.learning_rate``, ``batch_size``...).
-    """
-    if enforce_policy and config.batch_size > settings.max_batch_size:
-        raise ValidationError(
-            f"must be at most {settings.max_batch_size} (server limit)", field="batch_size"
-        )
-    if enforce_policy and not settings.allow_model_paths and looks_like_path(config.model_ref):
-        raise ValidationError(
-            "local model paths are disabled on this server; name a model (e.g. "
-            "'smollm2-135m-instruct' or a hub id) or ask the operator to set "
-            "TENSAFE_ALLOW_MODEL_PATHS=true",
-            field="model_ref",
-        )
-    wire_dp = config.dp_config
-    if enforce_policy and settings.require_dp and (wire_dp is None or not wire_dp.enabled):
-        raise ValidationError(
-            "this server trains only with differential privacy: give a dp_config with "
-            "enabled=true (dataset_size, noise_multiplier or target_epsilon, sample_rate "
-            "or expected_batch_size)",
-            field="dp_config",
-        )
-    try:
-        lora = None
-        if config.lora_config is not None:
-            w = config.lora_config
-            lora = LoRAConfig(
-                rank=w.rank,
-                alpha=w.alpha,
-                dropout=w.dropout,
-                target_modules=None if w.target_modules is None else tuple(w.target_modules),
-                bias=w.bias,
-                train_attn=w.train_attn,
-                train_mlp=w.train_mlp,
-                train_unembed=w.train_unembed,
-            )
-    except ConfigError as exc:
-        raise prefix_field(exc, "lora_config") from None
-    try:
-        o = config.optimizer
-        optimizer = OptimizerConfig(
-            name=o.name,
-            learning_rate=o.learning_rate,
-            weight_decay=o.weight_decay,
-            betas=o.betas,
-            eps=o.eps,
-            momentum=o.momentum,
-        )
-    except ConfigError as exc:
-        raise prefix_field(exc, "optimizer") from None
-    try:
-        if wire_dp is None or not wire_dp.enabled:
-            dp = DPConfig(enabled=False)
-        else:
-            dp = DPConfig(
-                enabled=True,
-                max_grad_norm=wire_dp.max_grad_norm,
-                noise_multiplier=wire_dp.noise_multiplier,
-                target_epsilon=wire_dp.target_epsilon,
-                target_delta=wire_dp.target_delta,
-                planned_steps=wire_dp.planned_steps,
-                dataset_size=wire_dp.dataset_size,
-                sample_rate=wire_dp.sample_rate,
-                expected_batch_size=wire_dp.expected_batch_size,
-                accountant=wire_dp.accountant,
-                secure_mode=wire_dp.secure_mode,
-            )
-    except ConfigError as exc:
-        raise prefix_field(exc, "dp_config") from None
-    return EngineSpec(
-        model_ref=config.model_ref,
-        lora=lora,
-        dp=dp,
-        optimizer=optimizer,
-        seed=config.seed,
-        dataset_id=_dataset_of(wire_dp) if dp.enabled else None,
-    )
-
-
-def _dataset_of(wire_dp: WireDPConfig | None) -> str:
-    """The dataset a DP run is charged to: the one it names, else the default."""
-    named = None if wire_dp is None else wire_dp.dataset_id
-    return named or DEFAULT_DATASET_ID
-
-
-def looks_like_path(model_ref: str) -> bool:
-    """Whether ``model_ref`` would be resolved as a directory on the server."""
-    ref = model_ref.strip()
-    if ref.startswith(("/", "~", ".")) or ".." in ref:
-        return True
-    return Path(ref).expanduser().exists()
+    def tokenizer_files(self, run_id: str, *, model_name: str | None) -> dict[str, str] | None:
+        """The files, or ``None`` if the run's model is not loaded yet."""
+        ...
 
 
 def request_hash(payload: dict[str, object]) -> str:
@@ -231,6 +115,62 @@ def create_run(
     return run, load
 
 
+def create_training_run(
+    db: Database,
+    queue: OperationQueue,
+    budgets: BudgetService,
+    *,
+    tenant_id: str,
+    config: TrainingConfig,
+    settings: Settings,
+    idempotency_key: str | None,
+) -> TrainingRun:
+    """Validate, admit, create and queue the ``load_model`` of a new run; returns it
+    (status ``INITIALIZING``). A retry with the same ``Idempotency-Key`` returns the
+    run it created, whatever the budget says now, and queues nothing.
+
+    A DP run is charged to its dataset's budget (``dp_config.dataset_id``, else the
+    tenant's ``default`` dataset): it is refused if that dataset has no budget (and
+    the server sets no default cap), or if the budget cannot afford the run's first
+    step. The admission check runs before, not inside, the creating transaction: its
+    ε evaluation can take a while and must not hold a write lock.
+
+    Raises:
+        ValidationError: invalid config or one the server's policy refuses (422).
+        ConflictError: the budget refuses the run; the idempotency key was used for a
+            different config (409).
+    """
+    spec = engine_spec(config, settings=settings)  # 422 before anything else
+    if spec.dataset_id is not None:
+        with db.sessions() as session:
+            repeat = run_for_key(session, tenant_id=tenant_id, idempotency_key=idempotency_key)
+        if repeat is None:
+            _admit(budgets, tenant_id=tenant_id, spec=spec, dataset_id=spec.dataset_id)
+    with db.transaction() as session:
+        run, load = create_run(
+            session,
+            tenant_id=tenant_id,
+            config=config,
+            settings=settings,
+            idempotency_key=idempotency_key,
+        )
+        created = run_to_wire(run)
+    if load is not None:
+        with queue.run_lock(load.run_id):
+            queue.enqueue(load.run_id, QueuedOperation(load.future_id, load.request))
+    return created
+
+
+def _admit(budgets: BudgetService, *, tenant_id: str, spec: EngineSpec, dataset_id: str) -> None:
+    sigma = spec.dp.noise_multiplier
+    budgets.admit_run(
+        tenant_id=tenant_id,
+        dataset_id=dataset_id,
+        noise_multiplier=sigma,
+        sample_rate=None if sigma is None else spec.dp.resolve().sample_rate,
+    )
+
+
 def get_run(session: Session, *, tenant_id: str, run_id: str) -> TrainingRunRow:
     """The tenant's run.
 
@@ -266,6 +206,36 @@ def heartbeat(session: Session, *, tenant_id: str, run_id: str) -> TrainingRunRo
     return run
 
 
+def record_heartbeat(db: Database, *, tenant_id: str, run_id: str) -> TrainingRun:
+    """Record that the client is alive (committed); returns the run.
+
+    Raises:
+        NotFoundError: no such run for this tenant.
+    """
+    with db.transaction() as session:
+        return run_to_wire(heartbeat(session, tenant_id=tenant_id, run_id=run_id))
+
+
+def tokenizer_files(
+    db: Database, source: TokenizerSource, *, tenant_id: str, run_id: str
+) -> dict[str, str]:
+    """The run's tokenizer files, once its model has been loaded.
+
+    Raises:
+        NotFoundError: no such run for this tenant.
+        ConflictError: the model is not loaded yet.
+    """
+    with db.sessions() as session:
+        model_name = get_run(session, tenant_id=tenant_id, run_id=run_id).model_name
+    files = source.tokenizer_files(run_id, model_name=model_name)
+    if files is None:
+        raise ConflictError(
+            "the run's model is not loaded yet (it loads when the run is created); retry shortly",
+            field="run_id",
+        )
+    return files
+
+
 def run_to_wire(run: TrainingRunRow) -> TrainingRun:
     return TrainingRun(
         run_id=run.run_id,
@@ -294,15 +264,19 @@ def run_info(run: TrainingRunRow) -> GetInfoResponse:
 
 
 __all__ = [
+    "DEFAULT_DATASET_ID",
     "LOAD_MODEL",
-    "EngineSpec",
     "RunStatus",
+    "TokenizerSource",
     "create_run",
-    "engine_spec",
+    "create_training_run",
     "get_run",
     "heartbeat",
     "list_runs",
+    "record_heartbeat",
     "request_hash",
+    "run_for_key",
     "run_info",
     "run_to_wire",
+    "tokenizer_files",
 ]

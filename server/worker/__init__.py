@@ -1,3 +1,4 @@
-"""The in-process worker: :mod:`.queue` orders operations per run, :mod:`.executor`
-runs them on each run's engine, :mod:`.notify` wakes long polls, :mod:`.checkpoints`
-and :mod:`.conversions` translate between the wire and the engine."""
+"""The in-process worker: :mod:`.executor` runs queued operations (it is the handler
+of :class:`server.queue.RunQueue`) on each run's engine (:mod:`.runtimes`);
+:mod:`.checkpoints` saves and restores them. Wire ↔ engine conversions live in
+:mod:`server.services.wire`."""

@@ -54,16 +54,16 @@ from server.services.operations import (
     refuse_if_closed,
 )
 from server.services.runs import DEFAULT_DATASET_ID, LOAD_MODEL
-from server.settings import Settings
-from server.storage import ArtifactStore
-from server.worker import checkpoints
-from server.worker.conversions import (
+from server.services.wire import (
     adam_params,
     engine_batch,
     forward_output,
     optim_output,
     request_fields,
 )
+from server.settings import Settings
+from server.storage import ArtifactStore
+from server.worker import checkpoints
 from server.worker.runtimes import RunEngines, RunRuntime
 from tensafe import errors as ts
 from tensafe.artifacts import TenantKeyring, new_artifact_id

@@ -31,7 +31,7 @@ from server.db.session import Database
 from server.errors import ConflictError
 from server.services import artifacts as artifact_service
 from server.services import privacy
-from server.services.runs import EngineSpec, engine_spec
+from server.services.wire import EngineSpec, engine_spec
 from server.settings import Settings
 from server.storage import ArtifactStore
 from server.worker import checkpoints

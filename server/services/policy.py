@@ -1,0 +1,57 @@
+"""The server's policy for new runs: what a ``TrainingConfig`` may ask of this server.
+
+Checked when a run is created, not when an existing run is rebuilt (a policy change
+must not strand runs that were accepted under the old one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tg_tinker.types import TrainingConfig
+
+from server.errors import ValidationError
+from server.settings import Settings
+
+
+def check_run_policy(config: TrainingConfig, *, settings: Settings) -> None:
+    """Refuse a config the server's settings do not allow.
+
+    DP is required unless ``settings.require_dp`` is off — a run without
+    ``dp_config`` (or with ``enabled=False``) is refused, so no client can opt out;
+    ``batch_size`` must be within ``max_batch_size``; local model paths need
+    ``allow_model_paths``.
+
+    Raises:
+        ValidationError: naming the field (``batch_size``, ``model_ref``, ``dp_config``).
+    """
+    if config.batch_size > settings.max_batch_size:
+        raise ValidationError(
+            f"must be at most {settings.max_batch_size} (server limit)", field="batch_size"
+        )
+    if not settings.allow_model_paths and looks_like_path(config.model_ref):
+        raise ValidationError(
+            "local model paths are disabled on this server; name a model (e.g. "
+            "'smollm2-135m-instruct' or a hub id) or ask the operator to set "
+            "TENSAFE_ALLOW_MODEL_PATHS=true",
+            field="model_ref",
+        )
+    wire_dp = config.dp_config
+    if settings.require_dp and (wire_dp is None or not wire_dp.enabled):
+        raise ValidationError(
+            "this server trains only with differential privacy: give a dp_config with "
+            "enabled=true (dataset_size, noise_multiplier or target_epsilon, sample_rate "
+            "or expected_batch_size)",
+            field="dp_config",
+        )
+
+
+def looks_like_path(model_ref: str) -> bool:
+    """Whether ``model_ref`` would be resolved as a directory on the server."""
+    ref = model_ref.strip()
+    if ref.startswith(("/", "~", ".")) or ".." in ref:
+        return True
+    return Path(ref).expanduser().exists()
+
+
+__all__ = ["check_run_policy", "looks_like_path"]
