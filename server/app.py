@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tg_tinker.types import ErrorBody
 
 from server.api import artifacts, budgets, futures, keys, runs
+from server.api.deps import ApiResources
 from server.context import ServerContext, build_context
 from server.errors import ServiceError, describe_error
 from server.middleware import BodySizeLimitMiddleware, BodyTooLarge, RequestLogMiddleware
@@ -103,6 +104,21 @@ async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
     return _json(*describe_error(exc))
 
 
+def api_resources(ctx: ServerContext) -> ApiResources:
+    """The narrow view of the server the routes get (they never see the worker)."""
+    return ApiResources(
+        settings=ctx.settings,
+        db=ctx.db,
+        hasher=ctx.hasher,
+        queue=ctx.queue,
+        notifier=ctx.notifier,
+        budgets=ctx.executor.budgets,
+        keyring=ctx.keyring,
+        store=ctx.store,
+        tokenizers=ctx.executor,
+    )
+
+
 def create_app(settings: Settings, *, context: ServerContext | None = None) -> FastAPI:
     """Build the TenSafe ASGI app for ``settings`` (``context`` for tests that need
     to reach into the server's objects; built from ``settings`` when omitted).
@@ -130,6 +146,7 @@ def create_app(settings: Settings, *, context: ServerContext | None = None) -> F
         lifespan=lifespan,
     )
     app.state.context = ctx
+    app.state.resources = api_resources(ctx)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(TenSafeError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -157,4 +174,4 @@ def _version() -> str:
         return "0+unknown"
 
 
-__all__ = ["create_app", "field_from_loc"]
+__all__ = ["api_resources", "create_app", "field_from_loc"]

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from tg_tinker.types import ArtifactInfo, ArtifactList
 
-from server.api.deps import ContextDep, CurrentTenant, SessionDep
+from server.api.deps import CurrentTenant, DatabaseDep, SessionDep, StoreDep
 from server.services import artifacts as artifact_service
 from server.services.runs import get_run
 
@@ -50,15 +50,13 @@ def _stream(src: BinaryIO) -> Iterator[bytes]:
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 def pull_artifact(
-    artifact_id: str, tenant: CurrentTenant, context: ContextDep
+    artifact_id: str, tenant: CurrentTenant, db: DatabaseDep, store: StoreDep
 ) -> StreamingResponse:
     """The sealed artifact exactly as stored (AES-256-GCM ciphertext), streamed.
     ``X-Content-SHA256`` is its ``content_hash``; decrypt it with the exported key."""
-    with context.db.sessions() as session:
-        row = artifact_service.get_artifact(
-            session, tenant_id=tenant.tenant_id, artifact_id=artifact_id
-        )
-    src = artifact_service.open_content(context.store, row)
+    row, src = artifact_service.open_tenant_artifact(
+        db, store, tenant_id=tenant.tenant_id, artifact_id=artifact_id
+    )
     return StreamingResponse(
         _stream(src),
         media_type="application/octet-stream",

@@ -19,15 +19,11 @@ from tg_tinker.types import (
     PrivacyBudgetList,
 )
 
-from server.api.deps import ContextDep, CurrentTenant
+from server.api.deps import BudgetsDep, CurrentTenant
 from server.services.budgets import BudgetService
 from tensafe.audit import render_html
 
 router = APIRouter(tags=["privacy budgets"])
-
-
-def _budgets(context: ContextDep) -> BudgetService:
-    return context.executor.budgets
 
 
 def _wire(service: BudgetService, tenant_id: str, dataset_id: str) -> PrivacyBudget:
@@ -37,9 +33,8 @@ def _wire(service: BudgetService, tenant_id: str, dataset_id: str) -> PrivacyBud
 
 
 @router.post("/v1/budgets", status_code=status.HTTP_201_CREATED, response_model=PrivacyBudget)
-def create_budget(body: BudgetCreate, tenant: CurrentTenant, context: ContextDep) -> PrivacyBudget:
+def create_budget(body: BudgetCreate, tenant: CurrentTenant, service: BudgetsDep) -> PrivacyBudget:
     """Create the ε budget of one of your datasets (409 if it has one)."""
-    service = _budgets(context)
     service.create_budget(
         tenant_id=tenant.tenant_id,
         dataset_id=body.dataset_id,
@@ -53,8 +48,7 @@ def create_budget(body: BudgetCreate, tenant: CurrentTenant, context: ContextDep
 
 
 @router.get("/v1/budgets", response_model=PrivacyBudgetList)
-def list_budgets(tenant: CurrentTenant, context: ContextDep) -> PrivacyBudgetList:
-    service = _budgets(context)
+def list_budgets(tenant: CurrentTenant, service: BudgetsDep) -> PrivacyBudgetList:
     rows = service.list_budgets(tenant_id=tenant.tenant_id)
     return PrivacyBudgetList(
         budgets=[
@@ -69,17 +63,16 @@ def list_budgets(tenant: CurrentTenant, context: ContextDep) -> PrivacyBudgetLis
 
 
 @router.get("/v1/budgets/{dataset_id}", response_model=PrivacyBudget)
-def get_budget(dataset_id: str, tenant: CurrentTenant, context: ContextDep) -> PrivacyBudget:
+def get_budget(dataset_id: str, tenant: CurrentTenant, service: BudgetsDep) -> PrivacyBudget:
     """Cap, δ, ε spent (conservative and exact), remaining, runs."""
-    return _wire(_budgets(context), tenant.tenant_id, dataset_id)
+    return _wire(service, tenant.tenant_id, dataset_id)
 
 
 @router.patch("/v1/budgets/{dataset_id}", response_model=PrivacyBudget)
 def update_budget(
-    dataset_id: str, body: BudgetUpdate, tenant: CurrentTenant, context: ContextDep
+    dataset_id: str, body: BudgetUpdate, tenant: CurrentTenant, service: BudgetsDep
 ) -> PrivacyBudget:
     """Change the cap (lowering it below the ε already spent is refused, 422)."""
-    service = _budgets(context)
     service.change_cap(
         tenant_id=tenant.tenant_id,
         dataset_id=dataset_id,
@@ -98,11 +91,10 @@ def update_budget(
 async def audit_report(
     dataset_id: str,
     tenant: CurrentTenant,
-    context: ContextDep,
+    service: BudgetsDep,
     format: Annotated[Literal["json", "html"], Query()] = "json",
 ) -> Response:
     """The dataset's audit report (JSON, or a self-contained HTML page with plots)."""
-    service = _budgets(context)
     report = await run_in_threadpool(
         service.audit_report, tenant_id=tenant.tenant_id, dataset_id=dataset_id
     )
@@ -115,11 +107,11 @@ async def audit_report(
 @router.get("/v1/audit/verify", response_model=LedgerVerification)
 def verify_ledger(
     tenant: CurrentTenant,
-    context: ContextDep,
+    service: BudgetsDep,
     dataset_id: Annotated[str | None, Query()] = None,
 ) -> LedgerVerification:
     """Verify the HMAC chain of each of your datasets (or of one)."""
-    results = _budgets(context).verify(tenant_id=tenant.tenant_id, dataset_id=dataset_id)
+    results = service.verify(tenant_id=tenant.tenant_id, dataset_id=dataset_id)
     return LedgerVerification(
         ok=all(r.report.ok for r in results), chains=[r.to_dict() for r in results]
     )

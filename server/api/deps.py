@@ -1,7 +1,12 @@
 """Request dependencies, as ``Annotated`` aliases that keep route signatures short.
 
-* ``ContextDep`` — the app's :class:`~server.context.ServerContext`.
-* ``SessionDep`` — a database session for the request, closed afterwards.
+Routes ask for what they use, never the whole server:
+
+* ``SettingsDep``, ``DatabaseDep``, ``QueueDep``, ``NotifierDep``, ``BudgetsDep``,
+  ``KeyringDep``, ``StoreDep``, ``TokenizersDep`` — one long-lived object each, from
+  the :class:`ApiResources` the app factory put on ``app.state.resources``.
+* ``SessionDep`` — a database session for the request (reads; closed afterwards).
+  Routes never commit: writes happen inside service calls.
 * ``CurrentTenant`` — the tenant of the ``Authorization: Bearer <api_key>`` header
   (401 otherwise). Authentication uses its own short session, so nothing stays
   locked while a request waits (long polls).
@@ -11,16 +16,40 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from server.context import ServerContext
+from server.db.session import Database
 from server.errors import AuthenticationError
 from server.json_logs import request_context
-from server.services.tenants import AuthenticatedTenant, authenticate
+from server.queue import FutureNotifier, OperationQueue
+from server.services.budgets import BudgetService
+from server.services.runs import TokenizerSource
+from server.services.tenants import ApiKeyHasher, AuthenticatedTenant, authenticate
+from server.settings import Settings
+from server.storage import ArtifactStore
+from tensafe.artifacts import TenantKeyring
+
+
+@dataclass(frozen=True)
+class ApiResources:
+    """What the routes may reach (built by :func:`server.app.create_app` from the
+    server's context, so the API layer never imports the worker)."""
+
+    settings: Settings
+    db: Database
+    hasher: ApiKeyHasher
+    queue: OperationQueue
+    notifier: FutureNotifier
+    budgets: BudgetService
+    keyring: TenantKeyring
+    store: ArtifactStore
+    tokenizers: TokenizerSource
+
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -29,15 +58,57 @@ _bearer = HTTPBearer(
 )
 
 
-def get_context(request: Request) -> ServerContext:
-    return request.app.state.context  # type: ignore[no-any-return]
+def get_resources(request: Request) -> ApiResources:
+    return request.app.state.resources  # type: ignore[no-any-return]
 
 
-ContextDep = Annotated[ServerContext, Depends(get_context)]
+_Resources = Annotated[ApiResources, Depends(get_resources)]
 
 
-def get_session(context: ContextDep) -> Iterator[Session]:
-    with context.db.sessions() as session:
+def get_settings(resources: _Resources) -> Settings:
+    return resources.settings
+
+
+def get_database(resources: _Resources) -> Database:
+    return resources.db
+
+
+def get_queue(resources: _Resources) -> OperationQueue:
+    return resources.queue
+
+
+def get_notifier(resources: _Resources) -> FutureNotifier:
+    return resources.notifier
+
+
+def get_budgets(resources: _Resources) -> BudgetService:
+    return resources.budgets
+
+
+def get_keyring(resources: _Resources) -> TenantKeyring:
+    return resources.keyring
+
+
+def get_store(resources: _Resources) -> ArtifactStore:
+    return resources.store
+
+
+def get_tokenizers(resources: _Resources) -> TokenizerSource:
+    return resources.tokenizers
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+QueueDep = Annotated[OperationQueue, Depends(get_queue)]
+NotifierDep = Annotated[FutureNotifier, Depends(get_notifier)]
+BudgetsDep = Annotated[BudgetService, Depends(get_budgets)]
+KeyringDep = Annotated[TenantKeyring, Depends(get_keyring)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+TokenizersDep = Annotated[TokenizerSource, Depends(get_tokenizers)]
+
+
+def get_session(db: DatabaseDep) -> Iterator[Session]:
+    with db.sessions() as session:
         yield session
 
 
@@ -45,7 +116,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def get_current_tenant(
-    context: ContextDep,
+    resources: _Resources,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> AuthenticatedTenant:
     """The caller's tenant.
@@ -55,8 +126,8 @@ def get_current_tenant(
     """
     if credentials is None:
         raise AuthenticationError("missing API key: send 'Authorization: Bearer <api_key>'")
-    with context.db.sessions() as session:
-        tenant = authenticate(session, api_key=credentials.credentials, hasher=context.hasher)
+    with resources.db.sessions() as session:
+        tenant = authenticate(session, api_key=credentials.credentials, hasher=resources.hasher)
     log_context = request_context.get()
     if log_context is not None:
         log_context["tenant_id"] = tenant.tenant_id
@@ -75,4 +146,18 @@ IdempotencyKey = Annotated[
     ),
 ]
 
-__all__ = ["ContextDep", "CurrentTenant", "IdempotencyKey", "SessionDep", "get_context"]
+__all__ = [
+    "ApiResources",
+    "BudgetsDep",
+    "CurrentTenant",
+    "DatabaseDep",
+    "IdempotencyKey",
+    "KeyringDep",
+    "NotifierDep",
+    "QueueDep",
+    "SessionDep",
+    "SettingsDep",
+    "StoreDep",
+    "TokenizersDep",
+    "get_resources",
+]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 from tg_tinker.types import CancelResponse, FutureState
 
-from server.api.deps import ContextDep, CurrentTenant
+from server.api.deps import CurrentTenant, DatabaseDep, NotifierDep, SettingsDep
 from server.services.operations import FINAL_STATUSES, cancel_future, read_future
 
 router = APIRouter(prefix="/v1/futures", tags=["futures"])
@@ -18,7 +18,9 @@ router = APIRouter(prefix="/v1/futures", tags=["futures"])
 async def get_future(
     future_id: str,
     tenant: CurrentTenant,
-    context: ContextDep,
+    db: DatabaseDep,
+    notifier: NotifierDep,
+    settings: SettingsDep,
     wait: Annotated[
         float,
         Query(
@@ -32,28 +34,30 @@ async def get_future(
     The wait is an in-process notification from the worker, not a polling loop; no
     database session is held while waiting.
     """
-    wait = min(wait, context.settings.long_poll_max_s)
-    waiter = context.notifier.register(future_id)  # before reading: no missed wake-up
+    wait = min(wait, settings.long_poll_max_s)
+    waiter = notifier.register(future_id)  # before reading: no missed wake-up
     try:
         state = await run_in_threadpool(
-            read_future, context.db, tenant_id=tenant.tenant_id, future_id=future_id
+            read_future, db, tenant_id=tenant.tenant_id, future_id=future_id
         )
         if state.status in FINAL_STATUSES or wait <= 0:
             return state
         await waiter.wait(wait)
         return await run_in_threadpool(
-            read_future, context.db, tenant_id=tenant.tenant_id, future_id=future_id
+            read_future, db, tenant_id=tenant.tenant_id, future_id=future_id
         )
     finally:
-        context.notifier.unregister(waiter)
+        notifier.unregister(waiter)
 
 
 @router.post("/{future_id}/cancel", response_model=CancelResponse)
-def cancel(future_id: str, tenant: CurrentTenant, context: ContextDep) -> CancelResponse:
+def cancel(
+    future_id: str, tenant: CurrentTenant, db: DatabaseDep, notifier: NotifierDep
+) -> CancelResponse:
     """Cancel the operation if it is still queued (a running one cannot be stopped)."""
-    response = cancel_future(context.db, tenant_id=tenant.tenant_id, future_id=future_id)
+    response = cancel_future(db, tenant_id=tenant.tenant_id, future_id=future_id)
     if response.cancelled:
-        context.notifier.notify(future_id)
+        notifier.notify(future_id)
     return response
 
 

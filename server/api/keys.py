@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from server.api.deps import ContextDep, CurrentTenant
+from server.api.deps import CurrentTenant, KeyringDep
 from server.services.keys import export_tenant_key
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
@@ -19,14 +19,14 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"])
 )
 def export_key(
     tenant: CurrentTenant,
-    context: ContextDep,
+    keyring: KeyringDep,
     version: Annotated[
         int | None, Query(ge=1, description="Key version (default: active).")
     ] = None,
 ) -> Response:
     """The tenant key file (``tensafe-tenant-key/1`` JSON, secret material): keep it
     private (``chmod 600``). ``tensafe artifact decrypt --key-file`` reads it."""
-    key = export_tenant_key(context.keyring, tenant_id=tenant.tenant_id, version=version)
+    key = export_tenant_key(keyring, tenant_id=tenant.tenant_id, version=version)
     return Response(
         content=key.to_json() + "\n",
         media_type="application/json",

@@ -201,6 +201,21 @@ def open_content(store: ArtifactStore, row: ArtifactRow) -> BinaryIO:
     return store.get(row.storage_key)
 
 
+def open_tenant_artifact(
+    db: Database, store: ArtifactStore, *, tenant_id: str, artifact_id: str
+) -> tuple[ArtifactRow, BinaryIO]:
+    """The tenant's artifact row and its stored ciphertext, read in a short session of
+    its own (the stream outlives it).
+
+    Raises:
+        NotFoundError: no such (unexpired) artifact for this tenant.
+        ArtifactNotFoundError: the blob is gone from the store.
+    """
+    with db.sessions() as session:
+        row = get_artifact(session, tenant_id=tenant_id, artifact_id=artifact_id)
+    return row, open_content(store, row)
+
+
 def sweep_expired(db: Database, store: ArtifactStore, *, now: datetime | None = None) -> int:
     """Delete expired artifacts (blob, then row) and let the store purge its own
     expired or abandoned uploads. Returns how many rows were removed."""
@@ -236,6 +251,7 @@ __all__ = [
     "name_taken",
     "open_content",
     "open_from_store",
+    "open_tenant_artifact",
     "resolve_reference",
     "seal_into_store",
     "shape_signature",

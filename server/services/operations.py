@@ -152,12 +152,6 @@ def submit_operation(
     return _ref(op)
 
 
-def enqueue_committed(queue: OperationQueue, op: OperationRow) -> None:
-    """Queue an operation committed elsewhere (the ``load_model`` of a new run)."""
-    with queue.run_lock(op.run_id):
-        queue.enqueue(op.run_id, QueuedOperation(op.future_id, op.request))
-
-
 def refuse_if_closed(run: TrainingRunRow) -> None:
     """Raise :class:`ConflictError` if the run takes no more operations."""
     if run.status == "TERMINATED":
@@ -322,7 +316,6 @@ __all__ = [
     "RESTART_ERROR",
     "cancel_future",
     "claim_operation",
-    "enqueue_committed",
     "fail_interrupted",
     "future_state",
     "get_operation",
