@@ -6,14 +6,18 @@ in submission order on the run's worker. :meth:`APIFuture.result` long-polls
 operation finishes, and turns the outcome into the typed response model, the
 typed exception, or :class:`~tg_tinker.FutureCancelledError`.
 
-Attribute forwarding: reading an attribute that an APIFuture does not have
-(``checkpoint.artifact_id``) waits for the result, with no timeout, and reads it
-from the result, as in the TenSafe training guide. Names that start with ``_``
-are never forwarded. Use ``.result(timeout=...)`` when you want a bound on the wait.
+Attribute forwarding: reading an attribute of the future's declared result type
+that the APIFuture itself does not have (``checkpoint.artifact_id`` on an
+``APIFuture[SaveStateResponse]``) waits for the result, with no timeout, and reads
+it from the result, as in the TenSafe training guide. Any other name (a typo such
+as ``fut.reslt``, or a name starting with ``_``) raises :class:`AttributeError` at
+once, without asking the server. Use ``.result(timeout=...)`` when you want a bound
+on the wait.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -35,6 +39,19 @@ _FINAL = frozenset({"completed", "failed", "cancelled"})
 # up to the cap) before asking again, instead of spinning.
 _EARLY_GAP = 0.05
 _EARLY_GAP_CAP = 1.0
+
+
+@functools.cache
+def _declared_attributes(result_type: type[pydantic.BaseModel]) -> frozenset[str]:
+    """The public attributes every instance of ``result_type`` has, known from the class
+    alone: its fields, computed fields, and the public methods and properties its own
+    classes define (pydantic's ``model_*`` API is not forwarded)."""
+    names = set(result_type.model_fields) | set(result_type.model_computed_fields)
+    for klass in result_type.__mro__:
+        if klass is pydantic.BaseModel:
+            break
+        names.update(vars(klass))
+    return frozenset(n for n in names if not n.startswith(("_", "model_")))
 
 
 def _wait_param(seconds: float) -> dict[str, str]:
@@ -282,17 +299,21 @@ class APIFuture(Generic[T]):
 
     # ---------------------------------------------------------------- forwarding
     def __getattr__(self, name: str) -> Any:
-        # Only reached for names the future itself lacks. Private and dunder names
-        # are never forwarded, so copy/pickle/introspection do not block on the server.
-        if name.startswith("_"):
-            raise AttributeError(name)
-        value = self.result()
-        try:
-            return getattr(value, name)
-        except AttributeError:
+        # Only reached for names the future itself lacks. Whether the result will have
+        # ``name`` is known from the declared result type, so anything else (a typo,
+        # a private or dunder name probed by copy/pickle/hasattr) fails at once instead
+        # of blocking on the server.
+        result_type: type[pydantic.BaseModel] = self.__dict__.get(
+            "_result_type", pydantic.BaseModel
+        )
+        if name not in _declared_attributes(result_type):
             raise AttributeError(
-                f"neither APIFuture nor {type(value).__name__} has an attribute {name!r}"
-            ) from None
+                f"neither APIFuture nor {result_type.__name__} has an attribute {name!r}; "
+                f"call .result() to get the {result_type.__name__}",
+                name=name,
+                obj=self,
+            )
+        return getattr(self.result(), name)
 
 
 __all__ = ["MAX_POLL_WAIT", "APIFuture"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import threading
 import time
 
 import httpx
@@ -195,6 +196,40 @@ def test_attribute_access_resolves_the_result(api, training_client):
     assert future.dp_metrics.epsilon_spent == 0.25
     with pytest.raises(AttributeError, match="neither APIFuture nor OptimStepResponse"):
         _ = future.no_such_field
+
+
+def test_an_unknown_attribute_fails_at_once_while_the_result_never_arrives(api, training_client):
+    future = _submit(api, training_client)
+    api.on("GET", FUT, future_state("running"))  # never finishes
+    outcome: list[BaseException] = []
+
+    def read_typo() -> None:
+        try:
+            _ = future.reslt
+        except BaseException as exc:  # handed back to the test thread
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read_typo, daemon=True)
+    reader.start()
+    reader.join(timeout=5)
+    assert not reader.is_alive(), "a typo on an unresolved future blocked"
+    (error,) = outcome
+    assert isinstance(error, AttributeError)
+    assert "'reslt'" in str(error) and ".result()" in str(error)
+    assert error.name == "reslt"
+    assert not hasattr(future, "no_such_field")
+    assert not api.sent("GET", FUT)  # decided from the declared type, no request
+
+
+def test_only_the_declared_result_type_is_forwarded(api, training_client):
+    future = _submit(api, training_client)  # APIFuture[ForwardBackwardOutput]
+    api.on("GET", FUT, future_state("completed", result=FB_RESULT))
+    with pytest.raises(AttributeError, match="ForwardBackwardOutput"):
+        _ = future.dp_metrics  # an OptimStepResponse field, not this future's
+    with pytest.raises(AttributeError):
+        _ = future.model_dump  # pydantic's API is not forwarded either
+    assert not api.sent("GET", FUT)
+    assert future.loss == 4.96875
 
 
 def test_private_names_are_never_forwarded(api, training_client):
