@@ -25,6 +25,7 @@ demo: install
 
 test: install
 	$(VPY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(VPY) -m pytest -q
 
 test-all: install
@@ -32,6 +33,7 @@ test-all: install
 
 lint: install
 	$(VPY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(VPY) -m ruff format --check .
 
 format: install
