@@ -27,9 +27,8 @@ from tensafe.artifacts.format import (
     new_artifact_id,
 )
 from tensafe.artifacts.kek import EnvKeyProvider, KeyProvider, WrappedKey
-from tensafe.artifacts.keyring import KekRotation, ShredReport, TenantKeyring
 from tensafe.artifacts.keystore import FileTenantKeyStore, MemoryTenantKeyStore, TenantKeyStore
-from tensafe.artifacts.local_keyring import LocalKeyring
+from tensafe.artifacts.local_kek import LocalKeyring
 from tensafe.artifacts.manifest import ArtifactKind, Manifest, library_versions
 from tensafe.artifacts.payload import DecryptedArtifact, decrypt_to_directory
 from tensafe.artifacts.reader import (
@@ -46,6 +45,7 @@ from tensafe.artifacts.tenant_key import (
     read_key_file,
     write_key_file,
 )
+from tensafe.artifacts.tenant_keyring import KekRotation, ShredReport, TenantKeyring
 from tensafe.artifacts.writer import SealingWriter, SealResult, seal_bytes
 
 if TYPE_CHECKING:

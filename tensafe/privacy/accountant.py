@@ -2,7 +2,7 @@
 
 It only keeps the history of noisy steps, run-length compressed into segments
 ``(noise_multiplier, sample_rate, num_steps)``; every ε comes from the pure
-:func:`~tensafe.privacy.accounting.compute_epsilon`. Results are cached by
+:func:`~tensafe.privacy.epsilon.compute_epsilon`. Results are cached by
 ``(history, delta)``, so a check before the step (``epsilon_after_step``), then
 ``record_step`` and ``epsilon``, computes ε once per step.
 """
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from numbers import Real
 
 from tensafe.errors import ConfigError
-from tensafe.privacy.accounting import (
+from tensafe.privacy.epsilon import (
     AccountantName,
     Segment,
     compute_epsilon,
@@ -75,7 +75,7 @@ class PrivacyAccountant:
     def epsilon(self, delta: float) -> float:
         """ε spent by the recorded history at ``delta`` (0.0 before any step).
 
-        An upper bound (see :func:`~tensafe.privacy.accounting.compute_epsilon`);
+        An upper bound (see :func:`~tensafe.privacy.epsilon.compute_epsilon`);
         cached by (history, delta).
 
         Raises:

@@ -9,7 +9,7 @@ import pytest
 from tensafe.errors import ConfigError
 from tensafe.privacy import accountant as accountant_module
 from tensafe.privacy.accountant import STATE_FORMAT, PrivacyAccountant
-from tensafe.privacy.accounting import compute_epsilon
+from tensafe.privacy.epsilon import compute_epsilon
 
 
 def run(acc: PrivacyAccountant, steps: list[tuple[float, float]]) -> None:
