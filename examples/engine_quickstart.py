@@ -99,7 +99,7 @@ def main() -> None:
     after = engine.forward(held_out).loss
     print(f"held-out loss after:  {after:.4f}  (before {before:.4f})")
     print(
-        f"privacy: ε = {eps:.2f} at δ = {engine.privacy.delta:.1e} after {engine.step} steps "
+        f"privacy: ε = {eps:.2f} at δ = {engine.dp.config.delta:.1e} after {engine.step} steps "
         f"(σ = {args.sigma}, q = {sampler.sample_rate:.4f}, C = 1.0, PRV accountant)"
     )
     print(f"total time {time.perf_counter() - t0:.1f}s")

@@ -65,11 +65,8 @@ class ConflictError(TGTinkerError, RuntimeError):
     """The operation is not valid in the run's current state (HTTP 409)."""
 
 
-class DPBudgetExceededError(TGTinkerError, RuntimeError):
-    """The step would take ε past the privacy budget; nothing was applied."""
-
-
-BudgetExceededError = DPBudgetExceededError  # the name the server sends
+class BudgetExceededError(TGTinkerError, RuntimeError):
+    """The step would take ε past the privacy budget; nothing was applied (HTTP 409)."""
 
 
 class RateLimitError(TGTinkerError):
@@ -124,7 +121,7 @@ _BY_NAME: dict[str, type[TGTinkerError]] = {
         NotFoundError,
         ValidationError,
         ConflictError,
-        DPBudgetExceededError,
+        BudgetExceededError,
         RateLimitError,
         ServerError,
         APIConnectionError,
@@ -134,7 +131,6 @@ _BY_NAME: dict[str, type[TGTinkerError]] = {
     )
 }
 _BY_NAME |= {
-    "BudgetExceededError": DPBudgetExceededError,
     "ConfigError": ValidationError,
     "InvalidBatchError": ValidationError,
     "RequestValidationError": ValidationError,
@@ -202,7 +198,6 @@ __all__ = [
     "AuthenticationError",
     "BudgetExceededError",
     "ConflictError",
-    "DPBudgetExceededError",
     "FutureCancelledError",
     "FutureTimeoutError",
     "NotFoundError",

@@ -231,7 +231,7 @@ class APIFuture(Generic[T]):
             FutureTimeoutError: ``timeout`` elapsed (the operation keeps running).
             FutureCancelledError: the operation was cancelled.
             TGTinkerError: the operation failed; the subclass the server named
-                (``ValidationError``, ``DPBudgetExceededError``, ...).
+                (``ValidationError``, ``BudgetExceededError``, ...).
         """
         known = self._known()
         if known is not None:

@@ -168,7 +168,7 @@ class ServiceClient:
 
         Raises:
             ValidationError: the server refused the config (``field`` names it).
-            DPBudgetExceededError: the DP settings cannot fit the privacy budget.
+            BudgetExceededError: the DP settings cannot fit the privacy budget.
         """
         return TrainingClient(self._http, self._http.call(_create_run_request(config)))
 

@@ -2,10 +2,10 @@
 
 The format is specified in ``docs/artifact-format.md``. Two layers:
 
-* the core (:mod:`.format`, :mod:`.writer`, :mod:`.reader`, :mod:`.pipeline` —
-  together :mod:`.stream` — plus :mod:`.tenant_key`, :mod:`.manifest`,
-  :mod:`.payload`) needs only the standard library and ``cryptography``; it seals
-  and opens byte streams and decrypts an artifact to a directory;
+* the core (:mod:`.format`, :mod:`.writer`, :mod:`.reader`, :mod:`.pipeline`,
+  :mod:`.tenant_key`, :mod:`.manifest`, :mod:`.payload`) needs only the standard
+  library and ``cryptography``; it seals and opens byte streams and decrypts an
+  artifact to a directory;
 * the torch layer (:mod:`.checkpoint`, :mod:`.safetensors_io`,
   :mod:`.training_state`) turns tensors into artifacts and back. It is imported
   lazily, so ``import tensafe.artifacts`` never imports torch.
@@ -27,19 +27,15 @@ from tensafe.artifacts.format import (
     new_artifact_id,
 )
 from tensafe.artifacts.kek import EnvKeyProvider, KeyProvider, WrappedKey
-from tensafe.artifacts.keyring import KekRotation, ShredReport, TenantKeyring
 from tensafe.artifacts.keystore import FileTenantKeyStore, MemoryTenantKeyStore, TenantKeyStore
-from tensafe.artifacts.local_keyring import LocalKeyring
+from tensafe.artifacts.local_kek import LocalKeyring
 from tensafe.artifacts.manifest import ArtifactKind, Manifest, library_versions
 from tensafe.artifacts.payload import DecryptedArtifact, decrypt_to_directory
-from tensafe.artifacts.stream import (
+from tensafe.artifacts.reader import (
     OpeningReader,
-    SealingWriter,
-    SealResult,
     VerificationReport,
     open_bytes,
     read_header,
-    seal_bytes,
     verify_ciphertext,
 )
 from tensafe.artifacts.tenant_key import (
@@ -49,6 +45,8 @@ from tensafe.artifacts.tenant_key import (
     read_key_file,
     write_key_file,
 )
+from tensafe.artifacts.tenant_keyring import KekRotation, ShredReport, TenantKeyring
+from tensafe.artifacts.writer import SealingWriter, SealResult, seal_bytes
 
 if TYPE_CHECKING:
     from tensafe.artifacts.checkpoint import (

@@ -1,9 +1,10 @@
 """The TenSafe artifact header, key schedule and chunk framing (format version 1).
 
-This module and :mod:`tensafe.artifacts.stream` are the whole cryptographic core.
-They depend only on the standard library and pyca ``cryptography`` so the client
-SDK can decrypt pulled artifacts without torch. The byte-level specification is
-``docs/artifact-format.md``; this module is its reference implementation.
+This module, :mod:`tensafe.artifacts.writer` and :mod:`tensafe.artifacts.reader` are
+the whole cryptographic core. They depend only on the standard library and pyca
+``cryptography`` so the client SDK can decrypt pulled artifacts without torch. The
+byte-level specification is ``docs/artifact-format.md``; this module is its
+reference implementation.
 
 Layout of an artifact::
 

@@ -155,7 +155,7 @@ class EnvKeyProvider(KeyProvider):
 
     Rotation is done outside the process: put the new key in a new variable,
     construct ``EnvKeyProvider("NEW", version=2, previous={1: "OLD"})`` and call
-    :meth:`tensafe.artifacts.keyring.TenantKeyring.rewrap_all`; then drop ``OLD``.
+    :meth:`tensafe.artifacts.tenant_keyring.TenantKeyring.rewrap_all`; then drop ``OLD``.
 
     Example:
         >>> env = {"TENSAFE_MASTER_KEY": base64.b64encode(bytes(32)).decode()}

@@ -114,7 +114,7 @@ class KeyResolver(Protocol):
     """Anything that can hand out the tenant key an artifact header names.
 
     Implemented by :class:`TenantKey` (exactly one key), :class:`TenantKeySet`
-    (exported key files) and :class:`tensafe.artifacts.keyring.TenantKeyring`
+    (exported key files) and :class:`tensafe.artifacts.tenant_keyring.TenantKeyring`
     (the server's wrapped keys).
     """
 

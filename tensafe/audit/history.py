@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from tensafe.audit.ledger import LedgerEvent
 from tensafe.errors import ConfigError
-from tensafe.privacy.accounting import AccountantName, Segment
 from tensafe.privacy.budget import BUDGET_STATE_FORMAT, DatasetBudget
+from tensafe.privacy.epsilon import AccountantName, Segment
 from tensafe.privacy.schedule import (
     DEFAULT_RELATIVE_SPACING,
     EpsilonSchedule,

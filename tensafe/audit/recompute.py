@@ -34,7 +34,7 @@ from opacus.accountants import PRVAccountant
 from tensafe.audit.history import budget_settings, composed_history, step_counts
 from tensafe.audit.ledger import LedgerEvent
 from tensafe.errors import ConfigError
-from tensafe.privacy.accounting import Segment
+from tensafe.privacy.epsilon import Segment
 from tensafe.privacy.schedule import EpsilonSchedule, StepClass
 
 #: Relative agreement required between the recorded ε and each recomputation.

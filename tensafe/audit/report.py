@@ -26,7 +26,7 @@ from tensafe.audit.recompute import (
     replay_ledger,
 )
 from tensafe.errors import ConfigError
-from tensafe.privacy.accounting import Segment
+from tensafe.privacy.epsilon import Segment
 
 #: Version of the report's JSON layout.
 REPORT_FORMAT = 1

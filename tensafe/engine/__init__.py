@@ -1,5 +1,6 @@
 """The training engine and its configuration and result types."""
 
+from tensafe.engine.dp_state import DPState
 from tensafe.engine.engine import BatchInput, TrainingEngine
 from tensafe.engine.optimizers import AdamParams, OptimizerConfig, OptimizerName
 from tensafe.engine.results import (
@@ -14,6 +15,7 @@ __all__ = [
     "AdamParams",
     "BatchInput",
     "DPMetrics",
+    "DPState",
     "EngineInfo",
     "ForwardBackwardResult",
     "LossFnOutput",

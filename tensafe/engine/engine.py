@@ -4,8 +4,13 @@ A DP step reads like the algorithm::
 
     forward_backward(batch)  →  per-example losses → one backward pass →
                                 clip each example to C → add to the clipped sum
-    optim_step()             →  check budget → draw N(0, σ²C²) once → divide by q·N →
+    optim_step()             →  draw N(0, σ²C²) once → divide by q·N →
                                 optimizer step → one accountant step
+
+Each step is a named call of :class:`~tensafe.engine.dp_state.DPState`
+(``engine.dp``, ``None`` without DP). Checking the privacy budget is not the
+engine's job: the server's budget service checks it before calling
+``optim_step`` and charges the step in the transaction that makes it visible.
 
 Several ``forward_backward`` calls before an ``optim_step`` form one logical batch.
 With ``DPConfig(enabled=False)`` the engine trains without privacy (for comparison
@@ -20,13 +25,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from tensafe.engine.dp_state import DPState
 from tensafe.engine.optimizers import (
     AdamParams,
     OptimizerConfig,
@@ -34,16 +40,17 @@ from tensafe.engine.optimizers import (
     build_optimizer,
 )
 from tensafe.engine.results import (
-    DPMetrics,
     EngineInfo,
     ForwardBackwardResult,
     LossFnOutput,
     OptimStepResult,
 )
-from tensafe.errors import BudgetExceededError, EngineStateError, InvalidBatchError, PrivacyError
+from tensafe.errors import EngineStateError, InvalidBatchError, PrivacyError
 from tensafe.losses import (
     BatchLimits,
     Datum,
+    LossFunction,
+    LossOutput,
     TokenBatch,
     batch_from_arrays,
     batch_from_datums,
@@ -51,10 +58,7 @@ from tensafe.losses import (
     get_loss_function,
 )
 from tensafe.models import LoadedModel, LoRAConfig, apply_lora
-from tensafe.privacy.accountant import PrivacyAccountant
 from tensafe.privacy.config import DPConfig
-from tensafe.privacy.noise import NoiseSource
-from tensafe.privacy.per_example import PerExampleClipper
 
 BatchInput = TokenBatch | Sequence[Datum] | Mapping[str, Any]
 
@@ -138,20 +142,13 @@ class TrainingEngine:
         self._acc: dict[nn.Parameter, torch.Tensor] = {}
         self._acc_examples = 0
         self._acc_losses: list[float] = []
-        if dp_config.enabled:
-            self.privacy = dp_config.resolve()
-            self.accountant: PrivacyAccountant | None = PrivacyAccountant(
-                accountant=self.privacy.accountant
+        self.dp: DPState | None = (
+            DPState.create(
+                dp_config.resolve(), model=net, noise_seed=noise_seed, device=self.device
             )
-            self.noise: NoiseSource | None = NoiseSource(
-                secure_mode=self.privacy.secure_mode, seed=noise_seed, device=self.device
-            )
-            self.clipper: PerExampleClipper | None = PerExampleClipper(net)
-        else:
-            self.privacy = None
-            self.accountant = None
-            self.noise = None
-            self.clipper = None
+            if dp_config.enabled
+            else None
+        )
 
     # ------------------------------------------------------------------ input
     def to_batch(
@@ -238,41 +235,53 @@ class TrainingEngine:
         fn = get_loss_function(loss_fn)
         cfg = fn.resolve_config(loss_fn_config)
         tb = self.to_batch(batch, required_inputs=fn.required_inputs).to(self.device)
-        extra: dict[str, float] = {}
-        if self.clipper is not None:
-            assert self.privacy is not None
-            with self.clipper.collect(batch_size=tb.batch_size) as collector:
-                out = compute_loss(self._logits(tb), tb, loss_fn=fn, config=cfg)
-                out.per_example.sum().backward()
-            stray = [self._param_names[id(p)] for p in self.params if p.grad is not None]
-            if stray:
-                for p in self.params:
-                    p.grad = None
-                raise PrivacyError(
-                    "gradients reached parameters outside per-example clipping: "
-                    + ", ".join(stray[:5])
-                )
-            clip = collector.clip(self.privacy.max_grad_norm)
-            sums = clip.sums
-            extra = {
-                "dp/clip_fraction": float((clip.factors < 1.0).float().mean()),
-                "dp/per_example_grad_norm:mean": float(clip.norms.mean()),
-            }
+        if self.dp is not None:
+            out, sums, extra = self._clipped_backward(self.dp, tb, fn=fn, config=cfg)
         else:
-            out = compute_loss(self._logits(tb), tb, loss_fn=fn, config=cfg)
-            grads = torch.autograd.grad(out.per_example.sum(), self.params, allow_unused=True)
-            sums = {p: g for p, g in zip(self.params, grads, strict=True) if g is not None}
+            out, sums = self._plain_backward(tb, fn=fn, config=cfg)
+            extra = {}
         grad_sq = sum(float(s.float().pow(2).sum()) for s in sums.values())
-        for p, s in sums.items():  # commit: from here on nothing can fail
-            acc = self._acc.get(p)
-            s32 = s.to(torch.promote_types(s.dtype, torch.float32))
-            self._acc[p] = s32 if acc is None else acc.add_(s32)
-        self._acc_examples += tb.batch_size
+        self._accumulate(sums, examples=tb.batch_size)  # commit: from here on nothing can fail
         result = self._result(
             fn.name, tb, out, grad_norm=math.sqrt(grad_sq) / tb.batch_size, extra=extra
         )
         self._acc_losses.append(result.loss)
         return result
+
+    def _clipped_backward(
+        self, dp: DPState, tb: TokenBatch, *, fn: LossFunction, config: Mapping[str, float]
+    ) -> tuple[LossOutput, dict[nn.Parameter, torch.Tensor], dict[str, float]]:
+        """Per-example gradients, each clipped to C, summed per parameter (DP path)."""
+        with dp.clipper.collect(batch_size=tb.batch_size) as collector:
+            out = compute_loss(self._logits(tb), tb, loss_fn=fn, config=config)
+            out.per_example.sum().backward()
+        # Per-example clipping sees only the hooked layers; a gradient that reached
+        # .grad went around it and would be unclipped.
+        stray = [self._param_names[id(p)] for p in self.params if p.grad is not None]
+        if stray:
+            for p in self.params:
+                p.grad = None
+            raise PrivacyError(
+                "gradients reached parameters outside per-example clipping: " + ", ".join(stray[:5])
+            )
+        clip = dp.clip(collector)
+        return out, clip.sums, dp.clip_metrics(clip)
+
+    def _plain_backward(
+        self, tb: TokenBatch, *, fn: LossFunction, config: Mapping[str, float]
+    ) -> tuple[LossOutput, dict[nn.Parameter, torch.Tensor]]:
+        """The summed gradient of the batch per parameter (non-DP path)."""
+        out = compute_loss(self._logits(tb), tb, loss_fn=fn, config=config)
+        grads = torch.autograd.grad(out.per_example.sum(), self.params, allow_unused=True)
+        return out, {p: g for p, g in zip(self.params, grads, strict=True) if g is not None}
+
+    def _accumulate(self, sums: Mapping[nn.Parameter, torch.Tensor], *, examples: int) -> None:
+        """Add gradient sums to the logical batch's accumulator (in at least float32)."""
+        for p, s in sums.items():
+            acc = self._acc.get(p)
+            s32 = s.to(torch.promote_types(s.dtype, torch.float32))
+            self._acc[p] = s32 if acc is None else acc.add_(s32)
+        self._acc_examples += examples
 
     def _result(self, name, tb, out, *, grad_norm, extra) -> ForwardBackwardResult:
         wsum = float(out.weight_sum.sum())
@@ -304,25 +313,16 @@ class TrainingEngine:
 
     # ------------------------------------------------------------ optimizer
     def epsilon(self, delta: float | None = None) -> float:
-        """ε spent so far at ``delta`` (the run's δ by default); 0 before any step."""
-        if self.accountant is None or self.privacy is None:
-            raise EngineStateError("this run does not use differential privacy")
-        return self.accountant.epsilon(self.privacy.delta if delta is None else delta)
+        """ε spent so far at ``delta`` (the run's δ by default); 0 before any step.
 
-    def would_exceed(self, cap: float) -> bool:
-        """Whether one more noisy step would push ε (at the run's δ) above ``cap``."""
-        if self.accountant is None or self.privacy is None:
+        Raises:
+            EngineStateError: the run does not use differential privacy.
+        """
+        if self.dp is None:
             raise EngineStateError("this run does not use differential privacy")
-        return self.accountant.would_exceed(
-            cap,
-            delta=self.privacy.delta,
-            noise_multiplier=self.privacy.noise_multiplier,
-            sample_rate=self.privacy.sample_rate,
-        )
+        return self.dp.epsilon(delta)
 
-    def optim_step(
-        self, adam_params: AdamParams | None = None, *, epsilon_cap: float | None = None
-    ) -> OptimStepResult:
+    def optim_step(self, adam_params: AdamParams | None = None) -> OptimStepResult:
         """Apply the logical batch: noise once (DP), scale, optimizer step, account.
 
         Under DP the clipped sum gets N(0, σ²C²) per coordinate and is divided by
@@ -331,64 +331,28 @@ class TrainingEngine:
         applies noise only. Without DP the summed gradient is divided by the
         number of examples, and a step without examples is refused.
 
+        The privacy budget is not checked here: the server's budget service does
+        that before it calls ``optim_step``.
+
         Args:
             adam_params: per-step hyperparameters (Tinker style); the run's
                 optimizer config otherwise.
-            epsilon_cap: refuse the step, before noise is drawn, if it would take
-                ε above this cap.
 
         Raises:
-            BudgetExceededError: the step would exceed ``epsilon_cap``; nothing applied.
             EngineStateError: non-DP step with no accumulated gradient.
             PrivacyError: a trainable tensor did not change after the first step
                 (the optimizer is not updating the model).
         """
-        if self.privacy is None and self._acc_examples == 0:
-            raise EngineStateError(
-                "optim_step: no gradients accumulated; call forward_backward first"
-            )
-        if epsilon_cap is not None and self.would_exceed(epsilon_cap):
-            raise BudgetExceededError(
-                f"step {self.step + 1} would take ε above the cap {epsilon_cap:g} "
-                f"(ε now {self.epsilon():.4f}); nothing was applied"
-            )
-        snapshot = [p.detach().clone() for p in self.params] if self.step == 0 else None
-        for p in self.params:
-            acc = self._acc.get(p)
-            if self.privacy is not None:
-                assert self.noise is not None
-                total = (
-                    acc
-                    if acc is not None
-                    else torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32))
+        if self.dp is None:
+            if self._acc_examples == 0:
+                raise EngineStateError(
+                    "optim_step: no gradients accumulated; call forward_backward first"
                 )
-                std = self.privacy.noise_multiplier * self.privacy.max_grad_norm
-                total = total + self.noise.gaussian_like(total, std=std)
-                grad = total / self.privacy.expected_batch_size
-            else:
-                grad = acc / self._acc_examples if acc is not None else None
-            p.grad = None if grad is None else grad.to(p.dtype)
-        if adam_params is not None:
-            apply_adam_params(self.optimizer, adam_params, name=self.optimizer_config.name)
-        self.optimizer.step()
-        if snapshot is not None:
-            self._check_weights_moved(snapshot)
-        self.optimizer.zero_grad(set_to_none=True)
-        dp_metrics = None
-        if self.privacy is not None and self.accountant is not None:
-            self.accountant.record_step(
-                noise_multiplier=self.privacy.noise_multiplier, sample_rate=self.privacy.sample_rate
-            )
-            dp_metrics = DPMetrics(
-                epsilon_spent=self.accountant.epsilon(self.privacy.delta),
-                delta=self.privacy.delta,
-                noise_multiplier=self.privacy.noise_multiplier,
-                sample_rate=self.privacy.sample_rate,
-                max_grad_norm=self.privacy.max_grad_norm,
-                expected_batch_size=self.privacy.expected_batch_size,
-                accountant=self.privacy.accountant,
-                steps=self.accountant.steps,
-            )
+            self._apply(self._mean_gradients(), adam_params)
+            dp_metrics = None
+        else:
+            self._apply(self._noisy_gradients(self.dp), adam_params)
+            dp_metrics = self.dp.account()
         self.step += 1
         examples = self._acc_examples
         recent = float(np.mean(self._acc_losses)) if self._acc_losses else float("nan")
@@ -407,6 +371,35 @@ class TrainingEngine:
                 "recent_loss:mean": recent,
             },
         )
+
+    def _noisy_gradients(self, dp: DPState) -> Iterator[torch.Tensor]:
+        """Per parameter, in ``self.params`` order: (clipped sum + noise) ÷ q·N.
+
+        Lazy, so each gradient is cast and stored before the next one is drawn;
+        the order of the noise draws is the parameter order.
+        """
+        for p in self.params:
+            yield dp.noisy_gradient(self._acc.get(p), like=p)
+
+    def _mean_gradients(self) -> Iterator[torch.Tensor | None]:
+        """Per parameter: the summed gradient ÷ the number of examples (``None``
+        for a parameter no example reached)."""
+        for p in self.params:
+            acc = self._acc.get(p)
+            yield None if acc is None else acc / self._acc_examples
+
+    def _apply(self, grads: Iterator[torch.Tensor | None], adam_params: AdamParams | None) -> None:
+        """Set each parameter's gradient (in its own dtype) and take the optimizer
+        step; after the run's first step, check that the weights moved."""
+        snapshot = [p.detach().clone() for p in self.params] if self.step == 0 else None
+        for p, grad in zip(self.params, grads, strict=True):
+            p.grad = None if grad is None else grad.to(p.dtype)
+        if adam_params is not None:
+            apply_adam_params(self.optimizer, adam_params, name=self.optimizer_config.name)
+        self.optimizer.step()
+        if snapshot is not None:
+            self._check_weights_moved(snapshot)
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _check_weights_moved(self, snapshot: list[torch.Tensor]) -> None:
         # A tensor with a non-zero gradient and a positive learning rate must move.
@@ -437,8 +430,8 @@ class TrainingEngine:
             "weights": {self._param_names[id(p)]: p.detach().clone() for p in self.params},
             # torch returns live state tensors; copy so the checkpoint is a snapshot
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "accountant": None if self.accountant is None else self.accountant.state_dict(),
-            "noise": {} if self.noise is None else self.noise.state_dict(),
+            "accountant": None if self.dp is None else self.dp.accountant.state_dict(),
+            "noise": {} if self.dp is None else self.dp.noise.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -464,7 +457,7 @@ class TrainingEngine:
                     f"checkpoint weight {name} has shape {tuple(tensor.shape)}, "
                     f"expected {tuple(by_name[name].shape)}"
                 )
-        if (state.get("accountant") is None) != (self.accountant is None):
+        if (state.get("accountant") is None) != (self.dp is None):
             raise EngineStateError("checkpoint DP mode does not match this run's")
         probe = build_optimizer(self.params, self.optimizer_config)
         probe.load_state_dict(copy.deepcopy(state["optimizer"]))  # validates before we touch ours
@@ -472,10 +465,9 @@ class TrainingEngine:
             for name, tensor in weights.items():
                 by_name[name].copy_(tensor.to(by_name[name].device, by_name[name].dtype))
         self.optimizer = probe
-        if self.accountant is not None:
-            self.accountant.load_state_dict(state["accountant"])
-        if self.noise is not None:
-            self.noise.load_state_dict(state.get("noise", {}))
+        if self.dp is not None:
+            self.dp.accountant.load_state_dict(state["accountant"])
+            self.dp.noise.load_state_dict(state.get("noise", {}))
         self.step = int(state["step"])
         self._acc.clear()
         self._acc_examples = 0
@@ -484,8 +476,8 @@ class TrainingEngine:
     def reseed_noise(self) -> None:
         """Re-seed the DP noise generator from the OS CSPRNG (e.g. after restoring a
         checkpoint, so earlier noise is never replayed). No-op without DP."""
-        if self.noise is not None:
-            self.noise.reseed()
+        if self.dp is not None:
+            self.dp.noise.reseed()
 
     def fresh_optimizer_state(self) -> dict[str, Any]:
         """The state dict of a newly built optimizer for this run (no moments yet)."""
@@ -503,7 +495,7 @@ class TrainingEngine:
             trainable_params=trainable,
             total_params=total,
             vocab_size=self.vocab_size,
-            dp_enabled=self.privacy is not None,
+            dp_enabled=self.dp is not None,
             step=self.step,
         )
 

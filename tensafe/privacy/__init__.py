@@ -1,10 +1,10 @@
 """Differential privacy: configuration, per-example clipping, noise and accounting."""
 
 from tensafe.privacy.accountant import PrivacyAccountant
-from tensafe.privacy.accounting import ACCOUNTANTS, AccountantName, compute_epsilon, default_delta
 from tensafe.privacy.budget import BudgetDecision, DatasetBudget, StepCharge
 from tensafe.privacy.calibration import calibrate_noise_multiplier
 from tensafe.privacy.config import DPConfig, ResolvedDP
+from tensafe.privacy.epsilon import ACCOUNTANTS, AccountantName, compute_epsilon, default_delta
 from tensafe.privacy.noise import NoiseSource
 from tensafe.privacy.per_example import ClipCollector, ClipResult, PerExampleClipper
 from tensafe.privacy.schedule import EpsilonSchedule

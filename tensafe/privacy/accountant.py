@@ -2,9 +2,9 @@
 
 It only keeps the history of noisy steps, run-length compressed into segments
 ``(noise_multiplier, sample_rate, num_steps)``; every ε comes from the pure
-:func:`~tensafe.privacy.accounting.compute_epsilon`. Results are cached by
-``(history, delta)``, so the usual engine sequence — ``would_exceed`` (history + 1
-step), ``record_step``, ``epsilon`` — computes ε once per step.
+:func:`~tensafe.privacy.epsilon.compute_epsilon`. Results are cached by
+``(history, delta)``, so a check before the step (``epsilon_after_step``), then
+``record_step`` and ``epsilon``, computes ε once per step.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from numbers import Real
 
 from tensafe.errors import ConfigError
-from tensafe.privacy.accounting import (
+from tensafe.privacy.epsilon import (
     AccountantName,
     Segment,
     compute_epsilon,
@@ -75,7 +75,7 @@ class PrivacyAccountant:
     def epsilon(self, delta: float) -> float:
         """ε spent by the recorded history at ``delta`` (0.0 before any step).
 
-        An upper bound (see :func:`~tensafe.privacy.accounting.compute_epsilon`);
+        An upper bound (see :func:`~tensafe.privacy.epsilon.compute_epsilon`);
         cached by (history, delta).
 
         Raises:
@@ -97,25 +97,6 @@ class PrivacyAccountant:
         """
         sigma, q = _check_step(noise_multiplier, sample_rate)
         return self._epsilon_of(_appended(self.history, sigma, q), delta)
-
-    def would_exceed(
-        self, cap: float, *, delta: float, noise_multiplier: float, sample_rate: float
-    ) -> bool:
-        """Whether one more (σ, q) step would make ε strictly greater than ``cap``.
-
-        Meant to be called before the engine draws noise: ``False`` means the step
-        may be taken and keeps ``ε ≤ cap``. ``cap`` may be ``math.inf`` (never
-        exceeded).
-
-        Raises:
-            ConfigError: ``cap`` is NaN or < 0 (field ``"cap"``), or as
-                :meth:`epsilon_after_step`.
-        """
-        if isinstance(cap, bool) or not isinstance(cap, Real) or math.isnan(cap) or cap < 0:
-            raise ConfigError("cap", f"must be a number ≥ 0 (inf allowed), got {cap!r}")
-        return self.epsilon_after_step(
-            delta=delta, noise_multiplier=noise_multiplier, sample_rate=sample_rate
-        ) > float(cap)
 
     # ------------------------------------------------------------------ writing
 

@@ -48,7 +48,7 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from tensafe.errors import BudgetExceededError, ConfigError
-from tensafe.privacy.accounting import AccountantName, Segment, get_accountant_math
+from tensafe.privacy.epsilon import AccountantName, Segment, get_accountant_math
 from tensafe.privacy.schedule import EpsilonSchedule, StepClass, StepCounts
 
 #: Version of the :meth:`DatasetBudget.export_state` layout.

@@ -1,6 +1,6 @@
 """Noise calibration: the smallest σ that keeps a planned run within a target ε.
 
-Pure and stateless, built only on :func:`~tensafe.privacy.accounting.compute_epsilon`.
+Pure and stateless, built only on :func:`~tensafe.privacy.epsilon.compute_epsilon`.
 
 Why not Opacus' ``get_noise_multiplier``: it bisects with an *absolute* ε
 tolerance (0.01 by default, a 10 % slack at ε = 0.1), starts its bracket at
@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 
 from tensafe.errors import ConfigError
-from tensafe.privacy.accounting import (
+from tensafe.privacy.epsilon import (
     AccountantName,
     compute_epsilon,
     get_accountant_math,

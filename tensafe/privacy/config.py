@@ -17,12 +17,12 @@ from functools import cached_property
 from numbers import Integral, Real
 
 from tensafe.errors import ConfigError
-from tensafe.privacy.accounting import (
+from tensafe.privacy.calibration import calibrate_noise_multiplier
+from tensafe.privacy.epsilon import (
     ACCOUNTANTS,
     AccountantName,
     default_delta,
 )
-from tensafe.privacy.calibration import calibrate_noise_multiplier
 
 JSONScalar = bool | int | float | str | None
 

@@ -333,10 +333,6 @@ class PerExampleClipper:
             self._sites.append(site)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
 
-    @property
-    def num_sites(self) -> int:
-        return len(self._sites)
-
     @contextlib.contextmanager
     def collect(self, *, batch_size: int) -> Iterator[ClipCollector]:
         """Activate a fresh collector for one forward/backward of ``batch_size`` examples."""

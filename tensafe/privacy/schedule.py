@@ -3,7 +3,7 @@
 One PRV evaluation costs tens to hundreds of milliseconds (more for long or
 heterogeneous histories), far too slow to run before every training step. This
 module answers "what is ε after these steps?" from a cache, with a value that may
-only **over**-estimate the ε that :func:`~tensafe.privacy.accounting.compute_epsilon`
+only **over**-estimate the ε that :func:`~tensafe.privacy.epsilon.compute_epsilon`
 would give.
 
 How
@@ -62,7 +62,7 @@ from numbers import Real
 from types import MappingProxyType
 
 from tensafe.errors import ConfigError
-from tensafe.privacy.accounting import (
+from tensafe.privacy.epsilon import (
     AccountantName,
     Segment,
     compute_epsilon,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import create_engine, text
 from tg_tinker import ServiceClient
-from tg_tinker.errors import DPBudgetExceededError
+from tg_tinker.errors import BudgetExceededError
 
 from tensafe.privacy.budget import DatasetBudget
 from tests.integration.conftest import LiveServer
@@ -68,7 +68,7 @@ def test_exact_enforcement_leaves_the_model_unchanged(live_server: LiveServer) -
         probe = random_batch(99)
         loss_before = tc.forward(probe).result(timeout=120).loss
         tc.forward_backward(random_batch(k)).result(timeout=120)
-        with pytest.raises(DPBudgetExceededError, match="budget exceeded"):
+        with pytest.raises(BudgetExceededError, match="budget exceeded"):
             tc.optim_step().result(timeout=120)
         assert tc.forward(probe).result(timeout=120).loss == loss_before
         run = service.get_training_client(tc.run_id)
@@ -117,7 +117,7 @@ def test_racing_runs_never_exceed_the_cap(live_server: LiveServer) -> None:
                     told.append(
                         (int(out.metrics["dp/ledger_seq"]), out.metrics["dp/epsilon_dataset"])
                     )
-                except DPBudgetExceededError:
+                except BudgetExceededError:
                     refused.append(tc.run_id)
                 except BaseException as exc:
                     errors.append(exc)

@@ -17,7 +17,7 @@ ALL = [
     errors.NotFoundError,
     errors.ValidationError,
     errors.ConflictError,
-    errors.DPBudgetExceededError,
+    errors.BudgetExceededError,
     errors.RateLimitError,
     errors.ServerError,
     errors.APIConnectionError,
@@ -58,15 +58,11 @@ def test_rate_limit_error_keeps_retry_after_through_pickle():
         (errors.FutureCancelledError, concurrent.futures.CancelledError),
         (errors.ArtifactIntegrityError, ValueError),
         (errors.ConflictError, RuntimeError),
-        (errors.DPBudgetExceededError, RuntimeError),
+        (errors.BudgetExceededError, RuntimeError),
     ],
 )
 def test_errors_also_are_the_stdlib_error_they_refine(cls, stdlib):
     assert issubclass(cls, stdlib)
-
-
-def test_budget_alias_is_the_same_class():
-    assert tg_tinker.BudgetExceededError is tg_tinker.DPBudgetExceededError
 
 
 @pytest.mark.parametrize(
@@ -75,8 +71,7 @@ def test_budget_alias_is_the_same_class():
         ("ValidationError", errors.ValidationError),
         ("InvalidBatchError", errors.ValidationError),
         ("ConfigError", errors.ValidationError),
-        ("BudgetExceededError", errors.DPBudgetExceededError),
-        ("DPBudgetExceededError", errors.DPBudgetExceededError),
+        ("BudgetExceededError", errors.BudgetExceededError),
         ("NotFoundError", errors.NotFoundError),
         ("ArtifactNotFoundError", errors.NotFoundError),
         ("EngineStateError", errors.ConflictError),

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from tg_tinker import (
     APIFuture,
-    DPBudgetExceededError,
+    BudgetExceededError,
     ForwardBackwardOutput,
     FutureCancelledError,
     FutureTimeoutError,
@@ -117,9 +117,9 @@ def test_failed_future_raises_the_named_error(api, training_client):
         "field": None,
     }
     api.on("GET", FUT, future_state("failed", operation="optim_step", error=error))
-    with pytest.raises(DPBudgetExceededError, match="ε above 3"):
+    with pytest.raises(BudgetExceededError, match="ε above 3"):
         future.result()
-    with pytest.raises(DPBudgetExceededError):  # and again, from the cached state
+    with pytest.raises(BudgetExceededError):  # and again, from the cached state
         future.result()
     assert len(api.sent("GET", FUT)) == 1
 

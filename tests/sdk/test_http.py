@@ -9,8 +9,8 @@ import pytest
 from tg_tinker import (
     APIConnectionError,
     AuthenticationError,
+    BudgetExceededError,
     ConflictError,
-    DPBudgetExceededError,
     NotFoundError,
     RateLimitError,
     ServerError,
@@ -45,7 +45,7 @@ def test_every_request_carries_the_bearer_key_and_a_user_agent(service, api):
     [
         (401, "AuthenticationError", AuthenticationError),
         (404, "NotFoundError", NotFoundError),
-        (409, "BudgetExceededError", DPBudgetExceededError),
+        (409, "BudgetExceededError", BudgetExceededError),
         (409, "ConflictError", ConflictError),
         (422, "ValidationError", ValidationError),
     ],

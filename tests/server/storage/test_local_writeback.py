@@ -10,7 +10,7 @@ import pytest
 
 from server.storage import LocalArtifactStore
 from tensafe.artifacts import TenantKey, open_bytes, writeback
-from tensafe.artifacts.stream import SealingWriter
+from tensafe.artifacts.writer import SealingWriter
 from tensafe.errors import StorageError
 
 WINDOW = writeback.WRITEBACK_WINDOW

@@ -9,7 +9,6 @@ import textwrap
 CORE_MODULES = (
     "tensafe.artifacts",
     "tensafe.artifacts.format",
-    "tensafe.artifacts.stream",
     "tensafe.artifacts.pipeline",
     "tensafe.artifacts.reader",
     "tensafe.artifacts.writer",
@@ -36,7 +35,7 @@ SCRIPT = textwrap.dedent(
 
     from tensafe.artifacts import Manifest, TenantKey, decrypt_to_directory
     from tensafe.artifacts.payload import encode_prefix
-    from tensafe.artifacts.stream import SealingWriter
+    from tensafe.artifacts.writer import SealingWriter
     import hashlib, struct
 
     key = TenantKey.generate(tenant_id="t", key_id="tk", version=1)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from tensafe.audit.ledger import GENESIS, ChainHead, LedgerEvent, append, utc_timestamp
-from tensafe.privacy.accounting import AccountantName
 from tensafe.privacy.budget import DatasetBudget, accounting_versions
+from tensafe.privacy.epsilon import AccountantName
 from tensafe.privacy.schedule import EpsilonSchedule
 
 KEY = bytes(range(32))

@@ -14,8 +14,8 @@ from tensafe.audit.recompute import (
     replay_ledger,
 )
 from tensafe.errors import ConfigError
-from tensafe.privacy.accounting import compute_epsilon
 from tensafe.privacy.budget import accounting_versions
+from tensafe.privacy.epsilon import compute_epsilon
 from tensafe.privacy.schedule import EpsilonSchedule
 from tests.tensafe.audit.simulate import KEY, Ledger, RunSpec, new_ledger, run_steps
 

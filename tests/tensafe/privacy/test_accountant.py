@@ -1,16 +1,15 @@
-"""The stateful accountant: history compression, caching, persistence, budget checks."""
+"""The stateful accountant: history compression, caching, persistence."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
 from tensafe.errors import ConfigError
 from tensafe.privacy import accountant as accountant_module
 from tensafe.privacy.accountant import STATE_FORMAT, PrivacyAccountant
-from tensafe.privacy.accounting import compute_epsilon
+from tensafe.privacy.epsilon import compute_epsilon
 
 
 def run(acc: PrivacyAccountant, steps: list[tuple[float, float]]) -> None:
@@ -49,7 +48,6 @@ def test_epsilon_after_step_records_nothing() -> None:
     acc = PrivacyAccountant(accountant="rdp")
     run(acc, [(1.0, 0.05)] * 4)
     acc.epsilon_after_step(delta=1e-5, noise_multiplier=1.0, sample_rate=0.05)
-    acc.would_exceed(1.0, delta=1e-5, noise_multiplier=1.0, sample_rate=0.05)
     assert acc.history == ((1.0, 0.05, 4),)
 
 
@@ -64,42 +62,14 @@ def test_repeated_queries_are_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(accountant_module, "compute_epsilon", counting)
     acc = PrivacyAccountant(accountant="rdp")
     run(acc, [(1.0, 0.05)] * 3)
-    # The engine's per-step sequence: check, record, report — one computation.
-    acc.would_exceed(10.0, delta=1e-5, noise_multiplier=1.0, sample_rate=0.05)
+    # A per-step sequence: check the next step, record, report — one computation.
+    acc.epsilon_after_step(delta=1e-5, noise_multiplier=1.0, sample_rate=0.05)
     acc.record_step(noise_multiplier=1.0, sample_rate=0.05)
     acc.epsilon(1e-5)
     acc.epsilon(1e-5)
     assert len(calls) == 1
     acc.epsilon(1e-6)  # another δ is another key
     assert len(calls) == 2
-
-
-def test_would_exceed_boundaries() -> None:
-    acc = PrivacyAccountant(accountant="rdp")
-    run(acc, [(1.0, 0.05)] * 10)
-    step = {"delta": 1e-5, "noise_multiplier": 1.0, "sample_rate": 0.05}
-    nxt = acc.epsilon_after_step(**step)  # type: ignore[arg-type]
-    assert acc.would_exceed(nxt, **step) is False  # ε == cap stays within budget
-    assert acc.would_exceed(math.nextafter(nxt, 0.0), **step) is True
-    assert acc.would_exceed(math.inf, **step) is False
-    assert acc.would_exceed(0.0, **step) is True
-    # The check is about the *next* step: the current ε fits, the next does not.
-    assert acc.epsilon(1e-5) < nxt
-    assert acc.would_exceed(acc.epsilon(1e-5), **step) is True
-
-
-def test_would_exceed_with_zero_noise_is_always_true() -> None:
-    acc = PrivacyAccountant(accountant="prv")
-    assert acc.would_exceed(1e6, delta=1e-5, noise_multiplier=0.0, sample_rate=0.1) is True
-    assert acc.would_exceed(math.inf, delta=1e-5, noise_multiplier=0.0, sample_rate=0.1) is False
-
-
-@pytest.mark.parametrize("cap", [float("nan"), -1.0, "1.0", None])
-def test_would_exceed_rejects_bad_caps(cap: object) -> None:
-    acc = PrivacyAccountant(accountant="rdp")
-    with pytest.raises(ConfigError) as info:
-        acc.would_exceed(cap, delta=1e-5, noise_multiplier=1.0, sample_rate=0.1)  # type: ignore[arg-type]
-    assert info.value.field == "cap"
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,13 @@ import threading
 import pytest
 
 from tensafe.errors import BudgetExceededError, ConfigError
-from tensafe.privacy.accounting import compute_epsilon
 from tensafe.privacy.budget import (
     BUDGET_STATE_FORMAT,
     DatasetBudget,
     StepCharge,
     accounting_versions,
 )
+from tensafe.privacy.epsilon import compute_epsilon
 from tensafe.privacy.schedule import EpsilonSchedule
 
 STEP = {"noise_multiplier": 1.0, "sample_rate": 0.05}

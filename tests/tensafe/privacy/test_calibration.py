@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tensafe.errors import ConfigError
-from tensafe.privacy.accounting import compute_epsilon
 from tensafe.privacy.calibration import SIGMA_RELATIVE_TOLERANCE, calibrate_noise_multiplier
+from tensafe.privacy.epsilon import compute_epsilon
 
 CASES = [
     # (target ε, δ, q, steps, accountant)

@@ -9,8 +9,8 @@ import pickle
 import pytest
 
 from tensafe.errors import ConfigError
-from tensafe.privacy.accounting import compute_epsilon, default_delta
 from tensafe.privacy.config import DPConfig, ResolvedDP
+from tensafe.privacy.epsilon import compute_epsilon, default_delta
 
 BASE: dict[str, object] = {
     "noise_multiplier": 1.0,

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from tensafe.errors import ConfigError
 from tensafe.privacy import schedule as schedule_module
-from tensafe.privacy.accounting import compute_epsilon
+from tensafe.privacy.epsilon import compute_epsilon
 from tensafe.privacy.schedule import DEFAULT_RELATIVE_SPACING, EpsilonSchedule
 
 SPACINGS = [0.0025, 0.01, 0.05, 1e-4]

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from opacus.accountants import RDPAccountant
 
 from tensafe.errors import ConfigError
-from tensafe.privacy import accounting
-from tensafe.privacy.accounting import (
+from tensafe.privacy import epsilon as epsilon_module
+from tensafe.privacy.epsilon import (
     ACCOUNTANTS,
     AccountantName,
     PRVMath,
@@ -207,7 +207,7 @@ def test_prv_numerical_failure_warns_and_reports_rdp(monkeypatch: pytest.MonkeyP
     def broken(*_: object, **__: object) -> None:
         raise RuntimeError("Discrete mean differs significantly from continuous mean.")
 
-    monkeypatch.setattr(accounting, "discretize", broken)
+    monkeypatch.setattr(epsilon_module, "discretize", broken)
     history = [(1.0, 0.01, 100)]
     with pytest.warns(RuntimeWarning, match="RDP"):
         eps = compute_epsilon(history=history, delta=1e-5, accountant="prv")
@@ -216,7 +216,7 @@ def test_prv_numerical_failure_warns_and_reports_rdp(monkeypatch: pytest.MonkeyP
 
 @pytest.mark.parametrize("n", [1, 2, 99, 100, 101, 1000, 4097, 123457])
 def test_fft_length_is_even_fast_and_not_shorter(n: int) -> None:
-    size = accounting._even_fast_length(n)
+    size = epsilon_module._even_fast_length(n)
     assert size >= n
     assert size % 2 == 0
     rest = size

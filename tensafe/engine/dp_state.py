@@ -1,0 +1,146 @@
+"""The DP-SGD state of one training run and the algorithm's steps as named calls.
+
+One :class:`DPState` holds what a DP run needs beyond the model and optimizer: the
+resolved DP parameters, the per-example clipper, the noise source and the
+accountant. The engine's step reads (Opacus' ``pre_step`` is the model)::
+
+    clip(collector)            →  each example's gradient clipped to C, summed
+    noisy_gradient(sum, like)  →  add_noise: + N(0, σ²C²)  →  scale: ÷ q·N
+    account()                  →  one accountant step (σ, q); the DPMetrics after it
+
+Checking the privacy budget is not part of this: the server's budget service
+decides whether a step may be taken before it calls ``optim_step``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tensafe.engine.results import DPMetrics
+from tensafe.privacy.accountant import PrivacyAccountant
+from tensafe.privacy.config import ResolvedDP
+from tensafe.privacy.noise import NoiseSource
+from tensafe.privacy.per_example import ClipCollector, ClipResult, PerExampleClipper
+
+
+@dataclass(eq=False)
+class DPState:
+    """Resolved DP parameters, clipper, noise source and accountant of one run.
+
+    Example::
+
+        from tensafe.models import build_tiny_llama
+        from tensafe.privacy import DPConfig
+        model = build_tiny_llama().model
+        dp = DPState.create(
+            DPConfig(noise_multiplier=1.0, dataset_size=1000, expected_batch_size=8).resolve(),
+            model=model,
+        )
+        summed = torch.zeros(3)
+        grad = dp.noisy_gradient(summed, like=summed)  # noise once, ÷ q·N
+        metrics = dp.account()  # one step recorded
+        print(metrics.epsilon_spent, dp.accountant.history)
+
+    Attributes:
+        config: the resolved DP parameters (σ, q, C, N, δ, accountant, secure mode).
+        clipper: per-example gradient clipping, hooked into the model.
+        noise: the Gaussian noise generator (CSPRNG-seeded unless a test seed is given).
+        accountant: the history of noisy steps and the ε it spends.
+    """
+
+    config: ResolvedDP
+    clipper: PerExampleClipper
+    noise: NoiseSource
+    accountant: PrivacyAccountant
+
+    @classmethod
+    def create(
+        cls,
+        config: ResolvedDP,
+        *,
+        model: nn.Module,
+        noise_seed: int | None = None,
+        device: torch.device | str = "cpu",
+    ) -> DPState:
+        """The DP state of a new run: hooks the clipper into ``model``, a fresh
+        accountant, and a noise source seeded from the OS CSPRNG unless
+        ``noise_seed`` is given (test-only; ignored in secure mode).
+
+        Raises:
+            PrivacyError: ``model`` has trainable layers whose per-example
+                gradients cannot be computed.
+        """
+        return cls(
+            config=config,
+            clipper=PerExampleClipper(model),
+            noise=NoiseSource(secure_mode=config.secure_mode, seed=noise_seed, device=device),
+            accountant=PrivacyAccountant(accountant=config.accountant),
+        )
+
+    # ------------------------------------------------------- forward_backward
+    def clip(self, collector: ClipCollector) -> ClipResult:
+        """Clip each example's collected gradient to ``max_grad_norm`` and sum them."""
+        return collector.clip(self.config.max_grad_norm)
+
+    @staticmethod
+    def clip_metrics(clip: ClipResult) -> dict[str, float]:
+        """The share of examples that were clipped and their mean gradient norm."""
+        return {
+            "dp/clip_fraction": float((clip.factors < 1.0).float().mean()),
+            "dp/per_example_grad_norm:mean": float(clip.norms.mean()),
+        }
+
+    # ------------------------------------------------------------- optim_step
+    def add_noise(self, clipped_sum: torch.Tensor) -> torch.Tensor:
+        """``clipped_sum`` plus i.i.d. N(0, σ²C²) per coordinate (a new tensor;
+        draws ``clipped_sum.numel()`` values from the noise generator)."""
+        std = self.config.noise_multiplier * self.config.max_grad_norm
+        return clipped_sum + self.noise.gaussian_like(clipped_sum, std=std)
+
+    def scale(self, noisy_sum: torch.Tensor) -> torch.Tensor:
+        """Divide by the *expected* batch size q·N, whatever the realised batch size
+        (dividing by the realised size would leak it)."""
+        return noisy_sum / self.config.expected_batch_size
+
+    def noisy_gradient(
+        self, clipped_sum: torch.Tensor | None, *, like: nn.Parameter
+    ) -> torch.Tensor:
+        """The DP gradient of one parameter: ``scale(add_noise(clipped_sum))``.
+
+        ``clipped_sum`` is ``None`` when no example reached the parameter (or the
+        batch was empty); it then counts as zeros shaped like ``like``, in at least
+        float32, so the parameter still gets its noise.
+        """
+        total = (
+            clipped_sum
+            if clipped_sum is not None
+            else torch.zeros_like(like, dtype=torch.promote_types(like.dtype, torch.float32))
+        )
+        return self.scale(self.add_noise(total))
+
+    def account(self) -> DPMetrics:
+        """Record one noisy step (σ, q) and return the privacy metrics after it."""
+        cfg = self.config
+        self.accountant.record_step(
+            noise_multiplier=cfg.noise_multiplier, sample_rate=cfg.sample_rate
+        )
+        return DPMetrics(
+            epsilon_spent=self.accountant.epsilon(cfg.delta),
+            delta=cfg.delta,
+            noise_multiplier=cfg.noise_multiplier,
+            sample_rate=cfg.sample_rate,
+            max_grad_norm=cfg.max_grad_norm,
+            expected_batch_size=cfg.expected_batch_size,
+            accountant=cfg.accountant,
+            steps=self.accountant.steps,
+        )
+
+    def epsilon(self, delta: float | None = None) -> float:
+        """ε spent so far at ``delta`` (the run's δ by default); 0 before any step."""
+        return self.accountant.epsilon(self.config.delta if delta is None else delta)
+
+
+__all__ = ["DPState"]
