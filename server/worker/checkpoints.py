@@ -47,9 +47,9 @@ def engine_signature(engine: TrainingEngine) -> str:
 
 def dp_manifest(engine: TrainingEngine) -> dict[str, object] | None:
     """DP parameters and ε at save time for the manifest (``None`` without DP)."""
-    if engine.privacy is None:
+    if engine.dp is None:
         return None
-    p = engine.privacy
+    p = engine.dp.config
     return {
         "noise_multiplier": p.noise_multiplier,
         "sample_rate": p.sample_rate,
@@ -85,10 +85,10 @@ def training_state_payload(
     """
     state = engine.state_dict()
     history = []
-    if engine.accountant is not None:
+    if engine.dp is not None:
         history = [
             {"noise_multiplier": sigma, "sample_rate": q, "steps": steps}
-            for sigma, q, steps in engine.accountant.history
+            for sigma, q, steps in engine.dp.accountant.history
         ]
     tensors, training_state = pack_training_state(
         model_state=state["weights"],
@@ -176,8 +176,8 @@ def restore_engine(
     state = unpack_training_state(tensors, manifest)
     optimizer_state = state.optimizer_state or engine.fresh_optimizer_state()
     accountant = None
-    if engine.accountant is not None:
-        accountant = accountant_state(history, accountant=engine.accountant.accountant)
+    if engine.dp is not None:
+        accountant = accountant_state(history, accountant=engine.dp.accountant.accountant)
     engine.load_state_dict(
         {
             "format": STATE_FORMAT,

@@ -276,11 +276,11 @@ class OperationExecutor:
         runtime = self.engines.for_operation(op, run)
         engine = runtime.engine
         request = OptimStepRequest.model_validate(payload or {})
-        if engine.privacy is not None and not request.apply_dp_noise:
+        if engine.dp is not None and not request.apply_dp_noise:
             raise ValidationError(
                 "this run uses differential privacy; every step adds noise", field="apply_dp_noise"
             )
-        if engine.privacy is not None:  # every DP step is charged to a dataset budget
+        if engine.dp is not None:  # every DP step is charged to a dataset budget
             dataset_id = runtime.spec.dataset_id or DEFAULT_DATASET_ID
             return self._budgeted_optim_step(op, run, engine, request, dataset_id)
         result = engine.optim_step(adam_params(request))  # no DP: nothing to account
@@ -300,8 +300,8 @@ class OperationExecutor:
         dataset_id: str,
     ) -> Outcome:
         """``optim_step`` charged to the dataset's budget, committed by the budget service."""
-        dp = engine.privacy
-        assert dp is not None
+        assert engine.dp is not None
+        dp = engine.dp.config
         stepped = False
         answered: list[BaseModel] = []
 
