@@ -16,7 +16,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from tensafe.audit.history import budget_from_events, dataset_events
+from tensafe.audit.history import (
+    CarriedStep,
+    accountant_history,
+    budget_from_events,
+    carried_origins,
+    dataset_events,
+    steps_to_carry,
+)
 from tensafe.audit.ledger import (
     GENESIS,
     GENESIS_LINK,
@@ -67,6 +74,7 @@ __all__ = [
     "GENESIS",
     "GENESIS_LINK",
     "AuditReport",
+    "CarriedStep",
     "ChainHead",
     "ChainReport",
     "EpsilonCheck",
@@ -74,15 +82,18 @@ __all__ = [
     "LedgerEvent",
     "RecomputeResult",
     "ReplayResult",
+    "accountant_history",
     "append",
     "budget_from_events",
     "build_report",
     "canonical_bytes",
+    "carried_origins",
     "compute_link",
     "dataset_events",
     "recompute_epsilons",
     "render_html",
     "replay_ledger",
+    "steps_to_carry",
     "utc_timestamp",
     "verify_chain",
 ]

@@ -22,14 +22,21 @@ transaction — and pass it to :func:`verify_chain` as ``expected_head``.
 Canonical bytes (what an auditor reimplements)
 ----------------------------------------------
 ``canonical_bytes(row)`` is the UTF-8 (in fact pure ASCII) encoding of one JSON
-object holding **every field except** ``link``, with:
+object holding **every field except** ``link`` — and except each of the four
+*ledger format 2* fields (``model_step``, ``epsilon_run_exact``, ``origin_run_id``,
+``origin_seq``; :data:`FORMAT_2_FIELDS`) whose value is null. Every other field is
+always present, ``null`` or not. So a row written before format 2 (those four
+fields null, or absent from the stored row) has the same bytes, and the same link,
+as before; a format-2 field that is set is authenticated like any other. The
+object is written with:
 
 * keys sorted by code point, no whitespace at all (``{"a":1,"b":null}``);
 * strings JSON-escaped with ASCII output only: ``"`` → ``\\"``, ``\\`` → ``\\\\``,
   ``\\b \\f \\n \\r \\t`` as such, other characters below U+0020 and every
   non-ASCII character as ``\\uXXXX`` with lowercase hex (UTF-16 surrogate pairs
   above U+FFFF); ``/`` is not escaped;
-* integers (``seq``, ``step``, ``dataset_size``) in decimal;
+* integers (``seq``, ``step``, ``dataset_size``, ``model_step``, ``origin_seq``) in
+  decimal;
 * floats (``noise_multiplier``, ``sample_rate``, ``max_grad_norm``, ``delta``,
   every ``epsilon_*``, ``cap``) as Python's ``repr``: the shortest decimal that
   reads back to the same IEEE-754 double, always with a ``.`` or an exponent
@@ -40,7 +47,18 @@ object holding **every field except** ``link``, with:
   keys and string values.
 
 This is exactly ``json.dumps(fields, sort_keys=True, separators=(",", ":"),
-ensure_ascii=True)`` in Python.
+ensure_ascii=True)`` in Python, ``fields`` being that object (null format-2 fields
+removed).
+
+Carried steps
+-------------
+A ``load_state`` of another run's checkpoint carries that run's noisy steps (up to
+the checkpoint) into the loading run's privacy accountant. Each is recorded once,
+as a ``dp_step_carried`` row in the *loading* run's dataset chain, naming its
+original step by ``(origin_run_id, origin_seq)`` — the run that took it and that
+step's ``seq`` in its own chain. A carried row charges no dataset budget (the data
+it touched was charged where the step was taken): its ``epsilon_dataset_total`` is
+the dataset's ε unchanged. It only enters the run's exact ε (``epsilon_run_exact``).
 """
 
 from __future__ import annotations
@@ -48,18 +66,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
-from numbers import Integral, Real
-from types import MappingProxyType
 from typing import Literal, get_args
 
+from tensafe.audit._validation import HEX64, check_key, validate_event
 from tensafe.errors import ConfigError
 
-EventKind = Literal["dp_step", "budget_created", "budget_changed", "step_refused"]
+EventKind = Literal[
+    "dp_step", "budget_created", "budget_changed", "step_refused", "dp_step_carried"
+]
 """What a ledger row records."""
 
 #: ``prev_link`` of the first row (``seq = 1``).
@@ -68,19 +85,9 @@ GENESIS_LINK = "0" * 64
 #: Shortest HMAC key accepted, in bytes.
 MIN_KEY_BYTES = 16
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
-_STEP_KINDS = ("dp_step", "step_refused")
-_STEP_FIELDS = (
-    "run_id",
-    "step",
-    "noise_multiplier",
-    "sample_rate",
-    "max_grad_norm",
-    "dataset_size",
-    "epsilon_step",
-    "epsilon_run_total",
-)
+#: Fields added by ledger format 2: left out of the canonical bytes when null, so
+#: rows written before them verify unchanged.
+FORMAT_2_FIELDS = ("model_step", "epsilon_run_exact", "origin_run_id", "origin_seq")
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
@@ -101,7 +108,11 @@ class LedgerEvent:
     """One append-only ledger row. Validated on construction; floats normalized.
 
     Fields that do not apply to a kind are ``None``: budget events have no run
-    fields; ``epsilon_requested`` is set on refusals only.
+    fields; ``epsilon_requested`` is set on refusals only; ``origin_run_id`` and
+    ``origin_seq`` on carried rows only. A ``dp_step_carried`` row requires
+    ``run_id``, ``origin_*``, σ, q, C and N, has no ``step``, ``epsilon_step`` or
+    ``epsilon_requested``, and may leave ``epsilon_run_total``,
+    ``epsilon_run_exact`` and ``model_step`` null.
 
     Example:
         >>> key = bytes(range(32))
@@ -119,12 +130,16 @@ class LedgerEvent:
         seq: position in the chain, 1, 2, 3, … without gaps.
         kind: ``"dp_step"`` (a noisy step was applied), ``"step_refused"`` (a step
             was refused for budget; nothing applied), ``"budget_created"``,
-            ``"budget_changed"`` (the cap changed).
+            ``"budget_changed"`` (the cap changed), ``"dp_step_carried"`` (a noisy
+            step of another run's lineage that a ``load_state`` carried into this
+            run; charges no dataset budget — see the module docstring).
         tenant_id: the tenant owning the dataset.
         dataset_id: the dataset whose budget this row concerns.
-        run_id: the training run (step kinds only).
-        step: the run's step number, 1-based: the step taken (``dp_step``) or the
-            one refused (``step_refused``).
+        run_id: the training run (step kinds only; for a carried row, the run it
+            was carried into).
+        step: the run's step number, 1-based: the count of the run's ``dp_step``
+            rows on this dataset including this one (``dp_step``), or the one
+            refused (``step_refused``). Null on carried rows.
         noise_multiplier: σ of the step; the noise is N(0, σ²C²).
         sample_rate: q, the Poisson sampling rate of the step.
         max_grad_norm: C, the per-example clipping norm.
@@ -132,7 +147,8 @@ class LedgerEvent:
         delta: δ of every ε in this row (the budget's δ).
         accountant: accountant that computed the ε (``"prv"`` or ``"rdp"``).
         epsilon_step: ε of this one step alone, at δ.
-        epsilon_run_total: the run's own ε after this row (unchanged by a refusal).
+        epsilon_run_total: the run's own ε after this row (unchanged by a refusal):
+            the budget's conservative figure over the run's own ``dp_step`` rows.
         epsilon_dataset_total: the dataset's ε after this row — every run composed.
         epsilon_requested: refusals only: the dataset's ε had the step been taken.
         cap: the ε cap in force after this row.
@@ -142,6 +158,15 @@ class LedgerEvent:
         created_at: UTC time, ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (see :func:`utc_timestamp`).
         prev_link: the previous row's ``link`` (:data:`GENESIS_LINK` for seq 1).
         link: this row's HMAC link (:func:`compute_link`).
+        model_step: (format 2, optional) the model's optimizer step number after
+            this step; differs from ``step`` after a ``load_state`` restored an
+            older checkpoint.
+        epsilon_run_exact: (format 2, optional) the run's exact ε after this row —
+            its accountant over its whole history, own and carried steps, at
+            ``delta`` — the ε reported to the client. May be infinite.
+        origin_run_id: (format 2, carried rows only) the run that took the step.
+        origin_seq: (format 2, carried rows only) the step's ``seq`` in the origin
+            run's chain; ``(origin_run_id, origin_seq)`` names a step globally.
 
     Raises:
         ConfigError: a field is invalid for the kind (``field`` names it).
@@ -170,59 +195,15 @@ class LedgerEvent:
     created_at: str
     prev_link: str
     link: str
+    model_step: int | None = None
+    epsilon_run_exact: float | None = None
+    origin_run_id: str | None = None
+    origin_seq: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(EventKind):
             raise ConfigError("kind", f"must be one of {get_args(EventKind)}, got {self.kind!r}")
-        _set_int(self, "seq", minimum=1)
-        for name in ("tenant_id", "dataset_id", "accountant"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ConfigError(name, "must be a non-empty string")
-        step_kind = self.kind in _STEP_KINDS
-        for name in _STEP_FIELDS:
-            if step_kind and getattr(self, name) is None:
-                raise ConfigError(name, f"required for kind {self.kind!r}")
-            if not step_kind and getattr(self, name) is not None:
-                raise ConfigError(name, f"must be null for kind {self.kind!r}")
-        refusal = self.kind == "step_refused"
-        if refusal and self.epsilon_requested is None:
-            raise ConfigError("epsilon_requested", "required for kind 'step_refused'")
-        if not refusal and self.epsilon_requested is not None:
-            raise ConfigError("epsilon_requested", "only refusals carry it; must be null")
-        if step_kind:
-            if not isinstance(self.run_id, str) or not self.run_id:
-                raise ConfigError("run_id", "must be a non-empty string")
-            _set_int(self, "step", minimum=1)
-            _set_int(self, "dataset_size", minimum=1)
-            _set_float(self, "noise_multiplier", low=0.0)
-            _set_float(self, "sample_rate", low=0.0, low_open=True, high=1.0)
-            _set_float(self, "max_grad_norm", low=0.0, low_open=True)
-            _set_float(self, "epsilon_step", low=0.0, infinite=True)
-            _set_float(self, "epsilon_run_total", low=0.0)
-        if refusal:
-            _set_float(self, "epsilon_requested", low=0.0, infinite=True)
-        _set_float(self, "delta", low=0.0, low_open=True, high=1.0, high_open=True)
-        _set_float(self, "epsilon_dataset_total", low=0.0)
-        _set_float(self, "cap", low=0.0)
-        for name in ("actor", "reason"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                raise ConfigError(name, "must be a string or null")
-        versions = self.library_versions
-        if not isinstance(versions, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in versions.items()
-        ):
-            raise ConfigError("library_versions", "must map names to version strings")
-        object.__setattr__(self, "library_versions", MappingProxyType(dict(versions)))
-        if not isinstance(self.created_at, str) or not _TIMESTAMP.fullmatch(self.created_at):
-            raise ConfigError(
-                "created_at", f"must look like 2026-01-31T12:00:00.000000Z, got {self.created_at!r}"
-            )
-        for name in ("prev_link", "link"):
-            if not isinstance(getattr(self, name), str) or not _HEX64.fullmatch(
-                getattr(self, name)
-            ):
-                raise ConfigError(name, "must be 64 lowercase hex digits")
+        validate_event(self)
 
     def to_row(self) -> dict[str, object]:
         """Every field by name, JSON-ready (``library_versions`` as a plain dict)."""
@@ -256,6 +237,9 @@ def canonical_bytes(event: LedgerEvent) -> bytes:
     sorted-key ASCII JSON (specified in the module docstring)."""
     payload = event.to_row()
     del payload["link"]
+    for name in FORMAT_2_FIELDS:
+        if payload[name] is None:
+            del payload[name]
     return json.dumps(
         payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True
     ).encode("ascii")
@@ -268,8 +252,8 @@ def compute_link(key: bytes, prev_link: str, event: LedgerEvent) -> str:
         ConfigError: (``key``) not bytes of at least :data:`MIN_KEY_BYTES`;
             (``prev_link``) not 64 lowercase hex digits.
     """
-    _check_key(key)
-    if not isinstance(prev_link, str) or not _HEX64.fullmatch(prev_link):
+    check_key(key, minimum=MIN_KEY_BYTES)
+    if not isinstance(prev_link, str) or not HEX64.fullmatch(prev_link):
         raise ConfigError("prev_link", "must be 64 lowercase hex digits")
     mac = hmac.new(bytes(key), bytes.fromhex(prev_link), hashlib.sha256)
     mac.update(canonical_bytes(event))
@@ -310,7 +294,7 @@ def append(chain_state: ChainHead, event_fields: Mapping[str, object], key: byte
         ConfigError: ``event_fields`` sets ``seq``/``prev_link``/``link``, has an
             unknown or missing key, or an invalid value; or the key is invalid.
     """
-    _check_key(key)
+    check_key(key, minimum=MIN_KEY_BYTES)
     for name in ("seq", "prev_link", "link"):
         if name in event_fields:
             raise ConfigError(name, "is set by append(); do not pass it")
@@ -394,7 +378,7 @@ def verify_chain(
     Raises:
         ConfigError: (``key``) not bytes of at least :data:`MIN_KEY_BYTES`.
     """
-    _check_key(key)
+    check_key(key, minimum=MIN_KEY_BYTES)
     head = start
     checked = 0
 
@@ -445,48 +429,8 @@ def verify_chain(
     return ChainReport(ok=True, checked=checked, first_broken_seq=None, reason=None, head=head)
 
 
-# --------------------------------------------------------------------- helpers
-
-
-def _check_key(key: object) -> None:
-    if not isinstance(key, (bytes, bytearray)):
-        raise ConfigError("key", f"must be bytes, got {type(key).__name__}")
-    if len(key) < MIN_KEY_BYTES:
-        raise ConfigError("key", f"must be at least {MIN_KEY_BYTES} bytes, got {len(key)}")
-
-
-def _set_int(event: LedgerEvent, name: str, *, minimum: int) -> None:
-    value = getattr(event, name)
-    if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < minimum:
-        raise ConfigError(name, f"must be an integer ≥ {minimum}, got {value!r}")
-    object.__setattr__(event, name, int(value))
-
-
-def _set_float(
-    event: LedgerEvent,
-    name: str,
-    *,
-    low: float,
-    low_open: bool = False,
-    high: float = math.inf,
-    high_open: bool = False,
-    infinite: bool = False,
-) -> None:
-    value = getattr(event, name)
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ConfigError(name, f"must be a real number, got {value!r}")
-    number = float(value)
-    if math.isnan(number) or (math.isinf(number) and not (infinite and number > 0)):
-        raise ConfigError(name, f"must be finite, got {number!r}")
-    too_low = number <= low if low_open else number < low
-    too_high = number >= high if high_open else number > high
-    if too_low or too_high:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ConfigError(name, f"must be in {lo}{low:g}, {high:g}{hi}, got {number!r}")
-    object.__setattr__(event, name, number)
-
-
 __all__ = [
+    "FORMAT_2_FIELDS",
     "GENESIS",
     "GENESIS_LINK",
     "MIN_KEY_BYTES",
