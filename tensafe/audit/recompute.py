@@ -8,16 +8,17 @@ Two different questions:
   with TenSafe's accountant: Google ``dp_accounting``'s privacy loss distribution
   (PLD, ``PoissonSampledDpEvent(q, GaussianDpEvent(σ))``, pessimistic estimate)
   and Opacus' ``PRVAccountant`` used directly. The recorded value must agree with
-  both within 1 %.
-* **Replay** (:func:`replay_ledger`): is the ledger self-consistent? The rows are
-  fed, in order, through the same conservative schedule the service used (rule and
-  library versions are on every row) and each recorded ε — what the client was told
-  at that step — must come out again, every charged step must have kept the dataset
-  within its cap, and every refusal must really have been over it.
+  both within 1 %. Where rows record a run's exact ε (``epsilon_run_exact``, ledger
+  format 2), it is checked the same way against the run's whole accountant history:
+  its own ``dp_step`` rows and the ``dp_step_carried`` rows a ``load_state`` brought in.
+* **Replay** (:func:`replay_ledger`, in :mod:`tensafe.audit.replay`, re-exported
+  here): is the ledger self-consistent? The rows are fed, in order, through the same
+  conservative schedule the service used and each recorded ε must come out again.
 
 Composition: all ``dp_step`` rows of a dataset, whichever run wrote them, compose
 sequentially (see :mod:`tensafe.privacy.budget` for why that is an upper bound);
 order does not matter, so histories are grouped by ``(σ, q)`` before evaluation.
+Carried rows never enter a dataset's or a run's conservative (budget) figures.
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ from opacus.accountants import PRVAccountant
 
 from tensafe.audit.history import budget_settings, composed_history, step_counts
 from tensafe.audit.ledger import LedgerEvent
+from tensafe.audit.replay import ReplayMismatch, ReplayResult, replay_ledger
 from tensafe.errors import ConfigError
 from tensafe.privacy.epsilon import Segment
-from tensafe.privacy.schedule import EpsilonSchedule, StepClass
+from tensafe.privacy.schedule import StepClass
+
+CheckScope = Literal["run", "run_exact", "dataset"]
+"""What an :class:`EpsilonCheck` compares (see its ``scope``)."""
 
 #: Relative agreement required between the recorded ε and each recomputation.
 AGREEMENT_TOLERANCE = 0.01
@@ -94,9 +99,11 @@ class EpsilonCheck:
     """The recorded ε of a run or dataset beside its independent recomputations.
 
     Attributes:
-        scope: ``"run"`` (the run's own steps) or ``"dataset"`` (all runs composed).
+        scope: ``"run"`` (the run's own steps, against ``epsilon_run_total``),
+            ``"run_exact"`` (the run's own and carried steps, against
+            ``epsilon_run_exact``) or ``"dataset"`` (all runs composed).
         subject: the run id, or the dataset id.
-        steps: number of ``dp_step`` rows composed.
+        steps: number of rows composed.
         history: the composed ``(σ, q, steps)`` classes.
         recorded: the ε the ledger records (its last value).
         pld: ε by Google dp-accounting PLD.
@@ -109,7 +116,7 @@ class EpsilonCheck:
         note: why a reference is missing, if one is.
     """
 
-    scope: Literal["run", "dataset"]
+    scope: CheckScope
     subject: str
     steps: int
     history: tuple[Segment, ...]
@@ -135,6 +142,8 @@ class RecomputeResult:
         pld_value_discretization: the PLD discretization used.
         runs: one check per run, in order of first appearance.
         dataset: the check of the whole composition.
+        runs_exact: one check per run whose rows record ``epsilon_run_exact``: the
+            last recorded value against the run's own and carried steps up to it.
         all_agree: every check agrees within the tolerance.
         pld_seconds: time spent in PLD.
         prv_seconds: time spent in Opacus PRV.
@@ -150,6 +159,7 @@ class RecomputeResult:
     all_agree: bool
     pld_seconds: float
     prv_seconds: float
+    runs_exact: tuple[EpsilonCheck, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready dict (histories as lists)."""
@@ -166,6 +176,8 @@ class RecomputeResult:
             items = dict(data)
             items["runs"] = tuple(_check_from_dict(r) for r in items["runs"])  # type: ignore[attr-defined]
             items["dataset"] = _check_from_dict(items["dataset"])  # type: ignore[arg-type]
+            exact = items.get("runs_exact", ())
+            items["runs_exact"] = tuple(_check_from_dict(r) for r in exact)  # type: ignore[attr-defined]
             return cls(**items)  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError("recompute", f"malformed recomputation result: {exc}") from None
@@ -194,14 +206,16 @@ def recompute_epsilons(
     steps = [e for e in rows if e.kind == "dp_step"]
     timers = {"pld": 0.0, "prv": 0.0}
 
-    def check(
-        scope: Literal["run", "dataset"], subject: str, chosen: list[LedgerEvent]
-    ) -> EpsilonCheck:
-        history = composed_history(step_counts(chosen))
+    def check(scope: CheckScope, subject: str, chosen: list[LedgerEvent]) -> EpsilonCheck:
         last = chosen[-1] if chosen else None
-        if scope == "run":
+        if scope == "run_exact":
+            history = composed_history(_noisy_counts(chosen))
+            recorded = last.epsilon_run_exact if last is not None else 0.0
+        elif scope == "run":
+            history = composed_history(step_counts(chosen))
             recorded = last.epsilon_run_total if last is not None else 0.0
         else:
+            history = composed_history(step_counts(chosen))
             recorded = last.epsilon_dataset_total if last is not None else 0.0
         return _compare(
             scope=scope,
@@ -217,6 +231,9 @@ def recompute_epsilons(
     run_ids = list(dict.fromkeys(e.run_id for e in steps if e.run_id is not None))
     runs = tuple(check("run", run, [e for e in steps if e.run_id == run]) for run in run_ids)
     dataset = check("dataset", settings.dataset_id, steps)
+    runs_exact = tuple(
+        check("run_exact", run, chosen) for run, chosen in _exact_histories(rows).items()
+    )
     return RecomputeResult(
         dataset_id=settings.dataset_id,
         delta=settings.delta,
@@ -225,15 +242,37 @@ def recompute_epsilons(
         pld_value_discretization=pld_value_discretization,
         runs=runs,
         dataset=dataset,
-        all_agree=dataset.agree_within_1pct and all(r.agree_within_1pct for r in runs),
+        all_agree=all(c.agree_within_1pct for c in (dataset, *runs, *runs_exact)),
         pld_seconds=timers["pld"],
         prv_seconds=timers["prv"],
+        runs_exact=runs_exact,
     )
+
+
+def _exact_histories(rows: Sequence[LedgerEvent]) -> dict[str, list[LedgerEvent]]:
+    """Per run with a recorded ``epsilon_run_exact``: its own and carried rows up to the
+    last row that records one (so that row's value is the history's ε)."""
+    noisy = [e for e in rows if e.kind in ("dp_step", "dp_step_carried")]
+    out: dict[str, list[LedgerEvent]] = {}
+    for run in dict.fromkeys(e.run_id for e in noisy if e.run_id is not None):
+        mine = [e for e in noisy if e.run_id == run]
+        marked = [i for i, e in enumerate(mine) if e.epsilon_run_exact is not None]
+        if marked:
+            out[run] = mine[: marked[-1] + 1]
+    return out
+
+
+def _noisy_counts(rows: Iterable[LedgerEvent]) -> dict[StepClass, int]:
+    counts: dict[StepClass, int] = {}
+    for event in rows:
+        cls: StepClass = (event.noise_multiplier, event.sample_rate)  # type: ignore[assignment]
+        counts[cls] = counts.get(cls, 0) + 1
+    return counts
 
 
 def _compare(
     *,
-    scope: Literal["run", "dataset"],
+    scope: CheckScope,
     subject: str,
     history: tuple[Segment, ...],
     recorded: float,
@@ -295,152 +334,11 @@ def _check_from_dict(data: Mapping[str, object]) -> EpsilonCheck:
     return EpsilonCheck(**items)  # type: ignore[arg-type]
 
 
-# --------------------------------------------------------------------- replay
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReplayMismatch:
-    """One recorded value that the replay does not reproduce.
-
-    Attributes:
-        seq: the row.
-        field: the field that differs (or ``"cap"`` / ``"step"`` for a rule broken).
-        recorded: the value in the row.
-        replayed: the value the replay expects.
-        detail: what is wrong, in words.
-    """
-
-    seq: int
-    field: str
-    recorded: float
-    replayed: float
-    detail: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReplayResult:
-    """The outcome of :func:`replay_ledger`.
-
-    Attributes:
-        ok: no mismatch.
-        rows: rows replayed.
-        evaluated: recorded totals compared (the rest were skipped by ``stride``).
-        mismatches: what differs, in ``seq`` order.
-    """
-
-    ok: bool
-    rows: int
-    evaluated: int
-    mismatches: tuple[ReplayMismatch, ...]
-
-
-def replay_ledger(
-    events: Iterable[LedgerEvent],
-    *,
-    stride: int = 1,
-    relative_tolerance: float = 1e-9,
-    schedule: EpsilonSchedule | None = None,
-) -> ReplayResult:
-    """Replay one dataset's rows (in ``seq`` order) and check every recorded ε.
-
-    Always checked, for every row: δ and accountant match the budget's, step numbers
-    count up per run, ``epsilon_step`` is right, every ``dp_step`` kept the dataset
-    within the cap then in force, every refusal was over it (its
-    ``epsilon_requested`` is recomputed), a cap was never lowered below the ε spent.
-    The recorded totals (``epsilon_run_total``, ``epsilon_dataset_total``) of
-    ``dp_step`` rows are recomputed on every ``stride``-th such row and on the last
-    of each run (each costs up to two schedule evaluations).
-
-    Values are compared within ``relative_tolerance`` (default 1e-9: equal up to
-    floating-point noise between builds of the same library versions). Pass the live
-    budget's ``schedule`` to reuse its cache; by default one is built from the rows.
-
-    Raises:
-        ConfigError: no ``budget_created`` row; ``stride`` < 1; ``schedule`` does not
-            match the recorded δ, accountant and rule (field ``"schedule"``).
-    """
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ConfigError("stride", f"must be an integer ≥ 1, got {stride!r}")
-    rows = tuple(events)
-    settings = budget_settings(rows)
-    if schedule is None:
-        schedule = settings.schedule()
-    elif (schedule.spec, schedule.delta, schedule.accountant) != (
-        settings.schedule_spec,
-        settings.delta,
-        settings.accountant,
-    ):
-        raise ConfigError("schedule", f"{schedule!r} does not match the recorded settings")
-    steps = [e for e in rows if e.kind == "dp_step"]
-    last_of_run = {e.run_id: e.seq for e in steps}
-    sampled = {e.seq for i, e in enumerate(steps) if (i + 1) % stride == 0}
-    sampled |= set(last_of_run.values())
-    mismatches: list[ReplayMismatch] = []
-    counts: dict[StepClass, int] = {}
-    run_counts: dict[str, dict[StepClass, int]] = {}
-    evaluated = 0
-
-    def expect(event: LedgerEvent, name: str, recorded: float | None, replayed: float) -> None:
-        value = float(recorded if recorded is not None else math.nan)
-        if not math.isclose(value, replayed, rel_tol=relative_tolerance, abs_tol=0.0):
-            mismatches.append(
-                ReplayMismatch(
-                    seq=event.seq, field=name, recorded=value, replayed=replayed,
-                    detail=f"recorded {value!r}, replay gives {replayed!r}",
-                )
-            )  # fmt: skip
-
-    def rule(event: LedgerEvent, name: str, recorded: float, bound: float, detail: str) -> None:
-        mismatches.append(
-            ReplayMismatch(
-                seq=event.seq, field=name, recorded=recorded, replayed=bound, detail=detail
-            )
-        )
-
-    for event in rows:
-        if event.delta != settings.delta or event.accountant != settings.accountant:
-            rule(event, "delta", event.delta, settings.delta, "δ or accountant changed mid-ledger")
-        if event.kind == "budget_changed" and event.cap < event.epsilon_dataset_total:
-            rule(event, "cap", event.cap, event.epsilon_dataset_total, "cap set below ε spent")
-        if event.kind not in ("dp_step", "step_refused"):
-            continue
-        assert event.run_id is not None and event.step is not None
-        cls: StepClass = (event.noise_multiplier, event.sample_rate)  # type: ignore[assignment]
-        mine = run_counts.setdefault(event.run_id, {})
-        if event.step != sum(mine.values()) + 1:
-            rule(event, "step", event.step, sum(mine.values()) + 1, "run step numbers skip")
-        expect(event, "epsilon_step", event.epsilon_step, schedule.epsilon({cls: 1}))
-        if event.kind == "step_refused":
-            after = dict(counts)
-            after[cls] = after.get(cls, 0) + 1
-            requested = schedule.epsilon(after)
-            evaluated += 1
-            expect(event, "epsilon_requested", event.epsilon_requested, requested)
-            if requested <= event.cap:
-                rule(event, "cap", requested, event.cap, "refused although within the cap")
-            continue
-        counts[cls] = counts.get(cls, 0) + 1
-        mine[cls] = mine.get(cls, 0) + 1
-        if event.epsilon_dataset_total > event.cap:
-            rule(event, "cap", event.epsilon_dataset_total, event.cap, "charged above the cap")
-        if event.seq in sampled:
-            evaluated += 1
-            expect(
-                event,
-                "epsilon_dataset_total",
-                event.epsilon_dataset_total,
-                schedule.epsilon(counts),
-            )
-            expect(event, "epsilon_run_total", event.epsilon_run_total, schedule.epsilon(mine))
-    return ReplayResult(
-        ok=not mismatches, rows=len(rows), evaluated=evaluated, mismatches=tuple(mismatches)
-    )
-
-
 __all__ = [
     "AGREEMENT_TOLERANCE",
     "DEFAULT_PLD_DISCRETIZATION",
     "PRV_RELATIVE_EPS_ERROR",
+    "CheckScope",
     "EpsilonCheck",
     "RecomputeResult",
     "ReplayMismatch",

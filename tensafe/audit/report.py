@@ -28,8 +28,11 @@ from tensafe.audit.recompute import (
 from tensafe.errors import ConfigError
 from tensafe.privacy.epsilon import Segment
 
-#: Version of the report's JSON layout.
-REPORT_FORMAT = 1
+#: Version of the report's JSON layout (2: ε reported vs budget figure, carried steps).
+REPORT_FORMAT = 2
+
+#: Layouts :meth:`AuditReport.from_dict` reads (older ones are upgraded on reading).
+READABLE_FORMATS = (1, 2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,7 +42,9 @@ class EpsilonSeries:
     Attributes:
         seq: the ledger rows (orders the steps of all runs in time).
         steps: the run's step numbers.
-        epsilon_run: the run's own ε after the step.
+        epsilon_run: the run's ε after the step as reported to the client: the row's
+            ``epsilon_run_exact`` when recorded, else its ``epsilon_run_total``
+            (rows before ledger format 2).
         epsilon_dataset: the dataset's ε (all runs) after the step — the value
             compared with the cap.
         cap: the cap in force at the step.
@@ -63,11 +68,20 @@ class RunReport:
             sampling rate).
         max_grad_norms: distinct clipping norms C used, in order of first use.
         dataset_sizes: distinct dataset sizes N declared, in order.
-        epsilon: the run's own ε after its last step (recorded).
-        first_step_at: time of the first step.
-        last_step_at: time of the last step.
+        epsilon: the run's ε as reported to the client: the last ``dp_step`` row's
+            ``epsilon_run_exact`` (the run's accountant over its own and carried
+            steps) when recorded, else its ``epsilon_run_total`` (older rows). A run
+            with carried rows but no step on this dataset yet: its last carried
+            row's ``epsilon_run_exact``, or 0.
+        epsilon_budget: the last ``dp_step`` row's ``epsilon_run_total``: the
+            budget's conservative figure over the run's own steps (0 without one).
+        carried_steps: steps of other runs' lineage carried into this run by a
+            ``load_state`` (``dp_step_carried`` rows; they charge no dataset).
+        first_step_at: time of the first step (of the first carried row if the run
+            has no step).
+        last_step_at: time of the last step (likewise).
         refusals: steps of this run refused for budget.
-        series: ε after every step.
+        series: ε after every step (empty for a run without steps).
     """
 
     run_id: str
@@ -76,6 +90,8 @@ class RunReport:
     max_grad_norms: tuple[float, ...]
     dataset_sizes: tuple[int, ...]
     epsilon: float
+    epsilon_budget: float
+    carried_steps: int
     first_step_at: str
     last_step_at: str
     refusals: int
@@ -152,7 +168,7 @@ class AuditReport:
         ledger_rows: rows read for this dataset.
         first_event_at: time of the first row.
         last_event_at: time of the last row.
-        runs: the runs, in order of their first step.
+        runs: the runs, in order of their first row (step or carried step).
         budget_changes: creation and every cap change, in order.
         refusals: every refused step, in order.
         chain: the chain verification, or ``None`` if no key was given.
@@ -219,15 +235,17 @@ class AuditReport:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> AuditReport:
-        """Inverse of :meth:`to_dict`.
+        """Inverse of :meth:`to_dict`; also reads format 1 (each run's ``epsilon_budget``
+        is then its ``epsilon``, ``carried_steps`` 0), returned as format 2.
 
         Raises:
-            ConfigError: (``report``) malformed, or another :data:`REPORT_FORMAT`.
+            ConfigError: (``report``) malformed, or a format not in :data:`READABLE_FORMATS`.
         """
         try:
             items = dict(data)
-            if items.get("format") != REPORT_FORMAT:
+            if items.get("format") not in READABLE_FORMATS:
                 raise ValueError(f"format {items.get('format')!r}, expected {REPORT_FORMAT}")
+            items["format"] = REPORT_FORMAT
             items["runs"] = tuple(_run_from_dict(r) for r in items["runs"])  # type: ignore[attr-defined]
             items["budget_changes"] = tuple(BudgetChange(**c) for c in items["budget_changes"])  # type: ignore[attr-defined]
             items["refusals"] = tuple(Refusal(**r) for r in items["refusals"])  # type: ignore[attr-defined]
@@ -352,32 +370,55 @@ def build_report(
     )
 
 
+def _reported(event: LedgerEvent) -> float:
+    """The run's ε the client was told at this row: exact when recorded (format 2)."""
+    if event.epsilon_run_exact is not None:
+        return event.epsilon_run_exact
+    return event.epsilon_run_total  # type: ignore[return-value]
+
+
 def _runs(rows: tuple[LedgerEvent, ...]) -> tuple[RunReport, ...]:
     histories = run_histories(rows)
-    out = []
-    for run_id, history in histories.items():
-        mine = [e for e in rows if e.kind == "dp_step" and e.run_id == run_id]
-        out.append(
-            RunReport(
-                run_id=run_id,
-                steps=len(mine),
-                history=history,
-                max_grad_norms=tuple(dict.fromkeys(e.max_grad_norm for e in mine)),  # type: ignore[misc]
-                dataset_sizes=tuple(dict.fromkeys(e.dataset_size for e in mine)),  # type: ignore[misc]
-                epsilon=mine[-1].epsilon_run_total,  # type: ignore[arg-type]
-                first_step_at=mine[0].created_at,
-                last_step_at=mine[-1].created_at,
-                refusals=sum(1 for e in rows if e.kind == "step_refused" and e.run_id == run_id),
-                series=EpsilonSeries(
-                    seq=tuple(e.seq for e in mine),
-                    steps=tuple(e.step for e in mine),  # type: ignore[misc]
-                    epsilon_run=tuple(e.epsilon_run_total for e in mine),  # type: ignore[misc]
-                    epsilon_dataset=tuple(e.epsilon_dataset_total for e in mine),
-                    cap=tuple(e.cap for e in mine),
-                ),
-            )
-        )
-    return tuple(out)
+    noisy = [e for e in rows if e.kind in ("dp_step", "dp_step_carried")]
+    return tuple(
+        _run(run_id, rows, [e for e in noisy if e.run_id == run_id], histories.get(run_id, ()))
+        for run_id in dict.fromkeys(e.run_id for e in noisy if e.run_id is not None)
+    )
+
+
+def _run(
+    run_id: str,
+    rows: tuple[LedgerEvent, ...],
+    noisy: list[LedgerEvent],
+    history: tuple[Segment, ...],
+) -> RunReport:
+    mine = [e for e in noisy if e.kind == "dp_step"]
+    carried = [e for e in noisy if e.kind == "dp_step_carried"]
+    if mine:
+        epsilon, budget, timed = _reported(mine[-1]), mine[-1].epsilon_run_total, mine
+    else:
+        exact = [e.epsilon_run_exact for e in carried if e.epsilon_run_exact is not None]
+        epsilon, budget, timed = (exact[-1] if exact else 0.0), 0.0, carried
+    return RunReport(
+        run_id=run_id,
+        steps=len(mine),
+        history=history,
+        max_grad_norms=tuple(dict.fromkeys(e.max_grad_norm for e in mine)),  # type: ignore[misc]
+        dataset_sizes=tuple(dict.fromkeys(e.dataset_size for e in mine)),  # type: ignore[misc]
+        epsilon=epsilon,
+        epsilon_budget=budget,  # type: ignore[arg-type]
+        carried_steps=len(carried),
+        first_step_at=timed[0].created_at,
+        last_step_at=timed[-1].created_at,
+        refusals=sum(1 for e in rows if e.kind == "step_refused" and e.run_id == run_id),
+        series=EpsilonSeries(
+            seq=tuple(e.seq for e in mine),
+            steps=tuple(e.step for e in mine),  # type: ignore[misc]
+            epsilon_run=tuple(_reported(e) for e in mine),
+            epsilon_dataset=tuple(e.epsilon_dataset_total for e in mine),
+            cap=tuple(e.cap for e in mine),
+        ),
+    )
 
 
 def _budget_changes(rows: tuple[LedgerEvent, ...]) -> tuple[BudgetChange, ...]:
@@ -422,10 +463,13 @@ def _run_from_dict(data: Mapping[str, object]) -> RunReport:
     items["dataset_sizes"] = tuple(items["dataset_sizes"])  # type: ignore[arg-type]
     series = {k: tuple(v) for k, v in dict(items["series"]).items()}  # type: ignore[call-overload]
     items["series"] = EpsilonSeries(**series)
+    items.setdefault("epsilon_budget", items["epsilon"])  # format 1: epsilon was the budget's
+    items.setdefault("carried_steps", 0)
     return RunReport(**items)  # type: ignore[arg-type]
 
 
 __all__ = [
+    "READABLE_FORMATS",
     "REPORT_FORMAT",
     "AuditReport",
     "BudgetChange",

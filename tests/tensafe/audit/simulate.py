@@ -8,13 +8,15 @@ Used by the audit tests and to generate ``docs/audit-sample.html``::
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from tensafe.audit.history import accountant_history, carried_origins, steps_to_carry
 from tensafe.audit.ledger import GENESIS, ChainHead, LedgerEvent, append, utc_timestamp
 from tensafe.privacy.budget import DatasetBudget, accounting_versions
-from tensafe.privacy.epsilon import AccountantName
+from tensafe.privacy.epsilon import AccountantName, compute_epsilon
 from tensafe.privacy.schedule import EpsilonSchedule
 
 KEY = bytes(range(32))
@@ -72,9 +74,12 @@ def new_ledger(
     return ledger
 
 
-def run_steps(ledger: Ledger, runs: Sequence[RunSpec], *, key: bytes = KEY) -> None:
+def run_steps(
+    ledger: Ledger, runs: Sequence[RunSpec], *, key: bytes = KEY, exact: bool = False
+) -> None:
     """Interleave the runs' steps round-robin; a run stops after its steps or at its
-    first refusal."""
+    first refusal. ``exact``: also record ledger format 2's ``model_step`` and
+    ``epsilon_run_exact`` (the run's own and carried steps, as the server's accountant)."""
     done = dict.fromkeys((r.run_id for r in runs), 0)
     active = list(runs)
     while active:
@@ -116,11 +121,51 @@ def run_steps(ledger: Ledger, runs: Sequence[RunSpec], *, key: bytes = KEY) -> N
                 kind="dp_step",
                 epsilon_run_total=charge.epsilon_run_total,
                 epsilon_dataset_total=charge.epsilon_dataset_total,
+                **(_exact_fields(ledger, spec.run_id, spec) if exact else {}),
                 **common,
             )
             done[spec.run_id] += 1
             if done[spec.run_id] >= spec.steps:
                 active.remove(spec)
+
+
+def carry_into(ledger: Ledger, *, source_run_id: str, target_run_id: str, key: bytes = KEY) -> int:
+    """Record a ``load_state`` of ``source_run_id``'s latest checkpoint into the target:
+    its steps not held yet, as ``dp_step_carried`` rows. Returns how many."""
+    steps = steps_to_carry(
+        ledger.events,
+        source_run_id=source_run_id,
+        upto_seq=ledger.head.seq,
+        target_run_id=target_run_id,
+        held=carried_origins(ledger.events, run_id=target_run_id),
+    )
+    for step in steps:
+        history = [*accountant_history(ledger.events, run_id=target_run_id)]
+        history.append((step.noise_multiplier, step.sample_rate))
+        _write(
+            ledger,
+            key,
+            **step.ledger_fields(run_id=target_run_id),
+            epsilon_dataset_total=ledger.budget.epsilon(),
+            epsilon_run_exact=_exact_epsilon(ledger, history),
+            model_step=len(history),
+        )
+    return len(steps)
+
+
+def _exact_fields(ledger: Ledger, run_id: str, spec: RunSpec) -> dict[str, object]:
+    history = [*accountant_history(ledger.events, run_id=run_id)]
+    history.append((spec.noise_multiplier, spec.sample_rate))
+    return {"epsilon_run_exact": _exact_epsilon(ledger, history), "model_step": len(history)}
+
+
+def _exact_epsilon(ledger: Ledger, history: Sequence[tuple[float, float]]) -> float:
+    counts = Counter(history)  # order does not change ε
+    return compute_epsilon(
+        history=[(sigma, q, n) for (sigma, q), n in sorted(counts.items())],
+        delta=ledger.budget.delta,
+        accountant=ledger.budget.accountant,
+    )
 
 
 def raise_cap(ledger: Ledger, new_cap: float, *, key: bytes = KEY, actor: str, reason: str) -> None:
