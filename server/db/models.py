@@ -272,6 +272,7 @@ class LedgerEventRow(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "dataset_id", "seq"),
         Index("ix_ledger_events_tenant_id_dataset_id_run_id", "tenant_id", "dataset_id", "run_id"),
+        Index("ix_ledger_events_run_id", "run_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -292,6 +293,11 @@ class LedgerEventRow(Base):
     epsilon_dataset_total: Mapped[float] = mapped_column(Double)
     epsilon_requested: Mapped[float | None] = mapped_column(Double)
     cap: Mapped[float] = mapped_column(Double)
+    # ledger format 2 (migration 0003); null on older rows
+    model_step: Mapped[int | None] = mapped_column(BigInteger)
+    epsilon_run_exact: Mapped[float | None] = mapped_column(Double)
+    origin_run_id: Mapped[str | None] = mapped_column(String(64))
+    origin_seq: Mapped[int | None] = mapped_column(BigInteger)
     actor: Mapped[str | None] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
     library_versions: Mapped[dict[str, Any]]
