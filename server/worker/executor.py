@@ -103,7 +103,7 @@ class Outcome:
 
 
 class OperationExecutor:
-    """Executes operations for :class:`~server.worker.queue.RunQueue` (its handler)."""
+    """Executes operations for :class:`~server.queue.RunQueue` (its handler)."""
 
     def __init__(
         self,
