@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar, get_args
 
 import pydantic
 
@@ -31,6 +31,7 @@ from tg_tinker.types import (
     GetInfoResponse,
     LoadStateRequest,
     LoadStateResponse,
+    LossFnName,
     OptimStepRequest,
     OptimStepResponse,
     RunStatus,
@@ -61,10 +62,30 @@ _EMPTY = (
 )
 
 
+def _check_loss_fn(loss_fn: object) -> LossFnName:
+    """``loss_fn`` if it names a loss the server implements.
+
+    Raises:
+        ValidationError: ``field="loss_fn"``; the message lists the allowed names.
+    """
+    allowed: tuple[LossFnName, ...] = get_args(LossFnName)
+    for name in allowed:
+        if loss_fn == name:
+            return name
+    raise ValidationError(
+        f"unknown loss {loss_fn!r}; allowed: {', '.join(allowed)}", field="loss_fn"
+    )
+
+
 def forward_request(
-    data: TrainingInput, loss_fn: str, loss_fn_config: Mapping[str, float] | None
+    data: TrainingInput, loss_fn: LossFnName, loss_fn_config: Mapping[str, float] | None
 ) -> ForwardBackwardRequest:
-    """Normalise the accepted input forms into one ForwardBackwardRequest."""
+    """Normalise the accepted input forms into one ForwardBackwardRequest.
+
+    Raises:
+        ValidationError: an unknown ``loss_fn`` (checked first) or malformed input.
+    """
+    loss_fn = _check_loss_fn(loss_fn)
     config = dict(loss_fn_config) if loss_fn_config is not None else None
     if isinstance(data, (BatchData, Mapping)):
         batch = data if isinstance(data, BatchData) else build_model(BatchData, **dict(data))
@@ -123,7 +144,7 @@ def _forward_operation(
     run_id: str,
     route: str,
     data: TrainingInput,
-    loss_fn: str,
+    loss_fn: LossFnName,
     loss_fn_config: Mapping[str, float] | None,
 ) -> _Operation[ForwardBackwardOutput]:
     body = forward_request(data, loss_fn, loss_fn_config)
@@ -360,7 +381,7 @@ class TrainingClient:
     def forward(
         self,
         data: TrainingInput,
-        loss_fn: str = "cross_entropy",
+        loss_fn: LossFnName = "cross_entropy",
         loss_fn_config: Mapping[str, float] | None = None,
     ) -> APIFuture[ForwardBackwardOutput]:
         """Forward pass and loss without gradients (evaluation, reference logprobs).
@@ -368,8 +389,12 @@ class TrainingClient:
         ``data`` is a list of :class:`Datum`, a :class:`BatchData`, or a dict with
         ``input_ids`` / ``attention_mask`` / ``labels`` (lists or 2-D arrays).
 
+        ``loss_fn`` is one of :data:`~tg_tinker.types.LossFnName`
+        (``cross_entropy``, ``importance_sampling``, ``ppo``).
+
         Raises:
-            ValidationError: malformed or empty input (raised here, before sending).
+            ValidationError: an unknown ``loss_fn`` (``field="loss_fn"``), malformed or
+                empty input (raised here, before sending).
         """
         return self._submit(
             _forward_operation(self.run_id, "forward", data, loss_fn, loss_fn_config)
@@ -378,7 +403,7 @@ class TrainingClient:
     async def forward_async(
         self,
         data: TrainingInput,
-        loss_fn: str = "cross_entropy",
+        loss_fn: LossFnName = "cross_entropy",
         loss_fn_config: Mapping[str, float] | None = None,
     ) -> APIFuture[ForwardBackwardOutput]:
         """Async twin of :meth:`forward`."""
@@ -389,7 +414,7 @@ class TrainingClient:
     def forward_backward(
         self,
         data: TrainingInput,
-        loss_fn: str = "cross_entropy",
+        loss_fn: LossFnName = "cross_entropy",
         loss_fn_config: Mapping[str, float] | None = None,
     ) -> APIFuture[ForwardBackwardOutput]:
         """Forward and backward pass; gradients accumulate until :meth:`optim_step`.
@@ -397,8 +422,12 @@ class TrainingClient:
         Under DP each example's gradient is clipped here; noise is added once per
         logical batch at ``optim_step``. Accepts the same inputs as :meth:`forward`.
 
+        ``loss_fn`` is one of :data:`~tg_tinker.types.LossFnName`
+        (``cross_entropy``, ``importance_sampling``, ``ppo``).
+
         Raises:
-            ValidationError: malformed or empty input (raised here, before sending).
+            ValidationError: an unknown ``loss_fn`` (``field="loss_fn"``), malformed or
+                empty input (raised here, before sending).
         """
         return self._submit(
             _forward_operation(self.run_id, "forward_backward", data, loss_fn, loss_fn_config)
@@ -407,7 +436,7 @@ class TrainingClient:
     async def forward_backward_async(
         self,
         data: TrainingInput,
-        loss_fn: str = "cross_entropy",
+        loss_fn: LossFnName = "cross_entropy",
         loss_fn_config: Mapping[str, float] | None = None,
     ) -> APIFuture[ForwardBackwardOutput]:
         """Async twin of :meth:`forward_backward`."""

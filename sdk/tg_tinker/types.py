@@ -15,6 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 DType = Literal["int64", "int32", "float32", "float64"]
 
+#: The loss functions the server implements (``tensafe.losses.LOSS_FUNCTIONS``; a test
+#: keeps the two in step). ``loss_fn_config`` keys depend on the loss (``ppo``:
+#: ``clip_low_threshold``, ``clip_high_threshold``).
+LossFnName = Literal["cross_entropy", "importance_sampling", "ppo"]
+
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -235,7 +240,7 @@ class ForwardBackwardRequest(_Wire):
 
     data: list[Datum] | None = None
     batch: BatchData | None = None
-    loss_fn: str = "cross_entropy"
+    loss_fn: LossFnName = "cross_entropy"
     loss_fn_config: dict[str, float] | None = None
 
     @model_validator(mode="after")

@@ -1,6 +1,7 @@
-"""Apply the Alembic migrations in ``server/db/migrations/`` (at start and by
-``tensafe db upgrade``). The scripts ship inside the package, so an installed wheel
-migrates the same way as a source checkout."""
+"""Apply the Alembic migrations in the top-level ``migrations/`` folder (at start and
+by ``tensafe db upgrade``). A wheel ships that folder as the package
+``server.migrations`` (see ``setup.py``), so an installed server migrates the same
+way as a source checkout."""
 
 from __future__ import annotations
 
@@ -15,7 +16,23 @@ from sqlalchemy import Engine
 
 from server.db.models import UTCDateTime
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+def _find_migrations() -> Path:
+    """The Alembic folder: ``server/migrations`` in an installed wheel, else
+    ``migrations/`` beside ``server/`` in a source checkout (editable install or
+    ``PYTHONPATH``). The wheel's place is tried first: the folder beside an installed
+    ``server/`` is ``site-packages/migrations``, which is not ours."""
+    server_dir = Path(__file__).resolve().parents[1]
+    candidates = (server_dir / "migrations", server_dir.parent / "migrations")
+    for candidate in candidates:
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError(
+        "Alembic migrations not found; looked in " + ", ".join(str(c) for c in candidates)
+    )
+
+
+MIGRATIONS_DIR = _find_migrations()
 
 
 def alembic_config(url: str) -> Config:
@@ -40,7 +57,7 @@ def upgrade_database(url: str, *, revision: str = "head") -> None:
 
 
 def head_revision() -> str | None:
-    """The newest revision in ``server/db/migrations/versions``."""
+    """The newest revision in ``migrations/versions``."""
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import get_args
 
 import httpx
 import numpy as np
@@ -18,7 +19,7 @@ from tg_tinker import (
     TensorData,
     ValidationError,
 )
-from tg_tinker.types import GetInfoResponse
+from tg_tinker.types import GetInfoResponse, LossFnName
 
 from tests.sdk.fakes import FB_RESULT, INFO_RESULT, OPTIM_RESULT, future_ref, future_state, run_json
 
@@ -114,6 +115,28 @@ def test_malformed_input_names_the_field(api, training_client):
     assert info.value.field == "position_ids"
     with pytest.raises(ValidationError, match="expected a list of Datum"):
         training_client.forward_backward("hello")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("route", ["forward", "forward_backward"])
+def test_an_unknown_loss_fn_is_refused_before_sending_naming_the_allowed_ones(
+    api, training_client, route
+):
+    datum = Datum(model_input=[1, 2], loss_fn_inputs={"target_tokens": [2, 3]})
+    with pytest.raises(ValidationError) as info:
+        getattr(training_client, route)([datum], loss_fn="cross_entropyy")
+    assert info.value.field == "loss_fn"
+    assert "'cross_entropyy'" in str(info.value)
+    assert "cross_entropy, importance_sampling, ppo" in str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert not api.sent("POST", f"{RUN}/{route}")
+
+
+def test_every_supported_loss_fn_goes_on_the_wire(api, training_client):
+    _accept(api, "forward_backward")
+    datum = Datum(model_input=[1, 2], loss_fn_inputs={"target_tokens": [2, 3]})
+    for name in get_args(LossFnName):
+        training_client.forward_backward([datum], loss_fn=name)
+        assert _body(api, "forward_backward")["loss_fn"] == name
 
 
 def test_optim_step_shapes(api, training_client):

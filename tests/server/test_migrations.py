@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -87,16 +92,70 @@ def test_sqlite_pragmas(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o077 == 0
 
 
-def test_migration_scripts_ship_inside_the_package(
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_source_checkout_migrates_from_the_top_level_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import server
     from server.db.migrate import MIGRATIONS_DIR
 
-    package = Path(server.__file__).resolve().parent
-    assert MIGRATIONS_DIR.is_relative_to(package)  # a wheel carries them
+    assert MIGRATIONS_DIR == ROOT / "migrations"
     assert sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("0*.py"))
     monkeypatch.chdir(tmp_path)  # neither the working directory nor alembic.ini matters
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     upgrade_database(url)
     assert current_revision(make_engine(url)) == head_revision()
+
+
+_MIGRATE_FROM_WHEEL = """
+import sys
+from server.db.migrate import MIGRATIONS_DIR, current_revision, head_revision, upgrade_database
+from server.db.session import make_engine
+
+url = "sqlite:///" + sys.argv[1]
+upgrade_database(url)
+print(MIGRATIONS_DIR)
+print(current_revision(make_engine(url)) == head_revision() is not None)
+"""
+
+
+def test_a_built_wheel_ships_every_migration_and_migrates(tmp_path: Path) -> None:
+    """Build the wheel from a copy of the sources, check it carries env.py, the template
+    and every file of migrations/versions, then migrate from the unpacked wheel alone."""
+    source = tmp_path / "src"
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("tensafe", "server", "sdk", "migrations"):
+        shutil.copytree(ROOT / name, source / name, ignore=skip)
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    wheels = tmp_path / "wheels"
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index"]
+    subprocess.run(
+        [*pip_wheel, "--no-build-isolation", "-w", str(wheels), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = wheels.glob("tensafe-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = set(archive.namelist())
+        revisions = {p.name for p in (ROOT / "migrations" / "versions").glob("*.py")}
+        expected = {"server/migrations/env.py", "server/migrations/script.py.mako"}
+        expected |= {f"server/migrations/versions/{name}" for name in revisions}
+        assert expected <= shipped
+        assert not any(name.startswith("migrations/") for name in shipped)
+        archive.extractall(tmp_path / "site")
+    site = tmp_path / "site"
+    out = subprocess.run(
+        [sys.executable, "-c", _MIGRATE_FROM_WHEEL, str(tmp_path / "db.sqlite")],
+        cwd=tmp_path,  # not the checkout: only the unpacked wheel provides server/
+        env={**os.environ, "PYTHONPATH": str(site)},
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    where, at_head = out.stdout.split()
+    assert Path(where) == site / "server" / "migrations"
+    assert at_head == "True"

@@ -3,13 +3,15 @@ refuses with a 4xx naming the field and queues nothing."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from sqlalchemy import func, select
+from tg_tinker.types import LossFnName
 
 from server.db.models import OperationRow
 from tensafe.artifacts.manifest import MAX_METADATA_BYTES
+from tensafe.losses.functions import LOSS_FUNCTIONS
 from tests.server.harness import Harness, batch
 
 
@@ -26,6 +28,24 @@ def _refused(
     assert 400 <= response.status_code < 500, response.text
     assert _ops(api) == before
     return {"status": response.status_code, **response.json()}
+
+
+def test_the_wire_loss_names_are_the_registered_losses() -> None:
+    # The SDK cannot import tensafe, so its Literal is a copy of the registry's keys.
+    assert set(get_args(LossFnName)) == set(LOSS_FUNCTIONS)
+
+
+def test_an_unknown_loss_fn_is_a_422_naming_the_field_and_the_allowed_names(
+    api: Harness,
+) -> None:
+    headers = api.tenant()
+    run_id = api.create_run(headers)
+    body = {"batch": {"input_ids": [[1, 2]]}, "loss_fn": "nope"}
+    error = _refused(api, headers, run_id, "forward_backward", body)
+    assert error["status"] == 422 and error["field"] == "loss_fn"
+    assert error["category"] == "user"
+    for name in LOSS_FUNCTIONS:
+        assert name in error["detail"]
 
 
 def test_save_state_metadata_too_large(api: Harness) -> None:
