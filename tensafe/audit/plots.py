@@ -11,7 +11,7 @@ import base64
 import bisect
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import matplotlib
 
@@ -37,9 +37,7 @@ def overview_png(report: AuditReport) -> str:
     Raises:
         ValueError: no run has a step.
     """
-    if not _plotted(report.runs):
-        raise ValueError("no run has a step to plot")
-    return _png(_overview_plot(report))
+    return _figure_png(report, _overview_plot)
 
 
 def run_panels_png(report: AuditReport) -> str:
@@ -48,9 +46,7 @@ def run_panels_png(report: AuditReport) -> str:
     Raises:
         ValueError: no run has a step.
     """
-    if not _plotted(report.runs):
-        raise ValueError("no run has a step to plot")
-    return _png(_run_panels(report))
+    return _figure_png(report, _run_panels)
 
 
 def plotted_runs(report: AuditReport) -> int:
@@ -199,7 +195,15 @@ def _thin(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[f
     return [xs[i] for i in keep], [ys[i] for i in keep]
 
 
-def _png(fig: Figure) -> str:
+def _figure_png(report: AuditReport, draw: Callable[[AuditReport], Figure]) -> str:
+    """The figure ``draw(report)`` as base64 PNG (the figure is closed after saving).
+
+    Raises:
+        ValueError: no run has a step (``draw`` is not called).
+    """
+    if not _plotted(report.runs):
+        raise ValueError("no run has a step to plot")
+    fig = draw(report)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)

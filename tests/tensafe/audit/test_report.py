@@ -9,10 +9,11 @@ from html.parser import HTMLParser
 import pytest
 
 from tensafe.audit.ledger import ChainHead, LedgerEvent
+from tensafe.audit.plots import overview_png, plotted_runs, run_panels_png
 from tensafe.audit.render import render_html
 from tensafe.audit.report import AuditReport, build_report
 from tensafe.errors import ConfigError
-from tests.tensafe.audit.simulate import KEY, Ledger
+from tests.tensafe.audit.simulate import KEY, Ledger, new_ledger
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +98,15 @@ def test_without_key_or_with_another_cap(prv_ledger: Ledger) -> None:
     assert "Not verified" in page and "Not run." in page
     with pytest.raises(ConfigError):
         build_report(prv_ledger.events, dataset_id="nope")
+
+
+def test_plots_refuse_a_report_without_steps() -> None:
+    empty = new_ledger(cap=1.0)
+    report = build_report(
+        empty.events, dataset_id=empty.budget.dataset_id, key=KEY, recompute=False, replay=False
+    )
+    assert plotted_runs(report) == 0
+    for draw in (overview_png, run_panels_png):
+        with pytest.raises(ValueError, match="no run has a step"):
+            draw(report)
+    HTMLParser().feed(render_html(report))  # the page renders without figures
