@@ -5,7 +5,7 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint format clean bench
+.PHONY: install demo test test-all lint format clean bench audit-sample
 
 install: $(STAMP)
 
@@ -39,6 +39,13 @@ lint: install
 format: install
 	$(VPY) -m ruff check --fix .
 	$(VPY) -m ruff format .
+
+# The sample audit report in docs/ (a simulated ledger rendered with the templates in
+# tensafe/audit/templates/). Slow: every step is charged through the real PRV budget
+# (15-35 min). Rerun after editing the templates: tests/tensafe/audit/test_sample.py
+# fails until the sample matches them.
+audit-sample: install
+	$(VPY) -m tests.tensafe.audit.simulate docs/audit-sample.html
 
 bench: install
 	$(VPY) bench/dp_overhead.py --json

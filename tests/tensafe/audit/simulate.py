@@ -1,8 +1,8 @@
 """Build ledgers the way the server does: budget check, then charge, then chained row.
 
-Used by the audit tests and to generate ``docs/audit-sample.html``::
+Used by the audit tests and to generate ``docs/audit-sample.html`` (``make audit-sample``)::
 
-    .venv/bin/python -m tests.tensafe.audit.simulate docs/audit-sample.html
+    .venv/bin/python -m tests.tensafe.audit.simulate docs/audit-sample.html [report.json]
 """
 
 from __future__ import annotations
