@@ -4,8 +4,9 @@ from tensafe.privacy.accountant import PrivacyAccountant
 from tensafe.privacy.budget import BudgetDecision, DatasetBudget, StepCharge
 from tensafe.privacy.calibration import calibrate_noise_multiplier
 from tensafe.privacy.config import DPConfig, ResolvedDP
+from tensafe.privacy.csprng import KeystreamNormals
 from tensafe.privacy.epsilon import ACCOUNTANTS, AccountantName, compute_epsilon, default_delta
-from tensafe.privacy.noise import NoiseSource
+from tensafe.privacy.noise import InsecureNoiseWarning, NoiseSource
 from tensafe.privacy.per_example import ClipCollector, ClipResult, PerExampleClipper
 from tensafe.privacy.schedule import EpsilonSchedule
 
@@ -18,6 +19,8 @@ __all__ = [
     "DPConfig",
     "DatasetBudget",
     "EpsilonSchedule",
+    "InsecureNoiseWarning",
+    "KeystreamNormals",
     "NoiseSource",
     "PerExampleClipper",
     "PrivacyAccountant",

@@ -40,7 +40,8 @@ class ResolvedDP:
         dataset_size: N, the number of examples (privacy units).
         delta: δ for every ε reported for this run; always < 1/N.
         accountant: accounting method, a key of ``ACCOUNTANTS``.
-        secure_mode: draw noise from a cryptographically seeded generator.
+        secure_mode: sum several noise draws per coordinate (against floating-point
+            attacks) and ignore any test noise seed.
     """
 
     noise_multiplier: float
@@ -92,8 +93,10 @@ class DPConfig:
         expected_batch_size: expected logical batch size B, integer in [1, N];
             q = B / N.
         accountant: ``"prv"`` (default, tight) or ``"rdp"`` (looser upper bound).
-        secure_mode: draw DP noise from a cryptographically seeded generator
-            (implemented by the engine; carried here).
+        secure_mode: sum several DP noise draws per coordinate (Opacus' mitigation
+            of floating-point attacks, ~4× the noise cost) and ignore any test noise
+            seed. The noise always comes from a CSPRNG (implemented by the engine;
+            carried here).
         allow_zero_noise: TEST ONLY. Permits ``noise_multiplier=0`` in an enabled
             run, which provides no privacy (ε = ∞); a warning is emitted.
 
