@@ -54,7 +54,8 @@ _MAX_CALLS = 2**64  # the call index fills the upper half of the counter block
 class KeystreamNormals:
     """i.i.d. standard normal float64 samples from an AES-256-CTR keystream.
 
-    The key is held privately and never exported (``repr`` does not show it);
+    The key is held privately and never exported (``repr`` does not show it; pickling
+    and copying raise ``TypeError``);
     every call uses a fresh counter block, so no keystream is ever reused. The
     object is not thread-safe: one run draws its noise from one thread at a time.
 
@@ -79,6 +80,11 @@ class KeystreamNormals:
 
     def __repr__(self) -> str:
         return f"KeystreamNormals(calls={self._calls})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # pickle and copy would carry the key out of the object (a checkpoint, a
+        # process boundary): refused, so the key cannot leak that way by accident
+        raise TypeError("KeystreamNormals holds a secret key and cannot be pickled or copied")
 
     @property
     def calls(self) -> int:

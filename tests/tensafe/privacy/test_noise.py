@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 import secrets
 import struct
 
@@ -81,6 +83,12 @@ def test_keystream_normals_refuse_bad_keys_counts_and_rewinds():
         normals.skip_to(0)  # a used counter block is never handed out again
     key = bytes(range(32))
     assert key.hex() not in repr(KeystreamNormals(key=key))
+
+
+@pytest.mark.parametrize("export", [pickle.dumps, copy.deepcopy])
+def test_the_key_cannot_leave_by_pickling_or_copying(export):
+    with pytest.raises(TypeError, match="secret key"):
+        export(NoiseSource(secure_mode=False))
 
 
 # ------------------------------------------------------------- distribution
