@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import dp_accounting
@@ -114,6 +114,12 @@ class EpsilonCheck:
         upper_bound_holds: ``recorded`` is not below any reference by more than
             the tolerance (the ledger never under-reports).
         note: why a reference is missing, if one is.
+        delta: (``run_exact`` checks of a run whose δ differs from the budget's) the
+            δ of this check; ``None``: the result's ``delta``.
+        accountant: (``run_exact`` checks) the accountant that produced ``recorded``
+            when the ledger names it (``run_accountant``); ``None``: the budget's. An
+            ``"rdp"`` figure is a deliberately looser bound: it only has to hold as an
+            upper bound (see :attr:`passes`).
     """
 
     scope: CheckScope
@@ -128,6 +134,15 @@ class EpsilonCheck:
     agree_within_1pct: bool
     upper_bound_holds: bool
     note: str | None = None
+    delta: float | None = None
+    accountant: str | None = None
+
+    @property
+    def passes(self) -> bool:
+        """Agreement within the tolerance; for a run's own RDP figure, the upper bound."""
+        if self.scope == "run_exact" and self.accountant == "rdp":
+            return self.upper_bound_holds
+        return self.agree_within_1pct
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,7 +159,7 @@ class RecomputeResult:
         dataset: the check of the whole composition.
         runs_exact: one check per run whose rows record ``epsilon_run_exact``: the
             last recorded value against the run's own and carried steps up to it.
-        all_agree: every check agrees within the tolerance.
+        all_agree: every check passes (:attr:`EpsilonCheck.passes`).
         pld_seconds: time spent in PLD.
         prv_seconds: time spent in Opacus PRV.
     """
@@ -208,25 +223,33 @@ def recompute_epsilons(
 
     def check(scope: CheckScope, subject: str, chosen: list[LedgerEvent]) -> EpsilonCheck:
         last = chosen[-1] if chosen else None
+        delta, accountant = settings.delta, None
         if scope == "run_exact":
             history = composed_history(_noisy_counts(chosen))
             recorded = last.epsilon_run_exact if last is not None else 0.0
+            if last is not None and last.run_delta is not None:
+                delta = last.run_delta
+            accountant = None if last is None else last.run_accountant
         elif scope == "run":
             history = composed_history(step_counts(chosen))
             recorded = last.epsilon_run_total if last is not None else 0.0
         else:
             history = composed_history(step_counts(chosen))
             recorded = last.epsilon_dataset_total if last is not None else 0.0
-        return _compare(
+        checked = _compare(
             scope=scope,
             subject=subject,
             history=history,
             recorded=float(recorded or 0.0),
-            delta=settings.delta,
+            delta=delta,
             tolerance=relative_tolerance,
             discretization=pld_value_discretization,
             timers=timers,
         )
+        if scope != "run_exact":
+            return checked
+        own_delta = None if delta == settings.delta else delta
+        return replace(checked, delta=own_delta, accountant=accountant)
 
     run_ids = list(dict.fromkeys(e.run_id for e in steps if e.run_id is not None))
     runs = tuple(check("run", run, [e for e in steps if e.run_id == run]) for run in run_ids)
@@ -242,7 +265,7 @@ def recompute_epsilons(
         pld_value_discretization=pld_value_discretization,
         runs=runs,
         dataset=dataset,
-        all_agree=all(c.agree_within_1pct for c in (dataset, *runs, *runs_exact)),
+        all_agree=all(c.passes for c in (dataset, *runs, *runs_exact)),
         pld_seconds=timers["pld"],
         prv_seconds=timers["prv"],
         runs_exact=runs_exact,

@@ -164,8 +164,17 @@ def _recompute_section(report: AuditReport) -> str:
             what = f"Run {check.subject} (conservative, own steps)"
         else:
             what = f"Run {check.subject} (reported, with carried steps)"
-        verdict = "agrees" if check.agree_within_1pct else "DISAGREES"
-        css = "ok" if check.agree_within_1pct else "bad"
+            if check.delta is not None or check.accountant is not None:
+                own = [f"δ={check.delta:g}"] if check.delta is not None else []
+                own += [check.accountant.upper()] if check.accountant is not None else []
+                what += f" [{', '.join(own)}]"
+        if check.agree_within_1pct:
+            verdict = "agrees"
+        elif check.passes:
+            verdict = "holds (RDP bound)"
+        else:
+            verdict = "DISAGREES"
+        css = "ok" if check.passes else "bad"
         prv = _num(check.prv) if check.prv is not None else "—"
         rows.append(
             f"<tr><td>{_e(what)}</td><td class=num>{check.steps:,}</td>"
