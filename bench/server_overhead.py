@@ -6,8 +6,8 @@
   store, JSON logs to a file), driven by the ``tg_tinker`` SDK with one run of the
   same config: ``tc.forward_backward(batch).result()`` then ``tc.optim_step().result()``
   — two HTTP submissions, two long-polls, the database writes (operation rows, the
-  ``dp_steps`` row, the dataset budget check and its ledger row, as every DP step on
-  a server is charged to a budget) and JSON serialisation of the per-token outputs.
+  dataset budget check and the step's ledger row, as every DP step on a server is
+  charged to a budget) and JSON serialisation of the per-token outputs.
   In a run's first 400 steps of one (σ, q) every step needs a fresh PRV evaluation
   for the budget (12–27 ms of CPU here, prefetched during the step; see
   docs/audit.md §4), which this short benchmark includes.

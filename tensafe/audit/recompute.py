@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 from tensafe.audit.history import budget_settings, composed_history, step_counts
@@ -94,6 +94,12 @@ class EpsilonCheck:
         prv_lower: the lower end of Opacus PRV's error interval (≤ the true ε).
         prv_eps_error: the ε error PRV was evaluated with (``prv − prv_lower`` is
             about twice that).
+        delta: (``run_exact`` checks of a run whose δ differs from the budget's) the
+            δ of this check; ``None``: the result's ``delta``.
+        accountant: (``run_exact`` checks) the accountant that produced ``recorded``
+            when the ledger names it (``run_accountant``); ``None``: the budget's. An
+            ``"rdp"`` figure is a deliberately looser bound: it only has to hold as an
+            upper bound (see :attr:`passes`).
     """
 
     scope: CheckScope
@@ -112,6 +118,15 @@ class EpsilonCheck:
     pld_converged: bool | None = None
     prv_lower: float | None = None
     prv_eps_error: float | None = None
+    delta: float | None = None
+    accountant: str | None = None
+
+    @property
+    def passes(self) -> bool:
+        """Agreement within the tolerance; for a run's own RDP figure, the upper bound."""
+        if self.scope == "run_exact" and self.accountant == "rdp":
+            return self.upper_bound_holds
+        return self.agree_within_1pct
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,7 +144,7 @@ class RecomputeResult:
         dataset: the check of the whole composition.
         runs_exact: one check per run whose rows record ``epsilon_run_exact``: the
             last recorded value against the run's own and carried steps up to it.
-        all_agree: every check agrees within the tolerance.
+        all_agree: every check passes (:attr:`EpsilonCheck.passes`).
         pld_seconds: time spent in PLD.
         prv_seconds: time spent in Opacus PRV.
         pld_tolerance: the relative change between two successive PLD intervals at
@@ -195,27 +210,36 @@ def recompute_epsilons(
     if any(e.dataset_id != settings.dataset_id for e in rows):
         raise ConfigError("events", "rows of several datasets; filter with dataset_events()")
     steps = [e for e in rows if e.kind == "dp_step"]
-    references = _References(delta=settings.delta, pld_tolerance=pld_tolerance)
+    references = _References(pld_tolerance=pld_tolerance)
 
     def check(scope: CheckScope, subject: str, chosen: list[LedgerEvent]) -> EpsilonCheck:
         last = chosen[-1] if chosen else None
+        delta, accountant = settings.delta, None
         if scope == "run_exact":
             history = composed_history(_noisy_counts(chosen))
             recorded = last.epsilon_run_exact if last is not None else 0.0
+            if last is not None and last.run_delta is not None:
+                delta = last.run_delta
+            accountant = None if last is None else last.run_accountant
         elif scope == "run":
             history = composed_history(step_counts(chosen))
             recorded = last.epsilon_run_total if last is not None else 0.0
         else:
             history = composed_history(step_counts(chosen))
             recorded = last.epsilon_dataset_total if last is not None else 0.0
-        return _compare(
+        checked = _compare(
             scope=scope,
             subject=subject,
             history=history,
             recorded=float(recorded or 0.0),
+            delta=delta,
             tolerance=relative_tolerance,
             references=references,
         )
+        if scope != "run_exact":
+            return checked
+        own_delta = None if delta == settings.delta else delta
+        return replace(checked, delta=own_delta, accountant=accountant)
 
     run_ids = list(dict.fromkeys(e.run_id for e in steps if e.run_id is not None))
     runs = tuple(check("run", run, [e for e in steps if e.run_id == run]) for run in run_ids)
@@ -231,7 +255,7 @@ def recompute_epsilons(
         pld_value_discretization=references.finest_interval(),
         runs=runs,
         dataset=dataset,
-        all_agree=all(c.agree_within_1pct for c in (dataset, *runs, *runs_exact)),
+        all_agree=all(c.passes for c in (dataset, *runs, *runs_exact)),
         pld_seconds=references.pld_seconds,
         prv_seconds=references.prv_seconds,
         runs_exact=runs_exact,
@@ -260,40 +284,40 @@ def _noisy_counts(rows: Iterable[LedgerEvent]) -> dict[StepClass, int]:
     return counts
 
 
+_Reference = tuple[PLDReference, PRVReference | None, str]
+
+
 class _References:
-    """The PLD and PRV references of each distinct history, computed once: a one-run
+    """The PLD and PRV references of each distinct (history, δ), computed once: a one-run
     dataset's run and dataset checks (and its exact check) share one history."""
 
-    def __init__(self, *, delta: float, pld_tolerance: float) -> None:
-        self.delta = delta
+    def __init__(self, *, pld_tolerance: float) -> None:
         self.pld_tolerance = pld_tolerance
         self.pld_seconds = 0.0
         self.prv_seconds = 0.0
-        self._memo: dict[tuple[Segment, ...], tuple[PLDReference, PRVReference | None, str]] = {}
+        self._memo: dict[tuple[tuple[Segment, ...], float], _Reference] = {}
 
-    def of(self, history: tuple[Segment, ...]) -> tuple[PLDReference, PRVReference | None, str]:
+    def of(self, history: tuple[Segment, ...], delta: float) -> _Reference:
         """(PLD, PRV or ``None``, why PRV is missing or ``""``) of a non-empty history."""
-        cached = self._memo.get(history)
+        cached = self._memo.get((history, delta))
         if cached is None:
-            cached = self._memo[history] = self._compute(history)
+            cached = self._memo[(history, delta)] = self._compute(history, delta)
         return cached
 
     def finest_interval(self) -> float:
         intervals = [pld.value_discretization_interval for pld, _, _ in self._memo.values()]
         return min(intervals, default=PLD_START_DISCRETIZATION)
 
-    def _compute(
-        self, history: tuple[Segment, ...]
-    ) -> tuple[PLDReference, PRVReference | None, str]:
+    def _compute(self, history: tuple[Segment, ...], delta: float) -> _Reference:
         started = time.perf_counter()
-        pld = converged_pld_epsilon(history, delta=self.delta, tolerance=self.pld_tolerance)
+        pld = converged_pld_epsilon(history, delta=delta, tolerance=self.pld_tolerance)
         self.pld_seconds += time.perf_counter() - started
         started = time.perf_counter()
         eps_error = max(PRV_MIN_EPS_ERROR, PRV_RELATIVE_EPS_ERROR * pld.epsilon)
         prv: PRVReference | None = None
         note = ""
         try:
-            prv = opacus_prv_interval(history, delta=self.delta, eps_error=eps_error)
+            prv = opacus_prv_interval(history, delta=delta, eps_error=eps_error)
         except (MemoryError, ValueError, RuntimeError, FloatingPointError) as exc:
             note = f"Opacus PRV could not evaluate this history ({type(exc).__name__}: {exc})"
         self.prv_seconds += time.perf_counter() - started
@@ -308,6 +332,7 @@ def _compare(
     subject: str,
     history: tuple[Segment, ...],
     recorded: float,
+    delta: float,
     tolerance: float,
     references: _References,
 ) -> EpsilonCheck:
@@ -319,7 +344,7 @@ def _compare(
             prv_relative_difference=_relative(recorded, 0.0),
             agree_within_1pct=recorded == 0.0, upper_bound_holds=True,
         )  # fmt: skip
-    pld, prv, prv_note = references.of(history)
+    pld, prv, prv_note = references.of(history, delta)
     notes = [prv_note] if prv_note else []
     if not pld.converged:
         notes.append(

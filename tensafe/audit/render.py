@@ -165,6 +165,10 @@ def _recompute_section(report: AuditReport) -> str:
             what = f"Run {check.subject} (conservative, own steps)"
         else:
             what = f"Run {check.subject} (reported, with carried steps)"
+            if check.delta is not None or check.accountant is not None:
+                own = [f"δ={check.delta:g}"] if check.delta is not None else []
+                own += [check.accountant.upper()] if check.accountant is not None else []
+                what += f" [{', '.join(own)}]"
         verdict, css = _verdict(check)
         prv = _num(check.prv) if check.prv is not None else "—"
         rows.append(
@@ -196,6 +200,8 @@ def _verdict(check: EpsilonCheck) -> tuple[str, str]:
         return "agrees", "ok"
     if not check.upper_bound_holds:
         return "UNDER-REPORTED", "bad"
+    if check.passes:
+        return "holds (RDP bound)", "ok"
     if check.pld_converged is not False and check.prv is not None:
         return "over-reported (safe side)", "warn-text"
     return "DISAGREES (reference incomplete)", "bad"
