@@ -228,6 +228,10 @@ def _print_budget(service: Any, tenant_id: str, dataset_id: str) -> None:
 
 
 def _create_budget(args: argparse.Namespace) -> int:
+    from tensafe.privacy.delta import check_budget_delta
+
+    if args.delta is not None:
+        check_budget_delta(args.delta)
     with _budget_service(args) as service:
         service.create_budget(
             tenant_id=args.tenant_id,
@@ -389,7 +393,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "dataset_id",
     )
     create_budget.add_argument("--epsilon-cap", type=float, required=True)
-    create_budget.add_argument("--delta", type=float, default=None, help="default 1e-5")
+    create_budget.add_argument(
+        "--delta",
+        type=float,
+        default=None,
+        help="default 1e-5; must be < 0.01, and each run on the dataset needs δ < 1/N",
+    )
     create_budget.add_argument("--accountant", choices=("prv", "rdp"), default="prv")
     create_budget.add_argument("--reason")
     raise_budget = _add_command(

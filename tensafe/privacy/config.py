@@ -18,11 +18,8 @@ from numbers import Integral, Real
 
 from tensafe.errors import ConfigError
 from tensafe.privacy.calibration import calibrate_noise_multiplier
-from tensafe.privacy.epsilon import (
-    ACCOUNTANTS,
-    AccountantName,
-    default_delta,
-)
+from tensafe.privacy.delta import check_delta, default_delta
+from tensafe.privacy.epsilon import ACCOUNTANTS, AccountantName
 
 JSONScalar = bool | int | float | str | None
 
@@ -160,18 +157,10 @@ class DPConfig:
         self._check_sampling()
         self._check_noise()
         if self.target_delta is not None:
-            n = self.dataset_size
-            assert n is not None
-            if not 0.0 < self.target_delta < 1.0:
-                raise ConfigError("target_delta", f"must be in (0, 1/N), got {self.target_delta!r}")
-            if self.target_delta >= 1.0 / n:
-                raise ConfigError(
-                    "target_delta",
-                    f"must be < 1/N = {1.0 / n:.3g} (N = {n}), got {self.target_delta!r}: "
-                    "with δ ≥ 1/N, publishing one randomly chosen example verbatim satisfies "
-                    "(ε, δ)-DP, so the guarantee protects no one; omit it for the default "
-                    f"min(1e-5, N^-1.1) = {default_delta(n):.3g}",
-                )
+            assert self.dataset_size is not None
+            check_delta(
+                delta=self.target_delta, dataset_size=self.dataset_size, field="target_delta"
+            )
 
     def _check_sampling(self) -> None:
         if self.dataset_size is None:
