@@ -228,10 +228,6 @@ def _print_budget(service: Any, tenant_id: str, dataset_id: str) -> None:
 
 
 def _create_budget(args: argparse.Namespace) -> int:
-    from tensafe.privacy.delta import check_budget_delta
-
-    if args.delta is not None:
-        check_budget_delta(args.delta)
     with _budget_service(args) as service:
         service.create_budget(
             tenant_id=args.tenant_id,

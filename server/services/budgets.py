@@ -41,7 +41,7 @@ from tensafe.artifacts import TenantKeyring, library_versions
 from tensafe.audit import GENESIS_LINK, LedgerEvent, budget_from_events, utc_timestamp
 from tensafe.errors import BudgetExceededError, ConfigError
 from tensafe.privacy.budget import DatasetBudget, accounting_versions
-from tensafe.privacy.delta import check_delta
+from tensafe.privacy.delta import check_budget_delta, check_delta
 from tensafe.privacy.schedule import EpsilonSchedule
 
 DEFAULT_DELTA = 1e-5
@@ -221,6 +221,7 @@ class BudgetService:
         if not dataset_id or len(dataset_id) > 200:
             raise ValidationError("must be 1 to 200 characters", field="dataset_id")
         delta = DEFAULT_DELTA if delta is None else float(delta)
+        check_budget_delta(delta)
         self.key()  # before any transaction: the keyring uses its own connection
         # Validates cap, δ and accountant.
         DatasetBudget(
