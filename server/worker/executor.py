@@ -78,8 +78,9 @@ _MUTATING = frozenset({"forward_backward", "optim_step", "load_state"})
 
 def leaves_engine_unchanged(exc: BaseException) -> bool:
     """Whether an error is one the engine raises before changing anything
-    (input validation, state refusals, budget refusal) or one of ours."""
-    if isinstance(exc, (ServiceError, ts.BudgetExceededError)):
+    (input validation, state refusals, budget refusal, a refused non-finite
+    update) or one of ours."""
+    if isinstance(exc, (ServiceError, ts.BudgetExceededError, ts.NonFiniteUpdateError)):
         return True
     if isinstance(exc, ts.PrivacyError):
         return False  # e.g. "weights did not move", raised after the optimizer step
@@ -308,7 +309,11 @@ class OperationExecutor:
         def take() -> Any:
             nonlocal stepped
             stepped = True  # from here on the engine may have changed
-            return engine.optim_step(adam_params(request))
+            try:
+                return engine.optim_step(adam_params(request))
+            except BaseException as exc:
+                stepped = not leaves_engine_unchanged(exc)  # e.g. a refused non-finite update
+                raise
 
         def effects(session: Session, result: Any, outcome: StepOutcome) -> None:
             row = session.get(TrainingRunRow, op.run_id)
