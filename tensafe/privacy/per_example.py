@@ -279,12 +279,14 @@ class ClipCollector:
             sq = torch.zeros(self.batch_size)
         norms = sq.clamp(min=0).sqrt()
         factors, finite = clip_factors(norms, max_grad_norm)
+        _require_exact_matmul()
+        zero_rows = None if bool(finite.all()) else finite  # one sync: skip masking if clean
         sums: dict[nn.Parameter, torch.Tensor] = {}
         for param, gs in self._per_sample.items():
-            sums[param] = clipped_sum(gs, factors=factors, finite=finite)
+            sums[param] = clipped_sum(gs, factors=factors, finite=zero_rows)
         for site, inp, grad_out in self._ghost:
             module = site.module
-            g, a = _ghost_operands(inp, grad_out, factors=factors, finite=finite)
+            g, a = _ghost_operands(inp, grad_out, factors=factors, finite=zero_rows)
             if module.weight.requires_grad:
                 w = g.t().matmul(a)
                 sums[module.weight] = sums[module.weight] + w if module.weight in sums else w
@@ -314,51 +316,69 @@ def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> tuple[torch.Tenso
     return torch.where(finite, factors, torch.zeros_like(factors)), finite
 
 
-def clipped_sum(
-    per_example: torch.Tensor, *, factors: torch.Tensor, finite: torch.Tensor
-) -> torch.Tensor:
-    """``Σ_b factors[b] · per_example[b]`` in :func:`compute_dtype`, exactly zero for
-    examples not ``finite`` (their NaN or infinite entries never reach the sum).
+def _require_exact_matmul() -> None:
+    """Clipped sums are float32 matmuls; a reduced-precision mode would round the factors.
 
-    Formed slice by slice, so the float32 working copy of a bfloat16 ``(B, ...)``
-    tensor stays small; elementwise products and a sum over ``b``, not a matmul, so
-    reduced-precision matmul modes (TF32) cannot round the factors.
+    Raises:
+        PrivacyError: ``torch.get_float32_matmul_precision()`` is not ``"highest"``
+            (PyTorch's default; ``"high"``/``"medium"`` allow TF32 or bfloat16).
+    """
+    precision = torch.get_float32_matmul_precision()
+    if precision != "highest":
+        raise PrivacyError(
+            f"torch.get_float32_matmul_precision() is {precision!r}; exact per-example "
+            "clipping needs 'highest' (reduced-precision float32 matmuls would round the "
+            "clip factors)"
+        )
+
+
+def _zero_rows(values: torch.Tensor, finite: torch.Tensor | None) -> torch.Tensor:
+    """``values`` with the rows (leading dimension) of non-finite examples set to 0."""
+    if finite is None:
+        return values
+    return torch.where(finite.view((-1,) + (1,) * (values.dim() - 1)), values, 0.0)
+
+
+def clipped_sum(
+    per_example: torch.Tensor, *, factors: torch.Tensor, finite: torch.Tensor | None
+) -> torch.Tensor:
+    """``Σ_b factors[b] · per_example[b]`` in :func:`compute_dtype`.
+
+    ``finite`` marks the examples to keep; the others' rows are zeroed first, so their
+    NaN or infinite entries never reach the sum (``None``: every example is finite).
+    A bfloat16 ``(B, ...)`` tensor is widened to float32 slice by slice, so the
+    working copy stays small. Needs float32 matmuls at full precision
+    (``torch.get_float32_matmul_precision() == "highest"``, PyTorch's default).
     """
     dtype = compute_dtype(per_example.dtype)
     flat = per_example.reshape(per_example.shape[0], -1)
-    weights = factors.to(dtype).unsqueeze(1)
-    keep = finite.unsqueeze(1)
+    weights = factors.to(dtype)
+    if flat.dtype == dtype and finite is None:
+        return (weights @ flat).view(per_example.shape[1:])
     out = torch.empty(flat.shape[1], dtype=dtype, device=flat.device)
     step = max(1, _SUM_CHUNK_ELEMENTS // max(1, flat.shape[0]))
     for start in range(0, flat.shape[1], step):
-        part = torch.where(keep, flat[:, start : start + step].to(dtype), 0.0)
-        out[start : start + step] = part.mul_(weights).sum(dim=0)
+        out[start : start + step] = weights @ _zero_rows(
+            flat[:, start : start + step].to(dtype), finite
+        )
     return out.view(per_example.shape[1:])
 
 
 def _ghost_operands(
-    inp: torch.Tensor, grad_out: torch.Tensor, *, factors: torch.Tensor, finite: torch.Tensor
+    inp: torch.Tensor,
+    grad_out: torch.Tensor,
+    *,
+    factors: torch.Tensor,
+    finite: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``(B·T, out)`` re-weighted output gradients and ``(B·T, in)`` activations of
-    a ghost-clipped linear layer, in :func:`compute_dtype`, with non-finite examples'
-    rows zeroed: ``g.t() @ a`` is then the layer's clipped weight sum.
-
-    Raises:
-        PrivacyError: float32 matmuls may run in reduced precision (TF32/bf16 via
-            ``torch.set_float32_matmul_precision``), which would round the factors.
-    """
-    if torch.get_float32_matmul_precision() != "highest":
-        raise PrivacyError(
-            "torch.get_float32_matmul_precision() is "
-            f"{torch.get_float32_matmul_precision()!r}; exact per-example clipping needs "
-            "'highest' (reduced-precision float32 matmuls would round the clip factors)"
-        )
+    a ghost-clipped linear layer, in :func:`compute_dtype`, with the rows of examples
+    not ``finite`` zeroed (``None``: all finite): ``g.t() @ a`` is then the layer's
+    clipped weight sum and ``g.sum(0)`` its bias sum."""
     dtype = compute_dtype(grad_out.dtype)
-    shape = (-1,) + (1,) * (grad_out.dim() - 1)
-    g = torch.where(finite.view(shape), grad_out.to(dtype), 0.0)
-    g = g.mul_(factors.to(dtype).view(shape)).reshape(-1, grad_out.shape[-1])
-    a_shape = (-1,) + (1,) * (inp.dim() - 1)
-    a = torch.where(finite.view(a_shape), inp.to(dtype), 0.0).reshape(-1, inp.shape[-1])
+    scale = factors.to(dtype).view((-1,) + (1,) * (grad_out.dim() - 1))
+    g = (_zero_rows(grad_out.to(dtype), finite) * scale).reshape(-1, grad_out.shape[-1])
+    a = _zero_rows(inp.to(dtype), finite).reshape(-1, inp.shape[-1])
     return g, a
 
 
