@@ -84,8 +84,9 @@ _MUTATING = frozenset({"forward_backward", "optim_step", "load_state"})
 
 def leaves_engine_unchanged(exc: BaseException) -> bool:
     """Whether an error is one the engine raises before changing anything
-    (input validation, state refusals, budget refusal) or one of ours."""
-    if isinstance(exc, (ServiceError, ts.BudgetExceededError)):
+    (input validation, state refusals, budget refusal, a refused non-finite
+    update) or one of ours."""
+    if isinstance(exc, (ServiceError, ts.BudgetExceededError, ts.NonFiniteUpdateError)):
         return True
     if isinstance(exc, ts.PrivacyError):
         return False  # e.g. "weights did not move", raised after the optimizer step
