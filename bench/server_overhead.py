@@ -153,7 +153,8 @@ def main() -> int:
             with ServiceClient(server.url, api_key=api_key, timeout=300) as service:
                 # As in production, every DP step is charged to a dataset budget: the
                 # server side of the ratio includes the budget check and ledger append.
-                service.create_privacy_budget("bench", epsilon_cap=1e6)
+                # δ below 1/N for N = 100,000 (the default 1e-5 is refused at admission).
+                service.create_privacy_budget("bench", epsilon_cap=1e6, delta=1e-6)
                 config = TrainingConfig(
                     model_ref=args.model,
                     lora_config=LoRAConfig(rank=args.lora_rank, alpha=2 * args.lora_rank),

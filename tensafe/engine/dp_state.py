@@ -47,7 +47,8 @@ class DPState:
     Attributes:
         config: the resolved DP parameters (σ, q, C, N, δ, accountant, secure mode).
         clipper: per-example gradient clipping, hooked into the model.
-        noise: the Gaussian noise generator (CSPRNG-seeded unless a test seed is given).
+        noise: the Gaussian noise generator (an AES-256-CTR keystream under a secret
+            key, unless a test seed is given).
         accountant: the history of noisy steps and the ε it spends.
     """
 
@@ -66,7 +67,7 @@ class DPState:
         device: torch.device | str = "cpu",
     ) -> DPState:
         """The DP state of a new run: hooks the clipper into ``model``, a fresh
-        accountant, and a noise source seeded from the OS CSPRNG unless
+        accountant, and a noise source keyed from the OS CSPRNG unless
         ``noise_seed`` is given (test-only; ignored in secure mode).
 
         Raises:
@@ -87,10 +88,17 @@ class DPState:
 
     @staticmethod
     def clip_metrics(clip: ClipResult) -> dict[str, float]:
-        """The share of examples that were clipped and their mean gradient norm."""
+        """The share of examples that were clipped (a non-finite example, which
+        contributes nothing, counts as clipped), the mean gradient norm of the
+        finite examples (0 if there are none), and how many examples had a
+        non-finite gradient and were left out of the sum."""
+        finite = ~clip.nonfinite
         return {
             "dp/clip_fraction": float((clip.factors < 1.0).float().mean()),
-            "dp/per_example_grad_norm:mean": float(clip.norms.mean()),
+            "dp/per_example_grad_norm:mean": (
+                float(clip.norms[finite].mean()) if bool(finite.any()) else 0.0
+            ),
+            "dp/nonfinite_examples:sum": float(clip.nonfinite.sum()),
         }
 
     # ------------------------------------------------------------- optim_step
