@@ -52,6 +52,7 @@ from server.services import drawn_batches, run_history
 from server.services.budgets import BudgetService
 from server.services.dataset_reader import DatasetReader
 from server.services.datasets import DatasetService
+from server.services.declared_batches import example_digests
 from server.services.dp_step import charge_and_step
 from server.services.operations import (
     claim_operation,
@@ -73,7 +74,7 @@ from server.worker import engine_checkpoints, server_sampling
 from server.worker.runtimes import RunEngines, RunRuntime
 from tensafe import errors as ts
 from tensafe.artifacts import TenantKeyring, new_artifact_id
-from tensafe.engine import TrainingEngine
+from tensafe.engine import ForwardBackwardResult, TrainingEngine
 
 log = logging.getLogger("tensafe.server.worker")
 
@@ -281,17 +282,36 @@ class OperationExecutor:
                     field="drawn_batch_id",
                 )
             else:
-                result = runtime.engine.forward_backward(
-                    engine_batch(request),
-                    loss_fn=request.loss_fn,
-                    loss_fn_config=request.loss_fn_config,
-                )
+                result = self._declared_forward_backward(runtime, request)
         examples = int(result.metrics.get("num_examples:sum", 0))
 
         def effects(session: Session, row: TrainingRunRow) -> None:
             row.pending_examples += examples
 
         return Outcome(result=forward_output(result), effects=effects, engine_changed=True)
+
+    @staticmethod
+    def _declared_forward_backward(
+        runtime: RunRuntime, request: ForwardBackwardRequest
+    ) -> ForwardBackwardResult:
+        """A client-built batch: under DP it must look like the declared Poisson sample
+        (:mod:`server.services.declared_batches`)."""
+        batch = engine_batch(request)
+        digests: list[bytes] = []
+        if runtime.engine.dp is not None:
+            config = runtime.engine.dp.config
+            digests = example_digests(batch)
+            runtime.declared.check(
+                digests,
+                field_name="batch.input_ids" if request.batch is not None else "data",
+                dataset_size=config.dataset_size,
+                sample_rate=config.sample_rate,
+            )
+        result = runtime.engine.forward_backward(
+            batch, loss_fn=request.loss_fn, loss_fn_config=request.loss_fn_config
+        )
+        runtime.declared.add(digests)
+        return result
 
     def _optim_step(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
         runtime = self.engines.for_operation(op, run)
@@ -314,6 +334,7 @@ class OperationExecutor:
                 **self._labels(runtime, run),
             )
             runtime.used_groups.clear()  # the logical batch is consumed
+            runtime.declared.reset()
             return Outcome(result=response, committed=True, engine_changed=True)
         result = engine.optim_step(adam_params(request))  # no DP: nothing to account
 
