@@ -463,7 +463,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "dataset_id",
     )
     create_budget.add_argument("--epsilon-cap", type=float, required=True)
-    create_budget.add_argument("--delta", type=float, default=None, help="default 1e-5")
+    create_budget.add_argument(
+        "--delta",
+        type=float,
+        default=None,
+        help="default 1e-5; must be < 0.01, and each run on the dataset needs δ < 1/N",
+    )
     create_budget.add_argument("--accountant", choices=("prv", "rdp"), default="prv")
     create_budget.add_argument("--reason")
     raise_budget = _add_command(

@@ -506,6 +506,60 @@ class PrivacyBudgetList(_Wire):
     budgets: list[PrivacyBudget]
 
 
+# ------------------------------------------------------------------ datasets
+class DatasetRecord(_Wire):
+    """One record of a server-held dataset on the wire: model-input ``tokens`` and
+    per-token ``fields`` of the same length (``target_tokens``, ``weights``, and for RL
+    losses ``logprobs``, ``advantages``); no fields for a prompt."""
+
+    tokens: list[int]
+    fields: dict[str, list[float] | list[int]] = Field(default_factory=dict)
+
+
+class DatasetCreate(_Wire):
+    """``POST /v1/datasets``: start registering a dataset (a new version of ``name``)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    privacy_units: bool = False
+
+
+class DatasetRecords(_Wire):
+    """``POST /v1/datasets/{id}/records``: records ``offset, offset + 1, …`` (and, for a
+    dataset with privacy units, each record's unit id: a patient, a customer)."""
+
+    offset: int = Field(ge=0)
+    records: list[DatasetRecord] = Field(max_length=8192)
+    units: list[str | int] | None = None
+
+
+class DatasetProgress(_Wire):
+    """How many records the dataset holds so far."""
+
+    received: int
+
+
+class DatasetInfo(_Wire):
+    """A server-held dataset version. ``commitment`` (SHA-256 of its content) and
+    ``num_records`` are fixed once ``status`` is ``ready``."""
+
+    dataset_id: str
+    name: str
+    version: int
+    status: Literal["uploading", "ready", "failed", "deleted"]
+    privacy_unit: Literal["record", "unit"]
+    num_records: int
+    num_units: int | None = None
+    fields: list[str] | None = None
+    commitment: str | None = None
+    size_bytes: int
+    created_at: datetime
+    committed_at: datetime | None = None
+
+
+class DatasetList(_Wire):
+    datasets: list[DatasetInfo]
+
+
 class LedgerVerification(_Wire):
     """``GET /v1/audit/verify``: each of your datasets' ledger chains checked."""
 
@@ -523,6 +577,12 @@ __all__ = [
     "CancelResponse",
     "DPConfig",
     "DPMetrics",
+    "DatasetCreate",
+    "DatasetInfo",
+    "DatasetList",
+    "DatasetProgress",
+    "DatasetRecord",
+    "DatasetRecords",
     "Datum",
     "EncodedTextChunk",
     "ErrorBody",

@@ -38,8 +38,9 @@ def _wire(service: BudgetService, tenant_id: str, dataset_id: str) -> PrivacyBud
 
 @router.post("/v1/budgets", status_code=status.HTTP_201_CREATED, response_model=PrivacyBudget)
 def create_budget(body: BudgetCreate, tenant: PrivacyOfficer, service: BudgetsDep) -> PrivacyBudget:
-    """Create the ε budget of one of your datasets (409 if it has one; 403 without the
-    ``privacy-officer`` scope)."""
+    """Create the ε budget of one of your datasets (409 if it has one; 422 naming
+    ``delta`` if δ ≥ 0.01, which no dataset of 100 examples or more could use; 403
+    without the ``privacy-officer`` scope)."""
     service.create_budget(
         tenant_id=tenant.tenant_id,
         dataset_id=body.dataset_id,

@@ -3,6 +3,7 @@
 Routes ask for what they use, never the whole server:
 
 * ``SettingsDep``, ``DatabaseDep``, ``QueueDep``, ``NotifierDep``, ``BudgetsDep``,
+  ``DatasetsDep``,
   ``KeyringDep``, ``StoreDep``, ``TokenizersDep`` — one long-lived object each, from
   the :class:`ApiResources` the app factory put on ``app.state.resources``.
 * ``SessionDep`` — a database session for the request (reads; closed afterwards).
@@ -33,6 +34,7 @@ from server.errors import AuthenticationError
 from server.json_logs import request_context
 from server.queue import FutureNotifier, OperationQueue
 from server.services.budgets import BudgetService
+from server.services.datasets import DatasetService
 from server.services.runs import TokenizerSource
 from server.services.scopes import PRIVACY_OFFICER, TRAIN, Scope, require_scope
 from server.services.tenants import ApiKeyHasher, AuthenticatedTenant, authenticate
@@ -52,6 +54,7 @@ class ApiResources:
     queue: OperationQueue
     notifier: FutureNotifier
     budgets: BudgetService
+    datasets: DatasetService
     keyring: TenantKeyring
     store: ArtifactStore
     tokenizers: TokenizerSource
@@ -91,6 +94,10 @@ def get_budgets(resources: _Resources) -> BudgetService:
     return resources.budgets
 
 
+def get_datasets(resources: _Resources) -> DatasetService:
+    return resources.datasets
+
+
 def get_keyring(resources: _Resources) -> TenantKeyring:
     return resources.keyring
 
@@ -108,6 +115,7 @@ DatabaseDep = Annotated[Database, Depends(get_database)]
 QueueDep = Annotated[OperationQueue, Depends(get_queue)]
 NotifierDep = Annotated[FutureNotifier, Depends(get_notifier)]
 BudgetsDep = Annotated[BudgetService, Depends(get_budgets)]
+DatasetsDep = Annotated[DatasetService, Depends(get_datasets)]
 KeyringDep = Annotated[TenantKeyring, Depends(get_keyring)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 TokenizersDep = Annotated[TokenizerSource, Depends(get_tokenizers)]
@@ -179,7 +187,7 @@ class RequireScope:
         return key
 
 
-_TRAINING = "this route (training runs, futures, artifacts, key export)"
+_TRAINING = "this route (training runs, datasets, futures, artifacts, key export)"
 CurrentTenant = Annotated[AuthenticatedTenant, Depends(RequireScope(TRAIN, action=_TRAINING))]
 BudgetReader = Annotated[
     AuthenticatedTenant,
@@ -206,6 +214,7 @@ __all__ = [
     "BudgetsDep",
     "CurrentTenant",
     "DatabaseDep",
+    "DatasetsDep",
     "IdempotencyKey",
     "KeyringDep",
     "NotifierDep",

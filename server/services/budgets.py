@@ -41,6 +41,7 @@ from tensafe.artifacts import TenantKeyring, library_versions
 from tensafe.audit import GENESIS_LINK, LedgerEvent, budget_from_events, utc_timestamp
 from tensafe.errors import BudgetExceededError, ConfigError
 from tensafe.privacy.budget import DatasetBudget, accounting_versions
+from tensafe.privacy.delta import check_budget_delta, check_delta
 from tensafe.privacy.schedule import EpsilonSchedule
 
 DEFAULT_DELTA = 1e-5
@@ -220,6 +221,7 @@ class BudgetService:
         if not dataset_id or len(dataset_id) > 200:
             raise ValidationError("must be 1 to 200 characters", field="dataset_id")
         delta = DEFAULT_DELTA if delta is None else float(delta)
+        check_budget_delta(delta)
         self.key()  # before any transaction: the keyring uses its own connection
         # Validates cap, δ and accountant.
         DatasetBudget(
@@ -409,8 +411,10 @@ class BudgetService:
         dataset_id: str,
         noise_multiplier: float | None,
         sample_rate: float | None,
+        dataset_size: int,
     ) -> None:
-        """Refuse a new DP run up front if its dataset's budget cannot take its first step.
+        """Refuse a new DP run up front if its dataset's budget cannot take its first step,
+        or if the budget's δ is not below ``1/dataset_size`` (the run's N).
 
         Advisory: the authoritative check is in
         :func:`~server.services.dp_step.charge_and_step`, under the lock, before
@@ -421,7 +425,8 @@ class BudgetService:
 
         Raises:
             ConflictError: (``dp_config.dataset_id``) the dataset has no budget and no
-                ``default_epsilon_cap`` is set.
+                ``default_epsilon_cap`` is set, or its budget's δ ≥ 1/N (the message
+                names the budget's δ and N).
             BudgetExceededError: the budget is spent, or one (σ, q) step would exceed it.
         """
         with self.db.sessions() as session:
@@ -431,6 +436,16 @@ class BudgetService:
                     raise _no_budget(dataset_id, field="dp_config.dataset_id")
                 return
             budget = self._budget(session, row)
+        try:
+            check_delta(delta=budget.delta, dataset_size=dataset_size, field="delta")
+        except ConfigError as exc:
+            raise ConflictError(
+                f"the privacy budget of dataset {dataset_id!r} cannot protect this run's "
+                f"dataset_size: the budget's delta (δ) {exc.message}. A budget's δ is fixed "
+                "when it is created: an admin must create a budget with a smaller δ for this "
+                "data (tensafe admin create-budget ... --delta D); the run was not created",
+                field="dp_config.dataset_id",
+            ) from None
         cap = budget.epsilon_cap
         if noise_multiplier is None or sample_rate is None:
             spent = budget.epsilon()

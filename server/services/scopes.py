@@ -5,8 +5,9 @@ Every API key holds one or more scopes (``api_keys.scopes``, space-separated):
 =================== ==========================================================
 scope               may
 =================== ==========================================================
-``train``           training runs and their operations, futures, artifacts,
-                    the tenant-key export; *read* budgets and audit reports
+``train``           training runs and their operations, server-held datasets,
+                    futures, artifacts, the tenant-key export; *read* budgets
+                    and audit reports
 ``privacy-officer`` create budgets and change caps (and any later privacy
                     policy route); *read* budgets and audit reports
 ``admin``           everything (no route is admin-only yet: it is the union)
@@ -37,7 +38,7 @@ PRIVACY_OFFICER: Final = "privacy-officer"
 ADMIN: Final = "admin"
 SCOPES: Final[tuple[Scope, ...]] = get_args(Scope)
 
-#: What a key issued before scopes existed holds after migration 0005 (and what a
+#: What a key issued before scopes existed holds after migration 0006 (and what a
 #: row inserted without naming its scopes gets): training only. See docs/operations.md.
 LEGACY_SCOPES: Final[tuple[Scope, ...]] = (TRAIN,)
 

@@ -49,6 +49,7 @@ from server.queue import FutureNotifier, QueuedOperation
 from server.services import artifacts as artifact_service
 from server.services import run_history
 from server.services.budgets import BudgetService
+from server.services.datasets import DatasetService
 from server.services.dp_step import charge_and_step
 from server.services.operations import (
     claim_operation,
@@ -124,6 +125,7 @@ class OperationExecutor:
         self.settings = settings
         self.engines = RunEngines(db=db, store=store, keyring=keyring, settings=settings)
         self.budgets = BudgetService(db, keyring, default_epsilon_cap=settings.default_epsilon_cap)
+        self.datasets = DatasetService(db, store, keyring)
         self._handlers: dict[str, Callable[[OperationRow, TrainingRunRow, Request], Outcome]] = {
             LOAD_MODEL: self._load_model,
             "forward": self._forward,

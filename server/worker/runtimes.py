@@ -137,7 +137,7 @@ class RunEngines:
             dp_config=spec.dp,
             optimizer=spec.optimizer,
             seed=spec.seed,
-            # Noise is seeded from the OS CSPRNG; a fixed seed only in development
+            # Noise is keyed from the OS CSPRNG; a fixed seed only in development
             # (tests comparing runs), since a known seed lets anyone subtract the noise.
             noise_seed=spec.seed if self.settings.deterministic_noise else None,
             device=self.settings.device,

@@ -18,7 +18,7 @@ from typing import Literal, cast, get_args
 
 from tensafe.errors import ConfigError
 
-ArtifactKind = Literal["lora_adapter", "full_weights", "training_state"]
+ArtifactKind = Literal["lora_adapter", "full_weights", "training_state", "dataset_shard"]
 ARTIFACT_KINDS: tuple[str, ...] = get_args(ArtifactKind)
 MANIFEST_VERSION = 1
 MAX_METADATA_BYTES = 64 * 1024
@@ -110,8 +110,11 @@ class Manifest:
 
     Fields:
         kind: ``"lora_adapter"``, ``"full_weights"`` or ``"training_state"``
-            (weights + optimizer state + accountant history).
-        base_model: the base model id or path the weights belong to.
+            (weights + optimizer state + accountant history); ``"dataset_shard"``: a
+            run of records of a server-held dataset (:mod:`tensafe.datasets.shards`),
+            never pulled by clients.
+        base_model: the base model id or path the weights belong to (empty for a
+            dataset shard, which belongs to no model).
         step: optimizer steps taken when saved (>= 0).
         lora_config: the peft ``LoraConfig`` as a JSON dict; required for
             ``lora_adapter``, forbidden for ``full_weights``.
@@ -144,8 +147,12 @@ class Manifest:
     def __post_init__(self) -> None:
         if self.kind not in ARTIFACT_KINDS:
             raise ConfigError("kind", f"must be one of {', '.join(ARTIFACT_KINDS)}")
-        if not isinstance(self.base_model, str) or not self.base_model:
-            raise ConfigError("base_model", "must be a non-empty string")
+        if not isinstance(self.base_model, str) or (
+            bool(self.base_model) == (self.kind == "dataset_shard")
+        ):
+            raise ConfigError(
+                "base_model", "must be a non-empty string (empty for, and only for, a dataset shard)"
+            )
         if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 0:
             raise ConfigError("step", "must be a non-negative integer")
         self._validate_optional_dicts()

@@ -1,6 +1,6 @@
 """Roles (API-key scopes): a training key cannot create or raise a privacy budget, a
 privacy-officer key can and the ledger names it, ``admin`` is the union; keys older
-than migration 0005 are training keys."""
+than migration 0006 are training keys."""
 
 from __future__ import annotations
 
@@ -190,10 +190,10 @@ def test_scope_names_round_trip_and_unknown_names_grant_nothing() -> None:
     )
 
 
-# ----------------------------------------------------------------- migration 0005
+# ----------------------------------------------------------------- migration 0006
 def _key_issued_before_scopes(url: str, hasher: ApiKeyHasher) -> tuple[str, str]:
-    """A database at revision 0004 holding one tenant and one key; ``(tenant_id, api_key)``."""
-    command.upgrade(alembic_config(url), "0004")
+    """A database at revision 0005 holding one tenant and one key; ``(tenant_id, api_key)``."""
+    command.upgrade(alembic_config(url), "0005")
     key_id, secret = uuid.uuid4().hex[:16], "s" * 43
     db = Database(url)
     try:

@@ -1,7 +1,7 @@
 """API keys get scopes: ``train``, ``privacy-officer``, ``admin``.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-06 10:00:00.000000
 
 ``api_keys.scopes`` holds a key's scopes, space-separated
@@ -25,8 +25,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0004"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -45,7 +45,7 @@ def upgrade() -> None:
     )
     if active:
         log.warning(
-            "migration 0005: %d existing API key(s) now have scope 'train' only: they keep "
+            "migration 0006: %d existing API key(s) now have scope 'train' only: they keep "
             "training but can no longer create privacy budgets or change caps; issue a "
             "privacy-officer key with 'tensafe admin create-key TENANT_ID --scope "
             "privacy-officer' (see docs/operations.md, 'Roles')",
