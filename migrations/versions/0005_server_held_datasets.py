@@ -1,5 +1,6 @@
-"""Server-held datasets: ``datasets`` (one row per immutable version) and
-``dataset_shards`` (where each sealed shard lives).
+"""Server-held datasets: ``datasets`` (one row per immutable version),
+``dataset_shards`` (where each sealed shard lives), and ``training_runs.pending_draw``
+(the batch the server drew for a run, until one ``optim_step`` consumes it).
 
 Revision ID: 0005
 Revises: 0004
@@ -18,6 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.add_column("training_runs", sa.Column("pending_draw", sa.JSON(), nullable=True))
     op.create_table(
         "datasets",
         sa.Column("dataset_id", sa.String(length=64), nullable=False),
@@ -81,3 +83,4 @@ def downgrade() -> None:
     op.drop_index("ix_datasets_tenant_id_commitment", table_name="datasets")
     op.drop_index(op.f("ix_datasets_tenant_id"), table_name="datasets")
     op.drop_table("datasets")
+    op.drop_column("training_runs", "pending_draw")

@@ -93,10 +93,16 @@ class ModelInput(_Wire):
 
 class Datum(_Wire):
     """One training example: input tokens and per-token loss inputs
-    (``target_tokens``, ``weights``; ``logprobs`` and ``advantages`` for RL losses)."""
+    (``target_tokens``, ``weights``; ``logprobs`` and ``advantages`` for RL losses).
+
+    ``record_id`` (runs on a server-held dataset only): the drawn record this datum
+    belongs to — e.g. one of several completions of a drawn prompt. All datums of one
+    record (of one privacy unit, with units) are clipped together as one contribution.
+    """
 
     model_input: ModelInput
     loss_fn_inputs: dict[str, TensorData]
+    record_id: int | None = Field(None, ge=0)
 
     # SDK convenience (added): ``model_input`` may be a plain token list, and each
     # ``loss_fn_inputs`` value a numpy array, a list, or anything with ``__array__``
@@ -209,6 +215,8 @@ class DPConfig(_Wire):
     accountant: Literal["prv", "rdp"] = "prv"
     secure_mode: bool = False
     dataset_id: str | None = None
+    max_records_per_unit: int | None = Field(None, gt=0)
+    sampling: Literal["server", "client"] | None = None
 
 
 class TrainingConfig(_Wire):
@@ -236,18 +244,29 @@ class AdamParams(_Wire):
 
 # ----------------------------------------------------------------- requests
 class ForwardBackwardRequest(_Wire):
-    """Exactly one of ``data`` (Tinker datums) or ``batch`` (BatchData)."""
+    """Exactly one of ``data`` (Tinker datums), ``batch`` (BatchData) or
+    ``drawn_batch_id`` (train on a batch the server drew from a server-held dataset)."""
 
     data: list[Datum] | None = None
     batch: BatchData | None = None
+    drawn_batch_id: str | None = None
     loss_fn: LossFnName = "cross_entropy"
     loss_fn_config: dict[str, float] | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> ForwardBackwardRequest:
-        if (self.data is None) == (self.batch is None):
-            raise ValueError("give exactly one of 'data' or 'batch'")
+        given = sum(x is not None for x in (self.data, self.batch, self.drawn_batch_id))
+        if given != 1:
+            raise ValueError("give exactly one of 'data', 'batch' or 'drawn_batch_id'")
         return self
+
+
+class DrawBatchRequest(_Wire):
+    """``draw_batch``: the server draws the next logical batch (Poisson, rate q) from the
+    run's dataset. ``include_records`` sends the drawn records back (RL: the prompts to
+    complete); a plain SFT loop needs only the batch id."""
+
+    include_records: bool = False
 
 
 class OptimStepRequest(_Wire):
@@ -327,6 +346,19 @@ class OptimStepResponse(_Wire):
     learning_rate: float
     metrics: dict[str, float]
     dp_metrics: DPMetrics | None = None
+
+
+class DrawnBatch(_Wire):
+    """A logical batch the server drew: its id, the drawn records (indices into the
+    dataset; with privacy units, each record's unit), and the records themselves when
+    asked for. Consumed by exactly one ``optim_step``; an empty draw still steps."""
+
+    batch_id: str
+    size: int
+    record_ids: list[int]
+    units: list[int] | None = None
+    records: list[DatasetRecord] | None = None
+    type: Literal["draw_batch"] = "draw_batch"
 
 
 class SaveStateResponse(_Wire):
@@ -584,6 +616,8 @@ __all__ = [
     "DatasetRecord",
     "DatasetRecords",
     "Datum",
+    "DrawBatchRequest",
+    "DrawnBatch",
     "EncodedTextChunk",
     "ErrorBody",
     "ForwardBackwardOutput",

@@ -151,6 +151,8 @@ class TrainingRunRow(Base):
     pending_examples: Mapped[int] = mapped_column(default=0)
     next_seq: Mapped[int] = mapped_column(default=0)
     last_checkpoint_artifact_id: Mapped[str | None] = mapped_column(String(64))
+    # the logical batch the server drew and no optim_step consumed yet (migration 0005)
+    pending_draw: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -186,10 +186,12 @@ def _response(result: OptimStepResult, charge: StepCharge, event: LedgerEvent) -
 
 
 def _advance_run(session: Session, *, run_id: str, step: int) -> None:
+    """The run's new step; its logical batch (and a server-drawn batch) is consumed."""
     run = session.get(TrainingRunRow, run_id)
     assert run is not None
     run.step = step
     run.pending_examples = 0
+    run.pending_draw = None
 
 
 __all__ = ["charge_and_step"]

@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 from tg_tinker.types import (
+    DrawBatchRequest,
     ForwardBackwardRequest,
     GetInfoResponse,
     LoadStateRequest,
@@ -47,8 +48,9 @@ from server.db.session import Database
 from server.errors import ConflictError, ServiceError, ValidationError, describe_error
 from server.queue import FutureNotifier, QueuedOperation
 from server.services import artifacts as artifact_service
-from server.services import run_history
+from server.services import drawn_batches, run_history
 from server.services.budgets import BudgetService
+from server.services.dataset_reader import DatasetReader
 from server.services.datasets import DatasetService
 from server.services.dp_step import charge_and_step
 from server.services.operations import (
@@ -67,7 +69,7 @@ from server.services.wire import (
 )
 from server.settings import Settings
 from server.storage import ArtifactStore
-from server.worker import engine_checkpoints
+from server.worker import engine_checkpoints, server_sampling
 from server.worker.runtimes import RunEngines, RunRuntime
 from tensafe import errors as ts
 from tensafe.artifacts import TenantKeyring, new_artifact_id
@@ -135,6 +137,7 @@ class OperationExecutor:
             "save_weights_for_sampler": self._save_weights_for_sampler,
             "load_state": self._load_state,
             "unload": self._unload,
+            "draw_batch": self._draw_batch,
         }
 
     # ------------------------------------------------------------- runtimes
@@ -260,14 +263,28 @@ class OperationExecutor:
         return Outcome(result=forward_output(result))
 
     def _forward_backward(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
-        engine = self.engines.for_operation(op, run).engine
+        runtime = self.engines.for_operation(op, run)
         request = ForwardBackwardRequest.model_validate(payload)
         with request_fields(request):
-            result = engine.forward_backward(
-                engine_batch(request),
-                loss_fn=request.loss_fn,
-                loss_fn_config=request.loss_fn_config,
-            )
+            if runtime.spec.sampling == "server":
+                result = server_sampling.drawn_forward_backward(
+                    runtime,
+                    run,
+                    request,
+                    self._dataset(runtime, run),
+                    max_batch=self.settings.max_batch_size,
+                )
+            elif request.drawn_batch_id is not None:
+                raise ValidationError(
+                    "this run declares its own sampling: it has no drawn batches",
+                    field="drawn_batch_id",
+                )
+            else:
+                result = runtime.engine.forward_backward(
+                    engine_batch(request),
+                    loss_fn=request.loss_fn,
+                    loss_fn_config=request.loss_fn_config,
+                )
         examples = int(result.metrics.get("num_examples:sum", 0))
 
         def effects(session: Session, row: TrainingRunRow) -> None:
@@ -283,6 +300,8 @@ class OperationExecutor:
             raise ValidationError(
                 "this run uses differential privacy; every step adds noise", field="apply_dp_noise"
             )
+        if runtime.spec.sampling == "server":  # the drawn batch is consumed by this step
+            drawn_batches.check_draw(server_sampling.pending_draw(run), None)
         if engine.dp is not None:  # every DP step is charged to a dataset budget
             response = charge_and_step(
                 self.db,
@@ -292,6 +311,7 @@ class OperationExecutor:
                 adam_params=adam_params(request),
                 dataset_id=_charged_dataset(runtime),
             )
+            runtime.used_groups.clear()  # the logical batch is consumed
             return Outcome(result=response, committed=True, engine_changed=True)
         result = engine.optim_step(adam_params(request))  # no DP: nothing to account
 
@@ -300,6 +320,21 @@ class OperationExecutor:
             row.pending_examples = 0
 
         return Outcome(result=optim_output(result), effects=effects, engine_changed=True)
+
+    def _draw_batch(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
+        runtime = self.engines.for_operation(op, run)
+        if runtime.spec.sampling != "server":
+            raise ConflictError("this run declares its own sampling", field="run_id")
+        request = DrawBatchRequest.model_validate(payload or {})
+        result, effects = server_sampling.draw_batch(
+            runtime, run, request, self._dataset(runtime, run)
+        )
+        return Outcome(result=result, effects=effects)
+
+    def _dataset(self, runtime: RunRuntime, run: TrainingRunRow) -> DatasetReader:
+        return server_sampling.reader(
+            runtime, run, db=self.db, store=self.store, keyring=self.datasets.keyring
+        )
 
     def _ttl(self) -> timedelta | None:
         ttl = self.settings.artifact_ttl_s

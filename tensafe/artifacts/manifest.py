@@ -151,7 +151,8 @@ class Manifest:
             bool(self.base_model) == (self.kind == "dataset_shard")
         ):
             raise ConfigError(
-                "base_model", "must be a non-empty string (empty for, and only for, a dataset shard)"
+                "base_model",
+                "must be a non-empty string (empty for, and only for, a dataset shard)",
             )
         if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 0:
             raise ConfigError("step", "must be a non-negative integer")
