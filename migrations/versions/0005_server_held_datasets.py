@@ -1,6 +1,7 @@
 """Server-held datasets: ``datasets`` (one row per immutable version),
 ``dataset_shards`` (where each sealed shard lives), and ``training_runs.pending_draw``
-(the batch the server drew for a run, until one ``optim_step`` consumes it).
+(the batch the server drew for a run, until one ``optim_step`` consumes it); the ledger's
+step rows gain ``sampling`` and ``privacy_unit`` (format 2, nullable: older links keep).
 
 Revision ID: 0005
 Revises: 0004
@@ -20,6 +21,8 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("training_runs", sa.Column("pending_draw", sa.JSON(), nullable=True))
+    op.add_column("ledger_events", sa.Column("sampling", sa.String(16), nullable=True))
+    op.add_column("ledger_events", sa.Column("privacy_unit", sa.String(16), nullable=True))
     op.create_table(
         "datasets",
         sa.Column("dataset_id", sa.String(length=64), nullable=False),
@@ -78,9 +81,21 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    used = op.get_bind().execute(
+        sa.text(
+            "SELECT COUNT(*) FROM ledger_events WHERE sampling IS NOT NULL "
+            "OR privacy_unit IS NOT NULL"
+        )
+    ).scalar_one()
+    if used:
+        raise RuntimeError(
+            "cannot downgrade below 0005: ledger rows use format-2 fields their links cover"
+        )
     op.drop_index(op.f("ix_dataset_shards_dataset_id"), table_name="dataset_shards")
     op.drop_table("dataset_shards")
     op.drop_index("ix_datasets_tenant_id_commitment", table_name="datasets")
     op.drop_index(op.f("ix_datasets_tenant_id"), table_name="datasets")
     op.drop_table("datasets")
+    op.drop_column("ledger_events", "privacy_unit")
+    op.drop_column("ledger_events", "sampling")
     op.drop_column("training_runs", "pending_draw")

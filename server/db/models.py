@@ -322,6 +322,8 @@ class LedgerEventRow(Base):
     origin_seq: Mapped[int | None] = mapped_column(BigInteger)
     run_delta: Mapped[float | None] = mapped_column(Double)  # migration 0004
     run_accountant: Mapped[str | None] = mapped_column(String(16))
+    sampling: Mapped[str | None] = mapped_column(String(16))  # migration 0005
+    privacy_unit: Mapped[str | None] = mapped_column(String(16))
     actor: Mapped[str | None] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
     library_versions: Mapped[dict[str, Any]]

@@ -84,8 +84,9 @@ _MUTATING = frozenset({"forward_backward", "optim_step", "load_state"})
 
 def leaves_engine_unchanged(exc: BaseException) -> bool:
     """Whether an error is one the engine raises before changing anything
-    (input validation, state refusals, budget refusal) or one of ours."""
-    if isinstance(exc, (ServiceError, ts.BudgetExceededError)):
+    (input validation, state refusals, budget refusal, a refused non-finite
+    update) or one of ours."""
+    if isinstance(exc, (ServiceError, ts.BudgetExceededError, ts.NonFiniteUpdateError)):
         return True
     if isinstance(exc, ts.PrivacyError):
         return False  # e.g. "weights did not move", raised after the optimizer step
@@ -310,6 +311,7 @@ class OperationExecutor:
                 engine=engine,
                 adam_params=adam_params(request),
                 dataset_id=_charged_dataset(runtime),
+                **self._labels(runtime, run),
             )
             runtime.used_groups.clear()  # the logical batch is consumed
             return Outcome(result=response, committed=True, engine_changed=True)
@@ -330,6 +332,13 @@ class OperationExecutor:
             runtime, run, request, self._dataset(runtime, run)
         )
         return Outcome(result=result, effects=effects)
+
+    def _labels(self, runtime: RunRuntime, run: TrainingRunRow) -> dict[str, str]:
+        """Who draws the run's batches and what one contribution is (ledger, manifest)."""
+        if runtime.spec.sampling != "server":
+            return {"sampling": "client-declared", "privacy_unit": "record"}
+        unit = self._dataset(runtime, run).dataset.privacy_unit
+        return {"sampling": "server-poisson", "privacy_unit": unit}
 
     def _dataset(self, runtime: RunRuntime, run: TrainingRunRow) -> DatasetReader:
         return server_sampling.reader(
@@ -401,10 +410,14 @@ class OperationExecutor:
         return row, discard_blob
 
     def _save_state(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
-        engine = self.engines.for_operation(op, run).engine
+        runtime = self.engines.for_operation(op, run)
+        engine = runtime.engine
         request = SaveStateRequest.model_validate(payload or {})
         tensors, manifest = engine_checkpoints.training_state_payload(
-            engine, include_optimizer=request.include_optimizer, metadata=request.metadata
+            engine,
+            include_optimizer=request.include_optimizer,
+            metadata=request.metadata,
+            labels=self._labels(runtime, run),
         )
         name = request.name or f"step-{engine.step}-{op.seq}"
         row, discard = self._store_artifact(
@@ -436,9 +449,12 @@ class OperationExecutor:
     def _save_weights_for_sampler(
         self, op: OperationRow, run: TrainingRunRow, payload: Request
     ) -> Outcome:
-        engine = self.engines.for_operation(op, run).engine
+        runtime = self.engines.for_operation(op, run)
+        engine = runtime.engine
         request = SaveWeightsForSamplerRequest.model_validate(payload or {})
-        kind, tensors, manifest = engine_checkpoints.sampler_payload(engine, metadata={})
+        kind, tensors, manifest = engine_checkpoints.sampler_payload(
+            engine, metadata={}, labels=self._labels(runtime, run)
+        )
         row, discard = self._store_artifact(
             op,
             run,

@@ -31,6 +31,13 @@ DP_FIELDS: tuple[str, ...] = (
     "accountant",
     "epsilon",
 )
+#: Optional ``dp`` entries, and the values each may take: how the run's batches were
+#: sampled and what one privacy unit is (a record, or e.g. a patient with all their
+#: records).
+DP_LABELS: dict[str, tuple[str, ...]] = {
+    "sampling": ("server-poisson", "client-declared"),
+    "privacy_unit": ("record", "unit"),
+}
 TRAINING_STATE_FIELDS: tuple[str, ...] = ("optimizer", "accountant_history")
 VERSIONED_LIBRARIES: tuple[str, ...] = (
     "torch",
@@ -86,7 +93,10 @@ def _check_number(
 
 def _validate_dp(dp: dict[str, object]) -> None:
     missing = [name for name in DP_FIELDS if name not in dp]
-    unknown = sorted(set(dp) - set(DP_FIELDS))
+    unknown = sorted(set(dp) - set(DP_FIELDS) - set(DP_LABELS))
+    for name, allowed in DP_LABELS.items():
+        if name in dp and dp[name] not in allowed:
+            raise ConfigError(f"dp.{name}", f"must be one of {', '.join(allowed)}")
     if missing:
         raise ConfigError(f"dp.{missing[0]}", f"is required; dp needs {', '.join(DP_FIELDS)}")
     if unknown:
@@ -118,8 +128,8 @@ class Manifest:
         step: optimizer steps taken when saved (>= 0).
         lora_config: the peft ``LoraConfig`` as a JSON dict; required for
             ``lora_adapter``, forbidden for ``full_weights``.
-        dp: DP-SGD parameters and epsilon at save time (keys :data:`DP_FIELDS`),
-            or ``None`` for a non-private run.
+        dp: DP-SGD parameters and epsilon at save time (keys :data:`DP_FIELDS`,
+            optionally :data:`DP_LABELS`), or ``None`` for a non-private run.
         metadata: user metadata, any JSON object up to 64 KiB.
         training_state: for ``training_state`` only: ``{"optimizer": <structure
             from flatten_state>, "accountant_history": [...]}``.

@@ -130,3 +130,46 @@ def test_an_empty_draw_still_steps(api: Harness) -> None:
     assert out["metrics"]["num_examples:sum"] == 0
     step = api.call(headers, run_id, "optim_step", {})
     assert step["step"] == 1 and step["dp_metrics"]["steps"] == 1
+
+
+def test_the_ledger_manifest_and_report_say_who_drew_the_batches(
+    api: Harness, dataset: tuple[dict, str]
+) -> None:
+    from sqlalchemy import select
+
+    from server.db.models import ArtifactRow, LedgerEventRow
+    from server.services.artifacts import open_from_store
+
+    headers, dataset_id = dataset
+    run_id = server_run(api, headers, dataset_id)
+    api.call(headers, run_id, "draw_batch", {})
+    api.call(headers, run_id, "optim_step", {})
+    saved = api.call(headers, run_id, "save_state", {"name": "labelled"})
+    declared = api.create_run(headers)  # the tenant's default dataset, client-declared
+    api.call(headers, declared, "forward_backward", {"batch": {"input_ids": [[1, 2, 3]],
+                                                               "labels": [[2, 3, 4]]}})  # fmt: skip
+    api.call(headers, declared, "optim_step", {})
+    with api.context.db.sessions() as session:
+        rows = {
+            r.run_id: r
+            for r in session.scalars(
+                select(LedgerEventRow).where(
+                    LedgerEventRow.kind == "dp_step", LedgerEventRow.run_id.in_([run_id, declared])
+                )
+            )
+        }
+        artifact = session.get(ArtifactRow, saved["artifact_id"])
+        session.expunge(artifact)
+    assert (rows[run_id].sampling, rows[run_id].privacy_unit) == ("server-poisson", "record")
+    assert rows[declared].sampling == "client-declared"
+    opened = open_from_store(api.context.store, api.context.keyring, artifact)
+    assert opened.manifest.dp["sampling"] == "server-poisson"
+    assert opened.manifest.dp["privacy_unit"] == "record"
+    server_report = api.client.get(f"/v1/audit/{dataset_id}/report", headers=headers).json()
+    assert server_report["notices"] == [] and server_report["runs"][0]["sampling"] == (
+        "server-poisson"
+    )
+    declared_report = api.client.get("/v1/audit/default/report", headers=headers).json()
+    assert "client-declared" in declared_report["notices"][0]
+    page = api.client.get("/v1/audit/default/report", params={"format": "html"}, headers=headers)
+    assert "Please note" in page.text and "built by the client" in page.text
