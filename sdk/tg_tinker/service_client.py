@@ -459,7 +459,8 @@ class ServiceClient:
 
         Raises:
             FileExistsError: ``path`` exists and ``overwrite`` is False.
-            AuthenticationError: the API key may not export keys.
+            PermissionDeniedError: the API key lacks the ``train`` scope (an
+                ``AuthenticationError`` too).
         """
         target = downloads.check_target(path, overwrite=overwrite)
         content = self._http.send(_EXPORT_KEY).content
@@ -489,7 +490,13 @@ class ServiceClient:
         accountant: str = "prv",
         reason: str | None = None,
     ) -> PrivacyBudget:
-        """Create the ε budget of one of your datasets (ConflictError if it exists)."""
+        """Create the ε budget of one of your datasets.
+
+        Raises:
+            PermissionDeniedError: the API key lacks the ``privacy-officer`` scope;
+                nothing was created.
+            ConflictError: the dataset already has a budget.
+        """
         body = BudgetCreate(
             dataset_id=dataset_id,
             epsilon_cap=epsilon_cap,
@@ -502,7 +509,13 @@ class ServiceClient:
     def raise_privacy_budget(
         self, dataset_id: str, *, epsilon_cap: float, reason: str | None = None
     ) -> PrivacyBudget:
-        """Change a dataset's cap (a cap below the ε already spent is refused)."""
+        """Change a dataset's cap.
+
+        Raises:
+            PermissionDeniedError: the API key lacks the ``privacy-officer`` scope;
+                nothing was changed.
+            ValidationError: the new cap is below the ε already spent.
+        """
         body = BudgetUpdate(epsilon_cap=epsilon_cap, reason=reason)
         path = f"/v1/budgets/{quote(dataset_id, safe='')}"
         response = self._http.send(RawRequest("PATCH", path, body=body))

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from tests.server.harness import Harness, batch
+from tests.server.harness import TRAIN_AND_OFFICER, Harness, batch
 from tests.server.test_datasets import records, register
 
 BODIES: dict[str, dict[str, Any] | None] = {
@@ -48,7 +48,7 @@ def api_routes(app: FastAPI) -> Iterator[tuple[str, set[str]]]:
 
 
 def test_every_id_route_is_404_for_another_tenant(api: Harness) -> None:
-    owner = api.tenant()
+    owner = api.tenant(scopes=TRAIN_AND_OFFICER)
     run_id = api.create_run(owner)
     api.call(owner, run_id, "forward_backward", batch())
     api.call(owner, run_id, "optim_step", {})
@@ -68,7 +68,7 @@ def test_every_id_route_is_404_for_another_tenant(api: Harness) -> None:
     }
     BODIES["load_state"] = {"artifact_id": saved["artifact_id"]}
 
-    intruder = api.tenant()
+    intruder = api.tenant(scopes=TRAIN_AND_OFFICER)
     checked = []
     for path, methods in api_routes(api.client.app):  # type: ignore[arg-type]
         params = re.findall(r"{(\w+)}", path)
