@@ -262,12 +262,14 @@ def _list_tenants(args: argparse.Namespace) -> int:
 def _budget_service(args: argparse.Namespace) -> Iterator[Any]:
     """A :class:`BudgetService` on the admin database; closed (and the database
     disposed) on exit."""
-    from server.services.budgets import BudgetService
+    from server.services.budgets import BudgetService, default_policy
     from server.services.keys import build_keyring
 
     db, _ = _admin_session(args)
     settings = _settings(args)
-    service = BudgetService(db, build_keyring(settings, db))
+    service = BudgetService(
+        db, build_keyring(settings, db), default_sampling_policy=default_policy(settings)
+    )
     try:
         yield service
     finally:
@@ -294,6 +296,7 @@ def _create_budget(args: argparse.Namespace) -> int:
             accountant=args.accountant,
             actor="cli:admin",
             reason=args.reason,
+            sampling_policy=args.sampling_policy,
         )
         _print_budget(service, args.tenant_id, args.dataset_id)
     return 0
@@ -305,6 +308,7 @@ def _raise_budget(args: argparse.Namespace) -> int:
             tenant_id=args.tenant_id,
             dataset_id=args.dataset_id,
             epsilon_cap=args.epsilon_cap,
+            sampling_policy=args.sampling_policy,
             actor="cli:admin",
             reason=args.reason,
         )
@@ -471,15 +475,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     create_budget.add_argument("--accountant", choices=("prv", "rdp"), default="prv")
     create_budget.add_argument("--reason")
+    policy_help = (
+        "server-only: only runs whose batches the server draws from a server-held dataset; "
+        "any: client-declared runs too (default: server-only in production, else any)"
+    )
+    create_budget.add_argument("--sampling-policy", choices=("server-only", "any"),
+                               help=policy_help)  # fmt: skip
     raise_budget = _add_command(
         admin,
         "raise-budget",
         _raise_budget,
-        "change a dataset's ε cap (never below the ε spent)",
+        "change a dataset's ε cap (never below the ε spent) and/or its sampling policy",
         "tenant_id",
         "dataset_id",
     )
-    raise_budget.add_argument("--epsilon-cap", type=float, required=True)
+    raise_budget.add_argument("--epsilon-cap", type=float)
+    raise_budget.add_argument("--sampling-policy", choices=("server-only", "any"),
+                              help=policy_help)  # fmt: skip
     raise_budget.add_argument("--reason")
 
     audit = _add_group(subparsers, "audit", "privacy ledger: reports and verification")

@@ -49,6 +49,7 @@ def create_budget(body: BudgetCreate, tenant: PrivacyOfficer, service: BudgetsDe
         accountant=body.accountant,
         actor=f"api:{tenant.key_id}",
         reason=body.reason,
+        sampling_policy=body.sampling_policy,
     )
     return _wire(service, tenant.tenant_id, body.dataset_id)
 
@@ -84,6 +85,7 @@ def update_budget(
         tenant_id=tenant.tenant_id,
         dataset_id=dataset_id,
         epsilon_cap=body.epsilon_cap,
+        sampling_policy=body.sampling_policy,
         actor=f"api:{tenant.key_id}",
         reason=body.reason,
     )

@@ -279,6 +279,7 @@ class PrivacyBudgetRow(Base):
     epsilon_cap: Mapped[float] = mapped_column(Double)
     delta: Mapped[float] = mapped_column(Double)
     accountant: Mapped[str] = mapped_column(String(16))
+    sampling_policy: Mapped[str] = mapped_column(String(16), default="any")  # migration 0005
     head_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     head_link: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -324,6 +325,7 @@ class LedgerEventRow(Base):
     run_accountant: Mapped[str | None] = mapped_column(String(16))
     sampling: Mapped[str | None] = mapped_column(String(16))  # migration 0005
     privacy_unit: Mapped[str | None] = mapped_column(String(16))
+    sampling_policy: Mapped[str | None] = mapped_column(String(16))
     actor: Mapped[str | None] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
     library_versions: Mapped[dict[str, Any]]

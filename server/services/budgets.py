@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
@@ -37,14 +37,20 @@ from server.db.models import LedgerEventRow, PrivacyBudgetRow, utcnow
 from server.db.session import Database
 from server.errors import ConflictError, NotFoundError, ValidationError
 from server.services.ledger import append_event, dataset_rows, derive_ledger_key, event_of
+from server.settings import Settings
 from tensafe.artifacts import TenantKeyring, library_versions
 from tensafe.audit import GENESIS_LINK, LedgerEvent, budget_from_events, utc_timestamp
 from tensafe.errors import BudgetExceededError, ConfigError
-from tensafe.privacy.budget import DatasetBudget, accounting_versions
+from tensafe.privacy.budget import CapChange, DatasetBudget, accounting_versions
 from tensafe.privacy.delta import check_budget_delta, check_delta
 from tensafe.privacy.schedule import EpsilonSchedule
 
 DEFAULT_DELTA = 1e-5
+
+SamplingPolicy = Literal["server-only", "any"]
+#: ``server-only``: only runs whose batches the server draws from a server-held dataset;
+#: ``any``: client-declared runs too (labelled as such everywhere).
+SAMPLING_POLICIES: tuple[str, ...] = ("server-only", "any")
 
 
 class BudgetService:
@@ -52,11 +58,17 @@ class BudgetService:
     :class:`DatasetBudget` cache, and the ledger key."""
 
     def __init__(
-        self, db: Database, keyring: TenantKeyring, *, default_epsilon_cap: float | None = None
+        self,
+        db: Database,
+        keyring: TenantKeyring,
+        *,
+        default_epsilon_cap: float | None = None,
+        default_sampling_policy: SamplingPolicy = "any",
     ) -> None:
         self.db = db
         self.keyring = keyring
         self.default_epsilon_cap = default_epsilon_cap
+        self.default_sampling_policy = default_sampling_policy
         self._key: bytes | None = None
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], tuple[DatasetBudget, int]] = {}
@@ -211,8 +223,10 @@ class BudgetService:
         accountant: str = "prv",
         actor: str | None = None,
         reason: str | None = None,
+        sampling_policy: SamplingPolicy | None = None,
     ) -> PrivacyBudgetRow:
-        """Create a dataset's budget and its ``budget_created`` ledger row.
+        """Create a dataset's budget and its ``budget_created`` ledger row. The sampling
+        policy defaults to the server's (``server-only`` in production).
 
         Raises:
             ConflictError: the dataset already has a budget.
@@ -248,6 +262,7 @@ class BudgetService:
                     accountant=accountant,
                     actor=actor,
                     reason=reason,
+                    sampling_policy=sampling_policy,
                 )
         except SAIntegrityError:
             raise ConflictError(
@@ -267,11 +282,16 @@ class BudgetService:
         accountant: str,
         actor: str | None,
         reason: str | None,
+        sampling_policy: SamplingPolicy | None = None,
     ) -> PrivacyBudgetRow:
         """Insert a budget row and its ``budget_created`` ledger row (flushed, in the
         caller's transaction; the values are not validated here)."""
         now = utcnow()
+        policy = sampling_policy or self.default_sampling_policy
+        if policy not in SAMPLING_POLICIES:
+            raise ConfigError("sampling_policy", f"must be one of {SAMPLING_POLICIES}")
         row = PrivacyBudgetRow(
+            sampling_policy=policy,
             tenant_id=tenant_id,
             dataset_id=dataset_id,
             epsilon_cap=epsilon_cap,
@@ -298,6 +318,7 @@ class BudgetService:
                 "cap": epsilon_cap,
                 "actor": actor,
                 "reason": reason,
+                "sampling_policy": policy,
                 "library_versions": self.versions(sched),
                 "created_at": utc_timestamp(),
             },
@@ -309,25 +330,40 @@ class BudgetService:
         *,
         tenant_id: str,
         dataset_id: str,
-        epsilon_cap: float,
+        epsilon_cap: float | None = None,
+        sampling_policy: SamplingPolicy | None = None,
         actor: str | None = None,
         reason: str | None = None,
     ) -> PrivacyBudgetRow:
-        """Raise (or lower, never below the ε spent) a cap; a ``budget_changed`` row.
+        """Change a budget: raise (or lower, never below the ε spent) its cap, and/or
+        set its sampling policy; one ``budget_changed`` row.
 
         Raises:
             NotFoundError: no budget for the dataset.
-            ConfigError: the new cap is invalid, equal, or below the ε spent.
+            ConfigError: nothing to change; the new cap is invalid, equal, or below the
+                ε spent; an unknown policy (``sampling_policy``).
         """
+        if epsilon_cap is None and sampling_policy is None:
+            raise ConfigError("epsilon_cap", "give a new cap, a sampling policy, or both")
+        if sampling_policy is not None and sampling_policy not in SAMPLING_POLICIES:
+            raise ConfigError("sampling_policy", f"must be one of {SAMPLING_POLICIES}")
         budget: DatasetBudget | None = None
         self.key()  # before any transaction: the keyring uses its own connection
         try:
             with self.db.transaction() as session:
                 row = self._get_row(session, tenant_id, dataset_id, lock=True)
                 budget = self._budget(session, row)
-                if epsilon_cap == row.epsilon_cap:
-                    raise ConfigError("epsilon_cap", f"the cap is already {epsilon_cap!r}")
-                self.set_cap(session, row, budget, epsilon_cap, actor=actor, reason=reason)
+                cap = row.epsilon_cap if epsilon_cap is None else epsilon_cap
+                policy = sampling_policy or row.sampling_policy
+                if cap == row.epsilon_cap and policy == row.sampling_policy:
+                    raise ConfigError(
+                        "epsilon_cap" if sampling_policy is None else "sampling_policy",
+                        f"the budget already has cap {row.epsilon_cap!r} and sampling "
+                        f"policy {row.sampling_policy!r}",
+                    )
+                self.set_cap(
+                    session, row, budget, cap, actor=actor, reason=reason, sampling_policy=policy
+                )
         except BaseException:
             self._forget(tenant_id, dataset_id)  # the in-memory cap may have moved
             raise
@@ -343,18 +379,26 @@ class BudgetService:
         *,
         actor: str | None,
         reason: str | None,
+        sampling_policy: SamplingPolicy | None = None,
     ) -> None:
-        """Move the locked budget's cap and append its ``budget_changed`` row (see
-        :meth:`lock`).
+        """Move the locked budget's cap (and policy) and append its ``budget_changed``
+        row (see :meth:`lock`).
 
         Raises:
             ConfigError: the new cap is invalid, or below the ε spent.
         """
         if epsilon_cap > row.epsilon_cap:
             change = budget.raise_cap(epsilon_cap)
-        else:
+        elif epsilon_cap < row.epsilon_cap:
             change = budget.lower_cap(epsilon_cap)
+        else:
+            change = CapChange(
+                previous_cap=row.epsilon_cap,
+                new_cap=row.epsilon_cap,
+                epsilon_spent=budget.epsilon(),
+            )
         row.epsilon_cap = change.new_cap
+        row.sampling_policy = sampling_policy or row.sampling_policy
         self._append(
             session,
             row,
@@ -368,6 +412,7 @@ class BudgetService:
                 "cap": change.new_cap,
                 "actor": actor,
                 "reason": reason,
+                "sampling_policy": row.sampling_policy,
                 "library_versions": self.versions(budget.schedule),
                 "created_at": utc_timestamp(),
             },
@@ -412,6 +457,7 @@ class BudgetService:
         noise_multiplier: float | None,
         sample_rate: float | None,
         dataset_size: int,
+        sampling: str = "client",
     ) -> None:
         """Refuse a new DP run up front if its dataset's budget cannot take its first step,
         or if the budget's δ is not below ``1/dataset_size`` (the run's N).
@@ -426,7 +472,8 @@ class BudgetService:
         Raises:
             ConflictError: (``dp_config.dataset_id``) the dataset has no budget and no
                 ``default_epsilon_cap`` is set, or its budget's δ ≥ 1/N (the message
-                names the budget's δ and N).
+                names the budget's δ and N); (``dp_config.sampling``) the run declares its
+                own sampling and the budget's policy is ``server-only``.
             BudgetExceededError: the budget is spent, or one (σ, q) step would exceed it.
         """
         with self.db.sessions() as session:
@@ -436,6 +483,8 @@ class BudgetService:
                     raise _no_budget(dataset_id, field="dp_config.dataset_id")
                 return
             budget = self._budget(session, row)
+            policy = row.sampling_policy
+        refuse_by_policy(policy, sampling=sampling, dataset_id=dataset_id, created=False)
         try:
             check_delta(delta=budget.delta, dataset_size=dataset_size, field="delta")
         except ConfigError as exc:
@@ -504,6 +553,7 @@ class BudgetService:
             "epsilon_cap": row.epsilon_cap,
             "delta": row.delta,
             "accountant": row.accountant,
+            "sampling_policy": row.sampling_policy,
             "epsilon_spent": spent,
             "epsilon_spent_exact": budget.exact_epsilon() if exact else None,
             "epsilon_remaining": max(0.0, row.epsilon_cap - spent),
@@ -516,6 +566,30 @@ class BudgetService:
         }
 
 
+def default_policy(settings: Settings) -> SamplingPolicy:
+    """New budgets' sampling policy: ``server-only`` in production (the ε then holds
+    whatever the training script does), ``any`` in development."""
+    return "server-only" if settings.environment == "production" else "any"
+
+
+def refuse_by_policy(policy: str, *, sampling: str, dataset_id: str, created: bool) -> None:
+    """Raise unless a run that samples as ``sampling`` may train under ``policy``.
+
+    Raises:
+        ConflictError: (``dp_config.sampling``) a client-declared run on a
+            ``server-only`` budget.
+    """
+    if policy == "server-only" and sampling != "server":
+        what = "this step was not taken" if created else "the run was not created"
+        raise ConflictError(
+            f"the privacy budget of dataset {dataset_id!r} allows only runs whose batches the "
+            "server draws (sampling policy server-only); register the data with "
+            "create_dataset and name that dataset, or ask a privacy officer to change the "
+            f"policy; {what}",
+            field="dp_config.sampling",
+        )
+
+
 def _no_budget(dataset_id: str, *, field: str = "dataset_id") -> ConflictError:
     return ConflictError(
         f"no privacy budget for dataset {dataset_id!r}; an admin must create one "
@@ -525,4 +599,11 @@ def _no_budget(dataset_id: str, *, field: str = "dataset_id") -> ConflictError:
     )
 
 
-__all__ = ["DEFAULT_DELTA", "BudgetService"]
+__all__ = [
+    "DEFAULT_DELTA",
+    "SAMPLING_POLICIES",
+    "BudgetService",
+    "SamplingPolicy",
+    "default_policy",
+    "refuse_by_policy",
+]

@@ -249,6 +249,7 @@ def _admit(budgets: BudgetService, *, tenant_id: str, spec: EngineSpec, dataset_
         noise_multiplier=sigma,
         sample_rate=None if sigma is None else spec.dp.resolve().sample_rate,
         dataset_size=spec.dp.dataset_size,
+        sampling=spec.sampling or "client",
     )
 
 

@@ -49,7 +49,7 @@ from server.errors import ConflictError, ServiceError, ValidationError, describe
 from server.queue import FutureNotifier, QueuedOperation
 from server.services import artifacts as artifact_service
 from server.services import drawn_batches, run_history
-from server.services.budgets import BudgetService
+from server.services.budgets import BudgetService, default_policy
 from server.services.dataset_reader import DatasetReader
 from server.services.datasets import DatasetService
 from server.services.declared_batches import example_digests
@@ -128,7 +128,12 @@ class OperationExecutor:
         self.notifier = notifier
         self.settings = settings
         self.engines = RunEngines(db=db, store=store, keyring=keyring, settings=settings)
-        self.budgets = BudgetService(db, keyring, default_epsilon_cap=settings.default_epsilon_cap)
+        self.budgets = BudgetService(
+            db,
+            keyring,
+            default_epsilon_cap=settings.default_epsilon_cap,
+            default_sampling_policy=default_policy(settings),
+        )
         self.datasets = DatasetService(db, store, keyring)
         self._handlers: dict[str, Callable[[OperationRow, TrainingRunRow, Request], Outcome]] = {
             LOAD_MODEL: self._load_model,

@@ -254,10 +254,18 @@ def _chain_section(report: AuditReport) -> str:
     return _section("chain", verdict=verdict, replay=replay_text)
 
 
+_POLICY_WORDS = {
+    "server-only": "server-drawn batches only",
+    "any": "client-declared batches allowed",
+}
+
+
 def _changes_section(report: AuditReport) -> str:
     rows = []
     for change in report.budget_changes:
         what = "Budget created" if change.kind == "budget_created" else "Cap changed"
+        if change.sampling_policy is not None:
+            what += f" · sampling: {_POLICY_WORDS.get(change.sampling_policy, '?')}"
         before = "—" if change.previous_cap is None else _num(change.previous_cap)
         rows.append(
             f"<tr><td class=num>{change.seq}</td><td>{_e(_time(change.created_at))}</td>"

@@ -117,6 +117,8 @@ class BudgetChange:
         epsilon_spent: the dataset's ε at that moment.
         actor: who made the change, if recorded.
         reason: the reason given, if any.
+        sampling_policy: the sampling policy after the change (``"server-only"``,
+            ``"any"``), when the row records one.
     """
 
     seq: int
@@ -127,6 +129,7 @@ class BudgetChange:
     epsilon_spent: float
     actor: str | None
     reason: str | None
+    sampling_policy: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -477,6 +480,7 @@ def _budget_changes(rows: tuple[LedgerEvent, ...]) -> tuple[BudgetChange, ...]:
                     epsilon_spent=event.epsilon_dataset_total,
                     actor=event.actor,
                     reason=event.reason,
+                    sampling_policy=event.sampling_policy,
                 )
             )
         previous = event.cap

@@ -173,3 +173,46 @@ def test_the_ledger_manifest_and_report_say_who_drew_the_batches(
     assert "client-declared" in declared_report["notices"][0]
     page = api.client.get("/v1/audit/default/report", params={"format": "html"}, headers=headers)
     assert "Please note" in page.text and "built by the client" in page.text
+
+
+def test_a_server_only_budget_refuses_client_declared_runs(api: Harness) -> None:
+    from sqlalchemy import select
+
+    from server.db.models import LedgerEventRow
+    from server.services.budgets import default_policy
+    from server.settings import Settings
+    from tests.server.harness import TRAIN_AND_OFFICER
+
+    assert default_policy(Settings(environment="production")) == "server-only"
+    assert default_policy(Settings(environment="development")) == "any"
+    headers = api.tenant(scopes=TRAIN_AND_OFFICER)
+    created = api.client.post("/v1/budgets", json={"dataset_id": "strict", "epsilon_cap": 50.0,
+                              "sampling_policy": "server-only"}, headers=headers)  # fmt: skip
+    assert created.status_code == 201 and created.json()["sampling_policy"] == "server-only"
+    declared = {"noise_multiplier": 1.0, "dataset_size": 1000, "expected_batch_size": 4,
+                "dataset_id": "strict"}  # fmt: skip
+    answer = api.client.post("/v1/training_runs", json={"model_ref": "tiny-llama",
+                             "dp_config": declared}, headers=headers)  # fmt: skip
+    assert answer.status_code == 409 and answer.json()["field"] == "dp_config.sampling"
+    opened = api.client.patch("/v1/budgets/strict", json={"sampling_policy": "any"},
+                              headers=headers)  # fmt: skip
+    assert opened.status_code == 200 and opened.json()["sampling_policy"] == "any"
+    run_id = api.create_run(headers, dp_config=declared)
+    api.call(headers, run_id, "forward_backward", {"batch": {"input_ids": [[1, 2, 3]],
+                                                             "labels": [[2, 3, 4]]}})  # fmt: skip
+    closed = api.client.patch("/v1/budgets/strict", json={"sampling_policy": "server-only",
+                              "reason": "production data"}, headers=headers)  # fmt: skip
+    assert closed.status_code == 200
+    refused = api.fail(headers, run_id, "optim_step", {})
+    assert refused["field"] == "dp_config.sampling" and "not taken" in refused["detail"]
+    with api.context.db.sessions() as session:
+        rows = list(session.scalars(select(LedgerEventRow).where(
+            LedgerEventRow.tenant_id == api.last_tenant_id,
+            LedgerEventRow.dataset_id == "strict").order_by(LedgerEventRow.seq)))  # fmt: skip
+    assert [(r.kind, r.sampling_policy) for r in rows] == [
+        ("budget_created", "server-only"),
+        ("budget_changed", "any"),
+        ("budget_changed", "server-only"),
+    ]  # the refused step left no row
+    report = api.client.get("/v1/audit/strict/report", params={"format": "html"}, headers=headers)
+    assert "server-drawn batches only" in report.text
