@@ -91,18 +91,43 @@ def truncated_logits(logits: torch.Tensor, settings: RowSettings) -> torch.Tenso
         kth = torch.where(k[:, None] > 0, kth, neg_inf)
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
     if settings.any_top_p:
-        # Stable sort: ties keep their token-id order, so the nucleus of a row is
-        # the same whatever else is in the batch.
-        ordered, order = scaled.sort(dim=-1, descending=True, stable=True)
-        probs = ordered.softmax(dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs
-        # Rows without top-p keep everything (rounding could push the cumulative
-        # mass of their tail past 1).
-        enabled = (settings.top_p < 1)[:, None]
-        drop_sorted = (mass_before >= settings.top_p[:, None]) & enabled
-        drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
-        scaled = scaled.masked_fill(drop, float("-inf"))
+        scaled = scaled.masked_fill(_outside_nucleus(scaled, settings.top_p), float("-inf"))
     return scaled
+
+
+def _outside_nucleus(scaled: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Mask of the tokens outside each row's nucleus (rows with ``top_p == 1``: none).
+
+    The nucleus is a prefix of the tokens sorted by value (ties by token id): keep a
+    token while the probability mass before it is below ``top_p``. Sorting the whole
+    vocabulary is slow, so the ``m`` largest values are taken first (``m`` = 64, then
+    ×4): once the last kept token's value is strictly above every value left out,
+    no token outside the candidates can belong to the nucleus or tie with its
+    members, and the result is exactly that of the full sort.
+    """
+    vocab = scaled.shape[-1]
+    enabled = top_p < 1
+    log_total = scaled.logsumexp(dim=-1, keepdim=True)
+    m = 64
+    while True:
+        if m * 8 >= vocab:  # candidates would be most of the vocabulary: sort it all
+            values, ids = scaled.sort(dim=-1, descending=True, stable=True)
+        else:
+            values, ids = scaled.topk(m, dim=-1)
+            # canonical order among the candidates: value descending, then token id
+            ids, by_id = ids.sort(dim=-1)
+            values = values.gather(1, by_id)
+            values, by_value = values.sort(dim=-1, descending=True, stable=True)
+            ids = ids.gather(1, by_value)
+        probs = (values - log_total).exp()
+        keep = (probs.cumsum(dim=-1) - probs) < top_p[:, None]
+        last_kept = values.masked_fill(~keep, float("inf")).min(dim=-1).values
+        settled = last_kept > values[:, -1]
+        if ids.shape[-1] == vocab or bool((settled | ~enabled).all()):
+            break
+        m *= 16
+    outside = torch.ones_like(scaled, dtype=torch.bool).scatter_(1, ids, ~keep)
+    return outside & enabled[:, None]
 
 
 def draw_tokens(
@@ -111,25 +136,33 @@ def draw_tokens(
     """Choose one token per row of ``logits`` (``(B, V)``).
 
     Greedy rows take the argmax (sampled logprob ``0.0``) and use no randomness;
-    other rows draw ``u ~ U[0, 1)`` from their generator (a CPU ``torch.Generator``)
-    and take the first token whose cumulative probability exceeds ``u`` times the
-    total.
+    other rows draw ``u ~ U[0, 1)`` from their generator (a CPU ``torch.Generator``;
+    ``None`` counts as ``u = 0``) and invert their cumulative distribution
+    (:func:`inverse_cdf`).
     """
     logits = logits.float()
     model_lp = logits.log_softmax(dim=-1)
-    tokens = logits.argmax(dim=-1)
     sampled = torch.zeros_like(model_lp[:, 0])
-    if settings.any_sampled:
-        dist_lp = truncated_logits(logits, settings).log_softmax(dim=-1)
-        cdf = dist_lp.exp().double().cumsum(dim=-1)
-        uniforms = [
-            0.0 if g is None else float(torch.rand((), generator=g, dtype=torch.float64))
-            for g in generators
-        ]
-        target = torch.tensor(uniforms, dtype=torch.float64, device=cdf.device) * cdf[:, -1]
-        drawn = torch.searchsorted(cdf, target[:, None], right=True).squeeze(1)
-        drawn = drawn.clamp(max=logits.shape[-1] - 1)
-        tokens = torch.where(settings.greedy, tokens, drawn)
+    if not settings.any_sampled:
+        tokens = logits.argmax(dim=-1)
+    else:
+        untouched = (
+            not settings.any_top_k
+            and not settings.any_top_p
+            and bool((settings.temperature == 1).all())
+        )
+        dist_lp = model_lp if untouched else truncated_logits(logits, settings).log_softmax(-1)
+        uniforms = torch.tensor(
+            [
+                0.0 if g is None else float(torch.rand((), generator=g, dtype=torch.float64))
+                for g in generators
+            ],
+            dtype=torch.float64,
+            device=logits.device,
+        )
+        tokens = inverse_cdf(dist_lp.exp(), uniforms)
+        if bool(settings.greedy.any()):
+            tokens = torch.where(settings.greedy, logits.argmax(dim=-1), tokens)
         chosen = dist_lp.gather(1, tokens[:, None]).squeeze(1)
         sampled = torch.where(settings.greedy, sampled, chosen)
     return Draw(
@@ -139,4 +172,30 @@ def draw_tokens(
     )
 
 
-__all__ = ["Draw", "RowSettings", "draw_tokens", "truncated_logits"]
+def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor, *, block: int = 256) -> torch.Tensor:
+    """Per row, the first token whose cumulative probability exceeds ``u × total``.
+
+    ``probs`` (``(B, V)``, ≥ 0, any positive total) need not be normalised. The
+    cumulative sum is taken in two levels, in float64: over blocks of ``block``
+    tokens, then inside the chosen block, which avoids a sequential scan of the
+    whole vocabulary. The token returned always has a positive probability.
+    """
+    rows, vocab = probs.shape
+    blocks = -(-vocab // block)
+    padded = torch.nn.functional.pad(probs, (0, blocks * block - vocab)).view(rows, blocks, block)
+    block_cdf = padded.double().sum(dim=-1).cumsum(dim=-1)
+    target = uniforms * block_cdf[:, -1]
+    b = torch.searchsorted(block_cdf, target[:, None], right=True).clamp(max=blocks - 1)
+    before = torch.where(b > 0, block_cdf.gather(1, (b - 1).clamp(min=0)), 0.0)
+    inside = padded[torch.arange(rows, device=probs.device), b.squeeze(1)]  # (B, block)
+    inner_cdf = inside.double().cumsum(dim=-1) + before
+    j = torch.searchsorted(inner_cdf, target[:, None], right=True)
+    # Rounding can leave the target just past the block's own running sum: take the
+    # block's last token with positive probability then.
+    positions = torch.arange(block, device=probs.device)
+    last_positive = torch.where(inside > 0, positions, -1).max(dim=-1, keepdim=True).values
+    j = torch.minimum(j, last_positive)
+    return (b * block + j).squeeze(1)
+
+
+__all__ = ["Draw", "RowSettings", "draw_tokens", "inverse_cdf", "truncated_logits"]
