@@ -85,12 +85,19 @@ def _serve(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------- db
 def _db_upgrade(args: argparse.Namespace) -> int:
-    from server.db.migrate import upgrade_database
+    from server.db.migrate import head_revision, upgrade_database
+    from server.services.legacy_dp_steps import carry_over_legacy_dp_steps
 
     settings = _settings(args)
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     upgrade_database(settings.resolved_database_url(), revision=args.revision)
     print(f"database at revision {args.revision}")
+    if args.revision not in ("head", head_revision()):
+        return 0  # the legacy dp_steps rows move into the ledger at head only
+    with _budget_service(args) as service:
+        carried = carry_over_legacy_dp_steps(service.db, service)
+    if carried:
+        print(f"carried {carried} step(s) of the old dp_steps table into the privacy ledger")
     return 0
 
 
@@ -268,11 +275,12 @@ def _resolve_tenant(service: Any, dataset_id: str, tenant_id: str | None) -> str
 def _audit_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from server.services.audits import audit_report
     from tensafe.audit import render_html
 
     with _budget_service(args) as service:
         tenant_id = _resolve_tenant(service, args.dataset, args.tenant)
-        report = service.audit_report(tenant_id=tenant_id, dataset_id=args.dataset)
+        report = audit_report(service, tenant_id=tenant_id, dataset_id=args.dataset)
     text = render_html(report) if args.format == "html" else report.to_json() + "\n"
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
@@ -283,10 +291,10 @@ def _audit_report(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from server.services.budgets import first_broken
+    from server.services.audits import first_broken, verify_chains
 
     with _budget_service(args) as service:
-        results = service.verify(tenant_id=args.tenant, dataset_id=args.dataset)
+        results = verify_chains(service, tenant_id=args.tenant, dataset_id=args.dataset)
     for result in results:
         r = result.report
         state = "ok" if r.ok else f"BROKEN at seq {r.first_broken_seq}: {r.reason}"
@@ -381,7 +389,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "dataset_id",
     )
     create_budget.add_argument("--epsilon-cap", type=float, required=True)
-    create_budget.add_argument("--delta", type=float, default=None, help="default 1e-5")
+    create_budget.add_argument(
+        "--delta",
+        type=float,
+        default=None,
+        help="default 1e-5; must be < 0.01, and each run on the dataset needs δ < 1/N",
+    )
     create_budget.add_argument("--accountant", choices=("prv", "rdp"), default="prv")
     create_budget.add_argument("--reason")
     raise_budget = _add_command(

@@ -18,6 +18,7 @@ from server.db.session import Database
 from server.queue import FutureNotifier, RunQueue
 from server.services import artifacts as artifact_service
 from server.services.keys import build_keyring
+from server.services.legacy_dp_steps import carry_over_legacy_dp_steps
 from server.services.operations import fail_interrupted, purge_results
 from server.services.tenants import ApiKeyHasher, build_hasher
 from server.settings import Settings
@@ -63,6 +64,7 @@ class ServerContext:
             return
         if self.settings.auto_migrate:
             upgrade_database(self.db.url)
+        carry_over_legacy_dp_steps(self.db, self.executor.budgets)
         failed = fail_interrupted(self.db)
         if failed:
             log.warning(

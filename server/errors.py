@@ -90,6 +90,14 @@ class ServiceUnavailableError(ServerError):
     status_code = 503
 
 
+class EngineAheadError(RuntimeError):
+    """A run's engine changed (a noisy step, a restored checkpoint) but the change
+    could not be committed: the engine is ahead of the database and must be discarded
+    (the run is rebuilt from its checkpoint and the ledger). The client sees an opaque
+    500. Deliberately not a :class:`ServiceError`: those are clean refusals that leave
+    engines untouched."""
+
+
 # tensafe error class -> HTTP status (the first matching base wins; order matters).
 _TENSAFE_STATUS: tuple[tuple[type[ts.TenSafeError], int], ...] = (
     (ts.ArtifactNotFoundError, 404),
@@ -139,6 +147,7 @@ __all__ = [
     "AuthenticationError",
     "Category",
     "ConflictError",
+    "EngineAheadError",
     "NotFoundError",
     "PayloadTooLargeError",
     "ResultExpiredError",

@@ -20,6 +20,7 @@ from tg_tinker.types import (
 )
 
 from server.api.deps import BudgetsDep, CurrentTenant
+from server.services import audits
 from server.services.budgets import BudgetService
 from tensafe.audit import render_html
 
@@ -34,7 +35,8 @@ def _wire(service: BudgetService, tenant_id: str, dataset_id: str) -> PrivacyBud
 
 @router.post("/v1/budgets", status_code=status.HTTP_201_CREATED, response_model=PrivacyBudget)
 def create_budget(body: BudgetCreate, tenant: CurrentTenant, service: BudgetsDep) -> PrivacyBudget:
-    """Create the ε budget of one of your datasets (409 if it has one)."""
+    """Create the ε budget of one of your datasets (409 if it has one; 422 naming
+    ``delta`` if δ ≥ 0.01, which no dataset of 100 examples or more could use)."""
     service.create_budget(
         tenant_id=tenant.tenant_id,
         dataset_id=body.dataset_id,
@@ -96,7 +98,7 @@ async def audit_report(
 ) -> Response:
     """The dataset's audit report (JSON, or a self-contained HTML page with plots)."""
     report = await run_in_threadpool(
-        service.audit_report, tenant_id=tenant.tenant_id, dataset_id=dataset_id
+        audits.audit_report, service, tenant_id=tenant.tenant_id, dataset_id=dataset_id
     )
     if format == "html":
         html = await run_in_threadpool(render_html, report)
@@ -111,7 +113,7 @@ def verify_ledger(
     dataset_id: Annotated[str | None, Query()] = None,
 ) -> LedgerVerification:
     """Verify the HMAC chain of each of your datasets (or of one)."""
-    results = service.verify(tenant_id=tenant.tenant_id, dataset_id=dataset_id)
+    results = audits.verify_chains(service, tenant_id=tenant.tenant_id, dataset_id=dataset_id)
     return LedgerVerification(
         ok=all(r.report.ok for r in results), chains=[r.to_dict() for r in results]
     )

@@ -12,14 +12,14 @@ Tables (see ``docs/operations.md`` for what each keeps across restarts):
   request, result or error.
 * ``artifacts`` — encrypted checkpoints: where the ciphertext lives, its size and
   SHA-256, the step and DP history length at save time, optional expiry.
-* ``dp_steps`` — one row per noisy optimizer step (σ, q, C, N, δ, accountant, ε
-  after the step), written in the transaction that completes the step; rows carried
-  over from another run's checkpoint name their origin.
 * ``privacy_budgets`` — one ε cap per (tenant, dataset), with the head (seq, link) of
   that dataset's ledger chain, updated in the transaction that appends a row.
 * ``ledger_events`` — the append-only, HMAC-chained privacy ledger (one chain per
-  (tenant, dataset); see :mod:`server.services.budgets`). Updates and deletes are
-  refused by database triggers (migration 0002) and by :func:`_refuse_ledger_changes`.
+  (tenant, dataset); see :mod:`server.services.ledger`): the one record of every
+  noisy step, refusal and budget change. Updates and deletes are refused by database
+  triggers (migration 0002) and by :func:`_refuse_ledger_changes`.
+* ``dp_steps`` — a read-only *view* of the ledger's noisy steps per run
+  (:class:`DPStepRow`, migration 0004), for operators' queries.
 
 Timestamps are timezone-aware UTC on every backend (:class:`UTCDateTime`).
 """
@@ -211,40 +211,6 @@ class ArtifactRow(Base):
     expires_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
-class DPStepRow(Base):
-    """One noisy optimizer step of a run (or one carried over from a loaded checkpoint)."""
-
-    __tablename__ = "dp_steps"
-    __table_args__ = (
-        UniqueConstraint("run_id", "seq"),
-        UniqueConstraint("run_id", "origin_run_id", "origin_seq"),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(
-        ForeignKey("training_runs.run_id", ondelete="CASCADE"), index=True
-    )
-    tenant_id: Mapped[str] = mapped_column(
-        ForeignKey("tenants.tenant_id", ondelete="CASCADE"), index=True
-    )
-    seq: Mapped[int]
-    model_step: Mapped[int | None]
-    future_id: Mapped[str | None] = mapped_column(String(64))
-    origin_run_id: Mapped[str | None] = mapped_column(String(64))
-    origin_seq: Mapped[int | None]
-    noise_multiplier: Mapped[float] = mapped_column(Double)
-    sample_rate: Mapped[float] = mapped_column(Double)
-    max_grad_norm: Mapped[float] = mapped_column(Double)
-    dataset_size: Mapped[int] = mapped_column(BigInteger)
-    expected_batch_size: Mapped[float] = mapped_column(Double)
-    delta: Mapped[float] = mapped_column(Double)
-    accountant: Mapped[str] = mapped_column(String(16))
-    epsilon: Mapped[float | None] = mapped_column(Double)
-    dataset_id: Mapped[str | None] = mapped_column(String(200))
-    library_versions: Mapped[dict[str, Any]]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
 class PrivacyBudgetRow(Base):
     """The ε budget of one dataset of one tenant, and the head of its ledger chain."""
 
@@ -298,12 +264,54 @@ class LedgerEventRow(Base):
     epsilon_run_exact: Mapped[float | None] = mapped_column(Double)
     origin_run_id: Mapped[str | None] = mapped_column(String(64))
     origin_seq: Mapped[int | None] = mapped_column(BigInteger)
+    run_delta: Mapped[float | None] = mapped_column(Double)  # migration 0004
+    run_accountant: Mapped[str | None] = mapped_column(String(16))
     actor: Mapped[str | None] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
     library_versions: Mapped[dict[str, Any]]
     created_at: Mapped[str] = mapped_column(String(32))
     prev_link: Mapped[str] = mapped_column(String(64))
     link: Mapped[str] = mapped_column(String(64))
+
+
+class ViewBase(DeclarativeBase):
+    """Read-only classes mapped onto SQL views (kept out of ``Base.metadata``: the
+    migrations create the views, and autogenerate must not see them as tables)."""
+
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON()}
+
+
+class DPStepRow(ViewBase):
+    """One noisy step of a run, own or carried in by ``load_state``: a row of the
+    ``dp_steps`` view over ``ledger_events`` (migration 0004). Read-only.
+
+    ``seq`` numbers the run's noisy steps 1, 2, 3, …; ``origin_seq`` gives that
+    number of the original step in its own run; ``delta``/``accountant`` are the
+    run's; ``epsilon`` is the run's exact ε after an own step (null when carried).
+    """
+
+    __tablename__ = "dp_steps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    dataset_id: Mapped[str] = mapped_column(String(200))
+    ledger_seq: Mapped[int] = mapped_column(BigInteger)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32))
+    model_step: Mapped[int | None] = mapped_column(BigInteger)
+    origin_run_id: Mapped[str | None] = mapped_column(String(64))
+    origin_seq: Mapped[int | None] = mapped_column(BigInteger)
+    noise_multiplier: Mapped[float] = mapped_column(Double)
+    sample_rate: Mapped[float] = mapped_column(Double)
+    max_grad_norm: Mapped[float] = mapped_column(Double)
+    dataset_size: Mapped[int] = mapped_column(BigInteger)
+    expected_batch_size: Mapped[float] = mapped_column(Double)
+    delta: Mapped[float] = mapped_column(Double)
+    accountant: Mapped[str] = mapped_column(String(16))
+    epsilon: Mapped[float | None] = mapped_column(Double)
+    library_versions: Mapped[dict[str, Any]]
+    created_at: Mapped[str] = mapped_column(String(32))
 
 
 class LedgerImmutableError(RuntimeError):
@@ -343,5 +351,6 @@ __all__ = [
     "TenantKeyRow",
     "TrainingRunRow",
     "UTCDateTime",
+    "ViewBase",
     "utcnow",
 ]

@@ -8,8 +8,8 @@ store streams the ciphertext, and opening checks every chunk, the key commitment
 the plaintext hash and the content hash.
 
 TTL: with ``artifact_ttl_s`` set, each artifact gets ``expires_at``; once passed it
-is 404 everywhere and :func:`sweep_expired` deletes the blob and the row. DP rows
-(``dp_steps``) are never deleted with an artifact.
+is 404 everywhere and :func:`sweep_expired` deletes the blob and the row. The privacy
+ledger is never touched by an artifact's deletion.
 """
 
 from __future__ import annotations

@@ -268,13 +268,18 @@ def claim_operation(db: Database, *, future_id: str) -> OperationRow | None:
         return op
 
 
-def mark_completed(session: Session, op: OperationRow, result: BaseModel) -> None:
-    """Record a result (in the caller's transaction)."""
+def complete_operation(session: Session, op: OperationRow, result: BaseModel) -> None:
+    """Record the operation's result and hand its run back (``BUSY`` → ``READY``), in the
+    caller's transaction — the one path by which an operation completes, so the
+    client sees the result exactly when the operation's effects are committed."""
     row = session.get(OperationRow, op.future_id)
     assert row is not None
     row.status = "completed"
     row.result = result.model_dump(mode="json")
     row.completed_at = utcnow()
+    run = session.get(TrainingRunRow, op.run_id)
+    if run is not None and run.status == "BUSY":
+        run.status = "READY"
 
 
 def mark_failed(session: Session, op: OperationRow, body: ErrorBody) -> None:
@@ -316,10 +321,10 @@ __all__ = [
     "RESTART_ERROR",
     "cancel_future",
     "claim_operation",
+    "complete_operation",
     "fail_interrupted",
     "future_state",
     "get_operation",
-    "mark_completed",
     "mark_failed",
     "purge_results",
     "read_future",

@@ -132,13 +132,17 @@ def create_training_run(
     A DP run is charged to its dataset's budget (``dp_config.dataset_id``, else the
     tenant's ``default`` dataset): it is refused if that dataset has no budget (and
     the server sets no default cap), or if the budget cannot afford the run's first
-    step. The admission check runs before, not inside, the creating transaction: its
-    ε evaluation can take a while and must not hold a write lock.
+    step, or if its δ is not below 1/N for the run's ``dataset_size`` N (a budget's δ
+    is fixed at creation; a run's own δ defaults to ``min(1e-5, N^-1.1)``). The
+    admission check runs before, not inside, the creating transaction: its ε evaluation
+    can take a while and must not hold a write lock.
 
     Raises:
-        ValidationError: invalid config or one the server's policy refuses (422).
-        ConflictError: the budget refuses the run; the idempotency key was used for a
-            different config (409).
+        ValidationError: invalid config or one the server's policy refuses, e.g.
+            ``dp_config.target_delta`` ≥ 1/N (422).
+        ConflictError: the budget refuses the run (its δ ≥ 1/N: field
+            ``dp_config.dataset_id``); the idempotency key was used for a different
+            config (409).
     """
     spec = engine_spec(config, settings=settings)  # 422 before anything else
     if spec.dataset_id is not None:
@@ -162,12 +166,16 @@ def create_training_run(
 
 
 def _admit(budgets: BudgetService, *, tenant_id: str, spec: EngineSpec, dataset_id: str) -> None:
+    """The budget's verdict on a validated DP run (its own δ is already < 1/N: a
+    ``target_delta`` ≥ 1/N fails :func:`engine_spec`, and the default is below it)."""
     sigma = spec.dp.noise_multiplier
+    assert spec.dp.dataset_size is not None  # an enabled DPConfig has one
     budgets.admit_run(
         tenant_id=tenant_id,
         dataset_id=dataset_id,
         noise_multiplier=sigma,
         sample_rate=None if sigma is None else spec.dp.resolve().sample_rate,
+        dataset_size=spec.dp.dataset_size,
     )
 
 

@@ -1,19 +1,21 @@
 """Run one operation: claim it, call the run's engine, persist result or error.
 
 One :class:`~tensafe.engine.TrainingEngine` per run lives in memory
-(:class:`RunRuntime`). Each operation's outcome is written in one transaction
-together with its side effects — above all, a noisy ``optim_step``'s ``dp_steps``
-row is committed in the same transaction that marks the future completed, so a
-step the client can see is always accounted. If that transaction fails after the
-engine changed, the engine is discarded (:meth:`OperationExecutor.evict`): the run
-is rebuilt on next use from its last checkpoint and its DP rows, exactly as after
-a restart (:mod:`server.worker.runtimes`), so memory never runs ahead of the database.
+(:class:`RunRuntime`). Each operation's outcome is committed in one transaction
+together with its side effects (:func:`~server.services.operations.complete_operation`
+is the one path that completes a future). Two operations commit through a service of
+their own, because their effects are privacy records:
 
-Every DP run is charged to a dataset's privacy budget (the ``dataset_id`` it names,
-else the tenant's ``default`` dataset): its ``optim_step`` runs inside
-:meth:`BudgetService.run_step` — one transaction that locks the budget, checks the
-step before any noise is drawn, steps the engine, appends the ledger row, writes the
-``dp_steps`` row and completes the future.
+* a DP run's ``optim_step`` is :func:`server.services.dp_step.charge_and_step` and
+  nothing else — lock the dataset's budget, check, step the engine, append the
+  ledger row, complete, commit;
+* ``load_state`` restores the engine, then :func:`server.services.run_history.record_load`
+  commits the carried privacy history with the completed future.
+
+If a commit fails after the engine changed, the engine is discarded
+(:meth:`OperationExecutor.evict`): the run is rebuilt on next use from its last
+checkpoint and the ledger, exactly as after a restart (:mod:`server.worker.runtimes`),
+so memory never runs ahead of the database.
 """
 
 from __future__ import annotations
@@ -45,11 +47,12 @@ from server.db.session import Database
 from server.errors import ConflictError, ServiceError, ValidationError, describe_error
 from server.queue import FutureNotifier, QueuedOperation
 from server.services import artifacts as artifact_service
-from server.services import privacy
-from server.services.budgets import BudgetService, StepOutcome
+from server.services import run_history
+from server.services.budgets import BudgetService
+from server.services.dp_step import charge_and_step
 from server.services.operations import (
     claim_operation,
-    mark_completed,
+    complete_operation,
     mark_failed,
     refuse_if_closed,
 )
@@ -63,7 +66,7 @@ from server.services.wire import (
 )
 from server.settings import Settings
 from server.storage import ArtifactStore
-from server.worker import checkpoints
+from server.worker import engine_checkpoints
 from server.worker.runtimes import RunEngines, RunRuntime
 from tensafe import errors as ts
 from tensafe.artifacts import TenantKeyring, new_artifact_id
@@ -177,9 +180,7 @@ class OperationExecutor:
                 assert run is not None
                 if outcome.effects is not None:
                     outcome.effects(session, run)
-                if run.status == "BUSY":
-                    run.status = "READY"
-                mark_completed(session, op, outcome.result)
+                complete_operation(session, op, outcome.result)
         except BaseException:
             if outcome.engine_changed:
                 log.error(
@@ -281,8 +282,15 @@ class OperationExecutor:
                 "this run uses differential privacy; every step adds noise", field="apply_dp_noise"
             )
         if engine.dp is not None:  # every DP step is charged to a dataset budget
-            dataset_id = runtime.spec.dataset_id or DEFAULT_DATASET_ID
-            return self._budgeted_optim_step(op, run, engine, request, dataset_id)
+            response = charge_and_step(
+                self.db,
+                self.budgets,
+                op=op,
+                engine=engine,
+                adam_params=adam_params(request),
+                dataset_id=_charged_dataset(runtime),
+            )
+            return Outcome(result=response, committed=True, engine_changed=True)
         result = engine.optim_step(adam_params(request))  # no DP: nothing to account
 
         def effects(session: Session, row: TrainingRunRow) -> None:
@@ -290,75 +298,6 @@ class OperationExecutor:
             row.pending_examples = 0
 
         return Outcome(result=optim_output(result), effects=effects, engine_changed=True)
-
-    def _budgeted_optim_step(
-        self,
-        op: OperationRow,
-        run: TrainingRunRow,
-        engine: TrainingEngine,
-        request: OptimStepRequest,
-        dataset_id: str,
-    ) -> Outcome:
-        """``optim_step`` charged to the dataset's budget, committed by the budget service."""
-        assert engine.dp is not None
-        dp = engine.dp.config
-        stepped = False
-        answered: list[BaseModel] = []
-
-        def take() -> Any:
-            nonlocal stepped
-            stepped = True  # from here on the engine may have changed
-            return engine.optim_step(adam_params(request))
-
-        def effects(session: Session, result: Any, outcome: StepOutcome) -> None:
-            row = session.get(TrainingRunRow, op.run_id)
-            assert row is not None
-            if result.dp_metrics is not None:
-                privacy.record_dp_step(
-                    session,
-                    run=row,
-                    future_id=op.future_id,
-                    model_step=result.step,
-                    metrics=result.dp_metrics,
-                    dataset_size=dp.dataset_size,
-                    dataset_id=dataset_id,
-                )
-            row.step = result.step
-            row.pending_examples = 0
-            if row.status == "BUSY":
-                row.status = "READY"
-            out = optim_output(result)
-            charge = outcome.charge
-            out.metrics.update(
-                {
-                    "dp/epsilon_dataset": charge.epsilon_dataset_total,
-                    "dp/epsilon_run_ledger": charge.epsilon_run_total,
-                    "dp/epsilon_cap": charge.cap,
-                    "dp/ledger_seq": float(outcome.event.seq),
-                }
-            )
-            mark_completed(session, op, out)
-            answered.append(out)
-
-        try:
-            self.budgets.run_step(
-                tenant_id=run.tenant_id,
-                dataset_id=dataset_id,
-                run_id=run.run_id,
-                noise_multiplier=dp.noise_multiplier,
-                sample_rate=dp.sample_rate,
-                max_grad_norm=dp.max_grad_norm,
-                dataset_size=dp.dataset_size,
-                delta=dp.delta,
-                take_step=take,
-                effects=effects,
-            )
-        except BaseException:
-            if stepped:
-                log.error("budgeted optim_step of %s failed after the engine stepped", run.run_id)
-                self.evict(run.run_id)
-            raise
-        return Outcome(result=answered[0], committed=True, engine_changed=True)
 
     def _ttl(self) -> timedelta | None:
         ttl = self.settings.artifact_ttl_s
@@ -383,7 +322,7 @@ class OperationExecutor:
                     f"run {run.run_id} already has a checkpoint named {name!r} ({path})",
                     field="name",
                 )
-            dp_seq = privacy.last_seq(session, run.run_id)
+            dp_seq = run_history.history_length(session, run.run_id)
         artifact_id = new_artifact_id()
         sealed = artifact_service.seal_into_store(
             self.store,
@@ -406,7 +345,7 @@ class OperationExecutor:
             step=sealed.manifest.step,
             dp_seq=dp_seq,
             base_model=engine.name,
-            shape_signature=checkpoints.engine_signature(engine),
+            shape_signature=engine_checkpoints.engine_signature(engine),
             include_optimizer=include_optimizer,
             user_metadata=dict(sealed.manifest.metadata),
             key_id=sealed.key.key_id,
@@ -427,7 +366,7 @@ class OperationExecutor:
     def _save_state(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
         engine = self.engines.for_operation(op, run).engine
         request = SaveStateRequest.model_validate(payload or {})
-        tensors, manifest = checkpoints.training_state_payload(
+        tensors, manifest = engine_checkpoints.training_state_payload(
             engine, include_optimizer=request.include_optimizer, metadata=request.metadata
         )
         name = request.name or f"step-{engine.step}-{op.seq}"
@@ -462,7 +401,7 @@ class OperationExecutor:
     ) -> Outcome:
         engine = self.engines.for_operation(op, run).engine
         request = SaveWeightsForSamplerRequest.model_validate(payload or {})
-        kind, tensors, manifest = checkpoints.sampler_payload(engine, metadata={})
+        kind, tensors, manifest = engine_checkpoints.sampler_payload(engine, metadata={})
         row, discard = self._store_artifact(
             op,
             run,
@@ -499,34 +438,38 @@ class OperationExecutor:
             )
             source = session.get(TrainingRunRow, artifact.run_id)
             assert source is not None
-            checkpoints.check_compatible(artifact, source, run, engine, field=ref_field)
-            carried = privacy.steps_to_carry(
-                session,
-                target_run_id=run.run_id,
-                source_run_id=artifact.run_id,
-                upto_seq=artifact.dp_seq,
-            )
-            own = privacy.dp_rows(session, run.run_id)
+            engine_checkpoints.check_compatible(artifact, source, run, engine, field=ref_field)
+            carried = []
+            if engine.dp is not None:
+                carried = run_history.steps_to_carry(
+                    session,
+                    source_run_id=artifact.run_id,
+                    upto=artifact.dp_seq,
+                    target_run_id=run.run_id,
+                )
+            own = run_history.accountant_history(session, run.run_id)
             session.expunge(artifact)
         opened = artifact_service.open_from_store(self.store, self.keyring, artifact)
-        history = privacy.accountant_history(own) + privacy.accountant_history(carried)
-        step = checkpoints.restore_engine(
+        history = own + [(c.noise_multiplier, c.sample_rate) for c in carried]
+        step = engine_checkpoints.restore_engine(
             engine, tensors=opened.tensors, manifest=opened.manifest, history=history
         )
         runtime.needs_restore = None
         runtime.lost_examples = 0
-
-        def effects(session: Session, row: TrainingRunRow) -> None:
-            if carried:
-                privacy.insert_carried(session, run=row, steps=carried, future_id=op.future_id)
-            row.step = step
-            row.pending_examples = 0
-            row.last_checkpoint_artifact_id = artifact.artifact_id
-
         result = LoadStateResponse(
             artifact_id=artifact.artifact_id, path=artifact.path, step=step, status="loaded"
         )
-        return Outcome(result=result, effects=effects, engine_changed=True)
+        run_history.record_load(
+            self.db,
+            self.budgets,
+            op=op,
+            engine=engine,
+            dataset_id=_charged_dataset(runtime) if engine.dp is not None else None,
+            carried=carried,
+            artifact_id=artifact.artifact_id,
+            result=result,
+        )
+        return Outcome(result=result, committed=True, engine_changed=True)
 
     def _unload(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
         self.evict(run.run_id)
@@ -535,6 +478,11 @@ class OperationExecutor:
             row.status = "TERMINATED"
 
         return Outcome(result=UnloadModelResponse(model_id=run.run_id), effects=effects)
+
+
+def _charged_dataset(runtime: RunRuntime) -> str:
+    """The dataset whose budget a DP run's steps are charged to."""
+    return runtime.spec.dataset_id or DEFAULT_DATASET_ID
 
 
 __all__ = ["OperationExecutor", "Outcome", "leaves_engine_unchanged"]

@@ -3,7 +3,8 @@
 Rebuilding a run whose engine is gone (server restart, eviction):
 
 * it has a checkpoint (the last one saved or loaded): weights and optimizer come
-  from it, the accountant from **all** the run's ``dp_steps`` rows;
+  from it, the accountant from the run's whole privacy history in the ledger
+  (:func:`server.services.run_history.accountant_history`), never the checkpoint's copy;
 * it never took a step: it starts from fresh weights (same seed);
 * otherwise its weights are lost: every operation except ``load_state`` and
   ``unload`` is refused with a message saying to ``load_state`` a checkpoint.
@@ -30,11 +31,11 @@ from server.db.models import ArtifactRow, OperationRow, TrainingRunRow, utcnow
 from server.db.session import Database
 from server.errors import ConflictError
 from server.services import artifacts as artifact_service
-from server.services import privacy
+from server.services import run_history
 from server.services.wire import EngineSpec, engine_spec
 from server.settings import Settings
 from server.storage import ArtifactStore
-from server.worker import checkpoints
+from server.worker import engine_checkpoints
 from tensafe.artifacts import TenantKeyring
 from tensafe.engine import TrainingEngine
 from tensafe.losses import BatchLimits
@@ -136,7 +137,7 @@ class RunEngines:
             dp_config=spec.dp,
             optimizer=spec.optimizer,
             seed=spec.seed,
-            # Noise is seeded from the OS CSPRNG; a fixed seed only in development
+            # Noise is keyed from the OS CSPRNG; a fixed seed only in development
             # (tests comparing runs), since a known seed lets anyone subtract the noise.
             noise_seed=spec.seed if self.settings.deterministic_noise else None,
             device=self.settings.device,
@@ -180,7 +181,7 @@ class RunEngines:
             return runtime  # load_state restores it
         runtime.lost_examples = run.pending_examples
         with self.db.sessions() as session:
-            rows = privacy.dp_rows(session, run.run_id)
+            history = run_history.accountant_history(session, run.run_id)
             checkpoint = None
             if run.last_checkpoint_artifact_id is not None:
                 checkpoint = session.get(ArtifactRow, run.last_checkpoint_artifact_id)
@@ -195,11 +196,11 @@ class RunEngines:
         if checkpoint is not None:
             try:
                 opened = artifact_service.open_from_store(self.store, self.keyring, checkpoint)
-                step = checkpoints.restore_engine(
+                step = engine_checkpoints.restore_engine(
                     runtime.engine,
                     tensors=opened.tensors,
                     manifest=opened.manifest,
-                    history=privacy.accountant_history(rows),
+                    history=history,
                 )
             except Exception as exc:
                 log.error(
@@ -208,14 +209,14 @@ class RunEngines:
             else:
                 self._set_step(run.run_id, step)
                 log.info(
-                    "rebuilt run %s from checkpoint %s (step %d, %d DP rows)",
+                    "rebuilt run %s from checkpoint %s (step %d, %d noisy steps in the ledger)",
                     run.run_id,
                     checkpoint.artifact_id,
                     step,
-                    len(rows),
+                    len(history),
                 )
                 return runtime
-        if run.step == 0 and not rows:
+        if run.step == 0 and not history:
             return runtime  # never trained: fresh weights from the run's seed are its state
         runtime.needs_restore = (
             f"training run {run.run_id} lost its in-memory state (server restart) after step "

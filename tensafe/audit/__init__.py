@@ -6,7 +6,8 @@ rows and calls these functions; ``docs/audit.md`` is the auditor's guide.
 * :mod:`~tensafe.audit.ledger` — rows, canonical bytes, HMAC links, verification.
 * :mod:`~tensafe.audit.history` — ledger rows back into histories and budgets.
 * :mod:`~tensafe.audit.recompute` — ε re-derived with Google dp-accounting PLD and
-  Opacus PRV; replay of recorded values.
+  Opacus PRV (:mod:`~tensafe.audit.references`: PLD refined until it converges, PRV's
+  error interval); replay of recorded values.
 * :mod:`~tensafe.audit.report` / :mod:`~tensafe.audit.render` — the report, as
   JSON and as a self-contained HTML page.
 """

@@ -47,7 +47,11 @@ CARRIED_REQUIRED = (
 #: Fields a carried row must leave null (it is no step of this run on this dataset).
 CARRIED_NULL = ("step", "epsilon_step", "epsilon_requested")
 #: Run fields a step row may leave null (format 2).
-OPTIONAL_RUN_FIELDS = ("model_step", "epsilon_run_exact")
+OPTIONAL_RUN_FIELDS = ("model_step", "epsilon_run_exact", "run_delta", "run_accountant")
+#: Fields that qualify ``epsilon_run_exact`` and only exist beside it.
+EXACT_QUALIFIERS = ("run_delta", "run_accountant")
+#: Accountants an ε may come from.
+ACCOUNTANTS = ("prv", "rdp")
 #: Fields only carried rows have.
 ORIGIN_FIELDS = ("origin_run_id", "origin_seq")
 
@@ -79,6 +83,7 @@ def validate_event(event: LedgerEvent) -> None:
             set_float(event, "epsilon_run_total", low=0.0)
         if event_has(event, "epsilon_run_exact"):
             set_float(event, "epsilon_run_exact", low=0.0, infinite=True)
+        _check_exact_qualifiers(event)
     if kind == "dp_step_carried":
         _require_string(event, "origin_run_id")
         set_int(event, "origin_seq", minimum=1)
@@ -113,6 +118,20 @@ def _check_presence(event: LedgerEvent, kind: str) -> None:
         raise ConfigError("epsilon_requested", "required for kind 'step_refused'")
     if not refusal and event_has(event, "epsilon_requested"):
         raise ConfigError("epsilon_requested", "only refusals carry it; must be null")
+
+
+def _check_exact_qualifiers(event: LedgerEvent) -> None:
+    """``run_delta`` / ``run_accountant`` say what ``epsilon_run_exact`` is; they never
+    stand alone."""
+    for name in EXACT_QUALIFIERS:
+        if event_has(event, name) and not event_has(event, "epsilon_run_exact"):
+            raise ConfigError(name, "only rows that record epsilon_run_exact carry it")
+    if event_has(event, "run_delta"):
+        set_float(event, "run_delta", low=0.0, low_open=True, high=1.0, high_open=True)
+    if event_has(event, "run_accountant") and event.run_accountant not in ACCOUNTANTS:
+        raise ConfigError(
+            "run_accountant", f"must be one of {ACCOUNTANTS}, got {event.run_accountant!r}"
+        )
 
 
 def _check_text_fields(event: LedgerEvent) -> None:

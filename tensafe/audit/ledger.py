@@ -23,8 +23,9 @@ Canonical bytes (what an auditor reimplements)
 ----------------------------------------------
 ``canonical_bytes(row)`` is the UTF-8 (in fact pure ASCII) encoding of one JSON
 object holding **every field except** ``link`` — and except each of the four
-*ledger format 2* fields (``model_step``, ``epsilon_run_exact``, ``origin_run_id``,
-``origin_seq``; :data:`FORMAT_2_FIELDS`) whose value is null. Every other field is
+*ledger format 2* fields (``model_step``, ``epsilon_run_exact``, ``run_delta``,
+``run_accountant``, ``origin_run_id``, ``origin_seq``; :data:`FORMAT_2_FIELDS`) whose
+value is null. Every other field is
 always present, ``null`` or not. So a row written before format 2 (those four
 fields null, or absent from the stored row) has the same bytes, and the same link,
 as before; a format-2 field that is set is authenticated like any other. The
@@ -38,7 +39,7 @@ object is written with:
 * integers (``seq``, ``step``, ``dataset_size``, ``model_step``, ``origin_seq``) in
   decimal;
 * floats (``noise_multiplier``, ``sample_rate``, ``max_grad_norm``, ``delta``,
-  every ``epsilon_*``, ``cap``) as Python's ``repr``: the shortest decimal that
+  ``run_delta``, every ``epsilon_*``, ``cap``) as Python's ``repr``: the shortest decimal that
   reads back to the same IEEE-754 double, always with a ``.`` or an exponent
   (``1.0``, ``0.01``, ``1e-05``, ``2.5e+16``; exponent form when the decimal
   exponent is < −4 or ≥ 16, sign and at least two exponent digits); an infinite
@@ -87,7 +88,14 @@ MIN_KEY_BYTES = 16
 
 #: Fields added by ledger format 2: left out of the canonical bytes when null, so
 #: rows written before them verify unchanged.
-FORMAT_2_FIELDS = ("model_step", "epsilon_run_exact", "origin_run_id", "origin_seq")
+FORMAT_2_FIELDS = (
+    "model_step",
+    "epsilon_run_exact",
+    "run_delta",
+    "run_accountant",
+    "origin_run_id",
+    "origin_seq",
+)
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
@@ -162,8 +170,13 @@ class LedgerEvent:
             this step; differs from ``step`` after a ``load_state`` restored an
             older checkpoint.
         epsilon_run_exact: (format 2, optional) the run's exact ε after this row —
-            its accountant over its whole history, own and carried steps, at
-            ``delta`` — the ε reported to the client. May be infinite.
+            its accountant over its whole history, own and carried steps — the ε
+            reported to the client. May be infinite. It is at ``run_delta`` by
+            ``run_accountant`` when those are set, else at ``delta`` by ``accountant``.
+        run_delta: (format 2, optional, only with ``epsilon_run_exact``) the δ of
+            ``epsilon_run_exact``: the run's own δ, which may differ from the budget's.
+        run_accountant: (format 2, optional, only with ``epsilon_run_exact``) the
+            accountant of ``epsilon_run_exact`` (``"prv"`` or ``"rdp"``): the run's own.
         origin_run_id: (format 2, carried rows only) the run that took the step.
         origin_seq: (format 2, carried rows only) the step's ``seq`` in the origin
             run's chain; ``(origin_run_id, origin_seq)`` names a step globally.
@@ -199,6 +212,8 @@ class LedgerEvent:
     epsilon_run_exact: float | None = None
     origin_run_id: str | None = None
     origin_seq: int | None = None
+    run_delta: float | None = None
+    run_accountant: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(EventKind):

@@ -6,11 +6,14 @@ Two different questions:
   right? Each run's and the dataset's ``(σ, q, steps)`` history is rebuilt from the
   ``dp_step`` rows and its ε recomputed with two implementations that share no code
   with TenSafe's accountant: Google ``dp_accounting``'s privacy loss distribution
-  (PLD, ``PoissonSampledDpEvent(q, GaussianDpEvent(σ))``, pessimistic estimate)
-  and Opacus' ``PRVAccountant`` used directly. The recorded value must agree with
-  both within 1 %. Where rows record a run's exact ε (``epsilon_run_exact``, ledger
-  format 2), it is checked the same way against the run's whole accountant history:
-  its own ``dp_step`` rows and the ``dp_step_carried`` rows a ``load_state`` brought in.
+  (PLD, ``PoissonSampledDpEvent(q, GaussianDpEvent(σ))``, pessimistic estimate, its
+  discretization refined until it converges) and Opacus' ``PRVAccountant`` (see
+  :mod:`tensafe.audit.references`). The recorded value must agree with both within
+  1 %, and must not be below the PLD value nor below the lower end of PRV's error
+  interval by more than 1 % (never under-reported). Where rows record a run's exact ε
+  (``epsilon_run_exact``, ledger format 2), it is checked the same way against the
+  run's whole accountant history: its own ``dp_step`` rows and the ``dp_step_carried``
+  rows a ``load_state`` brought in.
 * **Replay** (:func:`replay_ledger`, in :mod:`tensafe.audit.replay`, re-exported
   here): is the ledger self-consistent? The rows are fed, in order, through the same
   conservative schedule the service used and each recorded ε must come out again.
@@ -26,14 +29,22 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
-
-import dp_accounting
-from opacus.accountants import PRVAccountant
 
 from tensafe.audit.history import budget_settings, composed_history, step_counts
 from tensafe.audit.ledger import LedgerEvent
+from tensafe.audit.references import (
+    DEFAULT_PLD_DISCRETIZATION,
+    PLD_CONVERGENCE_TOLERANCE,
+    PLD_START_DISCRETIZATION,
+    PLDReference,
+    PRVReference,
+    converged_pld_epsilon,
+    opacus_prv_epsilon,
+    opacus_prv_interval,
+    pld_epsilon,
+)
 from tensafe.audit.replay import ReplayMismatch, ReplayResult, replay_ledger
 from tensafe.errors import ConfigError
 from tensafe.privacy.epsilon import Segment
@@ -45,50 +56,10 @@ CheckScope = Literal["run", "run_exact", "dataset"]
 #: Relative agreement required between the recorded ε and each recomputation.
 AGREEMENT_TOLERANCE = 0.01
 
-#: PLD ``value_discretization_interval``: its pessimistic ε is within ~0.01 % of
-#: the limit at 1e-4 (vs ~0.3 % at 1e-3), at 0.4–0.6 s for 10,000–40,000 steps.
-DEFAULT_PLD_DISCRETIZATION = 1e-4
-
-#: Opacus PRV ``eps_error`` as a fraction of the PLD ε (its upper end adds it).
+#: Opacus PRV ``eps_error`` as a fraction of the PLD ε (its upper end adds it), at
+#: least ``PRV_MIN_EPS_ERROR`` (TenSafe's own PRV asks for no less either).
 PRV_RELATIVE_EPS_ERROR = 2e-3
-
-
-# ----------------------------------------------------------------- references
-
-
-def pld_epsilon(
-    history: Sequence[Segment],
-    *,
-    delta: float,
-    value_discretization_interval: float = DEFAULT_PLD_DISCRETIZATION,
-) -> float:
-    """ε of ``history`` at ``delta`` by Google ``dp_accounting`` PLD (pessimistic).
-
-    Raises:
-        ConfigError: (``history``) empty.
-    """
-    if not history:
-        raise ConfigError("history", "must not be empty")
-    accountant = dp_accounting.pld.PLDAccountant(
-        value_discretization_interval=value_discretization_interval
-    )
-    for sigma, q, steps in history:
-        event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
-        accountant.compose(event, steps)
-    return float(accountant.get_epsilon(delta))
-
-
-def opacus_prv_epsilon(history: Sequence[Segment], *, delta: float, eps_error: float) -> float:
-    """ε of ``history`` at ``delta`` by Opacus' ``PRVAccountant`` (its upper bound).
-
-    Raises:
-        ConfigError: (``history``) empty.
-    """
-    if not history:
-        raise ConfigError("history", "must not be empty")
-    accountant = PRVAccountant()
-    accountant.history = [(sigma, q, steps) for sigma, q, steps in history]
-    return float(accountant.get_epsilon(delta, eps_error=eps_error))
+PRV_MIN_EPS_ERROR = 1e-4
 
 
 # ----------------------------------------------------------- recomputation
@@ -106,14 +77,29 @@ class EpsilonCheck:
         steps: number of rows composed.
         history: the composed ``(σ, q, steps)`` classes.
         recorded: the ε the ledger records (its last value).
-        pld: ε by Google dp-accounting PLD.
-        prv: ε by Opacus PRV; ``None`` if it could not be computed (see ``note``).
+        pld: ε by Google dp-accounting PLD (pessimistic, at the converged interval).
+        prv: ε by Opacus PRV, the upper end of its error interval; ``None`` if it
+            could not be computed (see ``note``).
         pld_relative_difference: ``recorded / pld − 1``.
         prv_relative_difference: ``recorded / prv − 1``, or ``None``.
-        agree_within_1pct: both relative differences are within the tolerance.
-        upper_bound_holds: ``recorded`` is not below any reference by more than
-            the tolerance (the ledger never under-reports).
-        note: why a reference is missing, if one is.
+        agree_within_1pct: the PLD refinement converged and both relative differences
+            are within the tolerance.
+        upper_bound_holds: ``recorded`` is below neither ``pld`` nor ``prv_lower`` by
+            more than the tolerance (the ledger never under-reports). PRV's upper end
+            is not used here: with a coarse ``prv_eps_error`` it can exceed the true ε
+            by more than the tolerance.
+        note: why a reference is missing or imprecise, if one is.
+        pld_value_discretization: the PLD interval ``pld`` was computed at.
+        pld_converged: the PLD refinement met its stopping rule.
+        prv_lower: the lower end of Opacus PRV's error interval (≤ the true ε).
+        prv_eps_error: the ε error PRV was evaluated with (``prv − prv_lower`` is
+            about twice that).
+        delta: (``run_exact`` checks of a run whose δ differs from the budget's) the
+            δ of this check; ``None``: the result's ``delta``.
+        accountant: (``run_exact`` checks) the accountant that produced ``recorded``
+            when the ledger names it (``run_accountant``); ``None``: the budget's. An
+            ``"rdp"`` figure is a deliberately looser bound: it only has to hold as an
+            upper bound (see :attr:`passes`).
     """
 
     scope: CheckScope
@@ -128,6 +114,19 @@ class EpsilonCheck:
     agree_within_1pct: bool
     upper_bound_holds: bool
     note: str | None = None
+    pld_value_discretization: float | None = None
+    pld_converged: bool | None = None
+    prv_lower: float | None = None
+    prv_eps_error: float | None = None
+    delta: float | None = None
+    accountant: str | None = None
+
+    @property
+    def passes(self) -> bool:
+        """Agreement within the tolerance; for a run's own RDP figure, the upper bound."""
+        if self.scope == "run_exact" and self.accountant == "rdp":
+            return self.upper_bound_holds
+        return self.agree_within_1pct
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,14 +138,17 @@ class RecomputeResult:
         delta: δ of every ε compared.
         accountant: the accountant that produced the recorded values.
         relative_tolerance: the agreement tolerance (0.01 = 1 %).
-        pld_value_discretization: the PLD discretization used.
+        pld_value_discretization: the finest PLD discretization interval any check
+            needed (each check's is on the check).
         runs: one check per run, in order of first appearance.
         dataset: the check of the whole composition.
         runs_exact: one check per run whose rows record ``epsilon_run_exact``: the
             last recorded value against the run's own and carried steps up to it.
-        all_agree: every check agrees within the tolerance.
+        all_agree: every check passes (:attr:`EpsilonCheck.passes`).
         pld_seconds: time spent in PLD.
         prv_seconds: time spent in Opacus PRV.
+        pld_tolerance: the relative change between two successive PLD intervals at
+            which the refinement stops.
     """
 
     dataset_id: str
@@ -160,6 +162,7 @@ class RecomputeResult:
     pld_seconds: float
     prv_seconds: float
     runs_exact: tuple[EpsilonCheck, ...] = ()
+    pld_tolerance: float = PLD_CONVERGENCE_TOLERANCE
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready dict (histories as lists)."""
@@ -187,46 +190,56 @@ def recompute_epsilons(
     events: Iterable[LedgerEvent],
     *,
     relative_tolerance: float = AGREEMENT_TOLERANCE,
-    pld_value_discretization: float = DEFAULT_PLD_DISCRETIZATION,
+    pld_tolerance: float = PLD_CONVERGENCE_TOLERANCE,
 ) -> RecomputeResult:
     """Recompute every run's and the dataset's ε from one dataset's ledger rows.
 
     ``events`` are one dataset's rows in ``seq`` order (see
-    :func:`~tensafe.audit.history.dataset_events`). Costs one PLD and one PRV
-    evaluation per run and for the dataset: about 0.5 s (PLD) and 0.5–5 s (PRV)
-    each at 10,000 steps.
+    :func:`~tensafe.audit.history.dataset_events`). Costs one converged PLD and one
+    PRV evaluation per distinct history (a run's, the dataset's; identical ones are
+    evaluated once): see ``docs/audit.md`` section 5 for measured times.
 
     Raises:
-        ConfigError: no ``budget_created`` row, or rows of several datasets.
+        ConfigError: no ``budget_created`` row, or rows of several datasets
+            (``events``); ``pld_tolerance`` not in (0, 0.01] (``pld_tolerance``).
     """
+    if not 0.0 < pld_tolerance <= 0.01:
+        raise ConfigError("pld_tolerance", f"must be in (0, 0.01], got {pld_tolerance!r}")
     rows = tuple(events)
     settings = budget_settings(rows)
     if any(e.dataset_id != settings.dataset_id for e in rows):
         raise ConfigError("events", "rows of several datasets; filter with dataset_events()")
     steps = [e for e in rows if e.kind == "dp_step"]
-    timers = {"pld": 0.0, "prv": 0.0}
+    references = _References(pld_tolerance=pld_tolerance)
 
     def check(scope: CheckScope, subject: str, chosen: list[LedgerEvent]) -> EpsilonCheck:
         last = chosen[-1] if chosen else None
+        delta, accountant = settings.delta, None
         if scope == "run_exact":
             history = composed_history(_noisy_counts(chosen))
             recorded = last.epsilon_run_exact if last is not None else 0.0
+            if last is not None and last.run_delta is not None:
+                delta = last.run_delta
+            accountant = None if last is None else last.run_accountant
         elif scope == "run":
             history = composed_history(step_counts(chosen))
             recorded = last.epsilon_run_total if last is not None else 0.0
         else:
             history = composed_history(step_counts(chosen))
             recorded = last.epsilon_dataset_total if last is not None else 0.0
-        return _compare(
+        checked = _compare(
             scope=scope,
             subject=subject,
             history=history,
             recorded=float(recorded or 0.0),
-            delta=settings.delta,
+            delta=delta,
             tolerance=relative_tolerance,
-            discretization=pld_value_discretization,
-            timers=timers,
+            references=references,
         )
+        if scope != "run_exact":
+            return checked
+        own_delta = None if delta == settings.delta else delta
+        return replace(checked, delta=own_delta, accountant=accountant)
 
     run_ids = list(dict.fromkeys(e.run_id for e in steps if e.run_id is not None))
     runs = tuple(check("run", run, [e for e in steps if e.run_id == run]) for run in run_ids)
@@ -239,13 +252,14 @@ def recompute_epsilons(
         delta=settings.delta,
         accountant=settings.accountant,
         relative_tolerance=relative_tolerance,
-        pld_value_discretization=pld_value_discretization,
+        pld_value_discretization=references.finest_interval(),
         runs=runs,
         dataset=dataset,
-        all_agree=all(c.agree_within_1pct for c in (dataset, *runs, *runs_exact)),
-        pld_seconds=timers["pld"],
-        prv_seconds=timers["prv"],
+        all_agree=all(c.passes for c in (dataset, *runs, *runs_exact)),
+        pld_seconds=references.pld_seconds,
+        prv_seconds=references.prv_seconds,
         runs_exact=runs_exact,
+        pld_tolerance=pld_tolerance,
     )
 
 
@@ -270,6 +284,48 @@ def _noisy_counts(rows: Iterable[LedgerEvent]) -> dict[StepClass, int]:
     return counts
 
 
+_Reference = tuple[PLDReference, PRVReference | None, str]
+
+
+class _References:
+    """The PLD and PRV references of each distinct (history, δ), computed once: a one-run
+    dataset's run and dataset checks (and its exact check) share one history."""
+
+    def __init__(self, *, pld_tolerance: float) -> None:
+        self.pld_tolerance = pld_tolerance
+        self.pld_seconds = 0.0
+        self.prv_seconds = 0.0
+        self._memo: dict[tuple[tuple[Segment, ...], float], _Reference] = {}
+
+    def of(self, history: tuple[Segment, ...], delta: float) -> _Reference:
+        """(PLD, PRV or ``None``, why PRV is missing or ``""``) of a non-empty history."""
+        cached = self._memo.get((history, delta))
+        if cached is None:
+            cached = self._memo[(history, delta)] = self._compute(history, delta)
+        return cached
+
+    def finest_interval(self) -> float:
+        intervals = [pld.value_discretization_interval for pld, _, _ in self._memo.values()]
+        return min(intervals, default=PLD_START_DISCRETIZATION)
+
+    def _compute(self, history: tuple[Segment, ...], delta: float) -> _Reference:
+        started = time.perf_counter()
+        pld = converged_pld_epsilon(history, delta=delta, tolerance=self.pld_tolerance)
+        self.pld_seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        eps_error = max(PRV_MIN_EPS_ERROR, PRV_RELATIVE_EPS_ERROR * pld.epsilon)
+        prv: PRVReference | None = None
+        note = ""
+        try:
+            prv = opacus_prv_interval(history, delta=delta, eps_error=eps_error)
+        except (MemoryError, ValueError, RuntimeError, FloatingPointError) as exc:
+            note = f"Opacus PRV could not evaluate this history ({type(exc).__name__}: {exc})"
+        self.prv_seconds += time.perf_counter() - started
+        if prv is not None and not (math.isfinite(prv.upper) and math.isfinite(prv.lower)):
+            note, prv = f"Opacus PRV returned {prv.upper!r}", None
+        return pld, prv, note
+
+
 def _compare(
     *,
     scope: CheckScope,
@@ -278,8 +334,7 @@ def _compare(
     recorded: float,
     delta: float,
     tolerance: float,
-    discretization: float,
-    timers: dict[str, float],
+    references: _References,
 ) -> EpsilonCheck:
     steps = sum(n for _, _, n in history)
     if not history:
@@ -289,36 +344,37 @@ def _compare(
             prv_relative_difference=_relative(recorded, 0.0),
             agree_within_1pct=recorded == 0.0, upper_bound_holds=True,
         )  # fmt: skip
-    started = time.perf_counter()
-    pld = pld_epsilon(history, delta=delta, value_discretization_interval=discretization)
-    timers["pld"] += time.perf_counter() - started
-    prv: float | None = None
-    note = None
-    started = time.perf_counter()
-    try:
-        prv = opacus_prv_epsilon(
-            history, delta=delta, eps_error=max(1e-4, PRV_RELATIVE_EPS_ERROR * pld)
+    pld, prv, prv_note = references.of(history, delta)
+    notes = [prv_note] if prv_note else []
+    if not pld.converged:
+        notes.append(
+            f"the PLD refinement stopped at interval {pld.value_discretization_interval:.3g} "
+            f"with a last change of {pld.relative_change:.2%}; its value is still an upper "
+            "bound, so it cannot hide an under-report, but agreement is not confirmed"
         )
-    except (MemoryError, ValueError, RuntimeError, FloatingPointError) as exc:
-        note = f"Opacus PRV could not evaluate this history ({type(exc).__name__}: {exc})"
-    timers["prv"] += time.perf_counter() - started
-    if prv is not None and not math.isfinite(prv):
-        note, prv = f"Opacus PRV returned {prv!r}", None
-    references = [r for r in (pld, prv) if r is not None]
-    differences = [_relative(recorded, r) for r in references]
+    differences = [_relative(recorded, pld.epsilon)]
+    if prv is not None:
+        differences.append(_relative(recorded, prv.upper))
+    floors = [pld.epsilon] + ([prv.lower] if prv is not None else [])
     return EpsilonCheck(
         scope=scope,
         subject=subject,
         steps=steps,
         history=history,
         recorded=recorded,
-        pld=pld,
-        prv=prv,
+        pld=pld.epsilon,
+        prv=None if prv is None else prv.upper,
         pld_relative_difference=differences[0],
-        prv_relative_difference=_relative(recorded, prv) if prv is not None else None,
-        agree_within_1pct=prv is not None and all(abs(d) <= tolerance for d in differences),
-        upper_bound_holds=all(d >= -tolerance for d in differences),
-        note=note,
+        prv_relative_difference=None if prv is None else differences[1],
+        agree_within_1pct=pld.converged
+        and prv is not None
+        and all(abs(d) <= tolerance for d in differences),
+        upper_bound_holds=all(recorded >= floor * (1.0 - tolerance) for floor in floors),
+        note="; ".join(notes) or None,
+        pld_value_discretization=pld.value_discretization_interval,
+        pld_converged=pld.converged,
+        prv_lower=None if prv is None else prv.lower,
+        prv_eps_error=None if prv is None else prv.eps_error,
     )
 
 
@@ -337,13 +393,17 @@ def _check_from_dict(data: Mapping[str, object]) -> EpsilonCheck:
 __all__ = [
     "AGREEMENT_TOLERANCE",
     "DEFAULT_PLD_DISCRETIZATION",
+    "PLD_CONVERGENCE_TOLERANCE",
+    "PRV_MIN_EPS_ERROR",
     "PRV_RELATIVE_EPS_ERROR",
     "CheckScope",
     "EpsilonCheck",
     "RecomputeResult",
     "ReplayMismatch",
     "ReplayResult",
+    "converged_pld_epsilon",
     "opacus_prv_epsilon",
+    "opacus_prv_interval",
     "pld_epsilon",
     "recompute_epsilons",
     "replay_ledger",

@@ -25,6 +25,7 @@ from tensafe.audit.plots import (
     run_panels_png,
 )
 from tensafe.audit.plots import format_number as _num
+from tensafe.audit.recompute import EpsilonCheck
 from tensafe.audit.report import AuditReport
 
 _BLOCK = re.compile(r"^<!-- template: (\w+) -->\n", re.MULTILINE)
@@ -164,8 +165,11 @@ def _recompute_section(report: AuditReport) -> str:
             what = f"Run {check.subject} (conservative, own steps)"
         else:
             what = f"Run {check.subject} (reported, with carried steps)"
-        verdict = "agrees" if check.agree_within_1pct else "DISAGREES"
-        css = "ok" if check.agree_within_1pct else "bad"
+            if check.delta is not None or check.accountant is not None:
+                own = [f"δ={check.delta:g}"] if check.delta is not None else []
+                own += [check.accountant.upper()] if check.accountant is not None else []
+                what += f" [{', '.join(own)}]"
+        verdict, css = _verdict(check)
         prv = _num(check.prv) if check.prv is not None else "—"
         rows.append(
             f"<tr><td>{_e(what)}</td><td class=num>{check.steps:,}</td>"
@@ -187,6 +191,20 @@ def _recompute_section(report: AuditReport) -> str:
         accountant_note=note,
         rows="".join(rows),
     )
+
+
+def _verdict(check: EpsilonCheck) -> tuple[str, str]:
+    """The table's verdict and its CSS class: a recorded ε below a reference is an
+    under-report; one only above them (beyond the tolerance) is conservative."""
+    if check.agree_within_1pct:
+        return "agrees", "ok"
+    if not check.upper_bound_holds:
+        return "UNDER-REPORTED", "bad"
+    if check.passes:
+        return "holds (RDP bound)", "ok"
+    if check.pld_converged is not False and check.prv is not None:
+        return "over-reported (safe side)", "warn-text"
+    return "DISAGREES (reference incomplete)", "bad"
 
 
 def _chain_section(report: AuditReport) -> str:
@@ -265,11 +283,12 @@ def _technical_section(report: AuditReport) -> str:
     versions = ", ".join(f"{_e(k)} {_e(v)}" for k, v in sorted(report.library_versions.items()))
     pld = ""
     if report.recompute is not None:
+        result = report.recompute
         pld = (
-            f" Recomputation: dp-accounting PLD with discretization "
-            f"{report.recompute.pld_value_discretization:g} "
-            f"({report.recompute.pld_seconds:.2f} s), "
-            f"Opacus PRVAccountant ({report.recompute.prv_seconds:.2f} s)."
+            f" Recomputation: dp-accounting PLD, its discretization refined until two "
+            f"successive values agree within {result.pld_tolerance:.2%} (finest interval "
+            f"{result.pld_value_discretization:.3g}; {result.pld_seconds:.2f} s), "
+            f"Opacus PRVAccountant ({result.prv_seconds:.2f} s)."
         )
     return _section(
         "technical",

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tensafe.audit.history import budget_settings
+from tensafe.audit.history import BudgetSettings, budget_settings
 from tensafe.audit.ledger import LedgerEvent
 from tensafe.errors import ConfigError
 from tensafe.privacy.schedule import EpsilonSchedule, StepClass
@@ -98,77 +98,112 @@ def replay_ledger(
     ):
         raise ConfigError("schedule", f"{schedule!r} does not match the recorded settings")
     steps = [e for e in rows if e.kind == "dp_step"]
-    last_of_run = {e.run_id: e.seq for e in steps}
     sampled = {e.seq for i, e in enumerate(steps) if (i + 1) % stride == 0}
-    sampled |= set(last_of_run.values())
-    mismatches: list[ReplayMismatch] = []
-    counts: dict[StepClass, int] = {}
-    run_counts: dict[str, dict[StepClass, int]] = {}
-    evaluated = 0
-    previous_total = 0.0
-
-    def expect(event: LedgerEvent, name: str, recorded: float | None, replayed: float) -> None:
-        value = float(recorded if recorded is not None else math.nan)
-        if not math.isclose(value, replayed, rel_tol=relative_tolerance, abs_tol=0.0):
-            mismatches.append(
-                ReplayMismatch(
-                    seq=event.seq, field=name, recorded=value, replayed=replayed,
-                    detail=f"recorded {value!r}, replay gives {replayed!r}",
-                )
-            )  # fmt: skip
-
-    def rule(event: LedgerEvent, name: str, recorded: float, bound: float, detail: str) -> None:
-        mismatches.append(
-            ReplayMismatch(
-                seq=event.seq, field=name, recorded=recorded, replayed=bound, detail=detail
-            )
-        )
-
+    sampled |= {e.seq for e in {e.run_id: e for e in steps}.values()}  # each run's last
+    replay = _Replay(
+        schedule=schedule, settings=settings, sampled=sampled, tolerance=relative_tolerance
+    )
     for event in rows:
-        before, previous_total = previous_total, event.epsilon_dataset_total
+        replay.row(event)
+    return ReplayResult(
+        ok=not replay.mismatches,
+        rows=len(rows),
+        evaluated=replay.evaluated,
+        mismatches=tuple(replay.mismatches),
+    )
+
+
+class _Replay:
+    """The composition so far, fed one row at a time; collects what does not match."""
+
+    def __init__(
+        self,
+        *,
+        schedule: EpsilonSchedule,
+        settings: BudgetSettings,
+        sampled: set[int],
+        tolerance: float,
+    ) -> None:
+        self.schedule = schedule
+        self.settings = settings
+        self.sampled = sampled
+        self.tolerance = tolerance
+        self.counts: dict[StepClass, int] = {}
+        self.run_counts: dict[str, dict[StepClass, int]] = {}
+        self.evaluated = 0
+        self.total = 0.0  # the dataset's ε recorded by the previous row
+        self.mismatches: list[ReplayMismatch] = []
+
+    def row(self, event: LedgerEvent) -> None:
+        before, self.total = self.total, event.epsilon_dataset_total
+        settings = self.settings
         if event.delta != settings.delta or event.accountant != settings.accountant:
-            rule(event, "delta", event.delta, settings.delta, "δ or accountant changed mid-ledger")
+            self.rule(
+                event, "delta", event.delta, settings.delta, "δ or accountant changed mid-ledger"
+            )
         if event.kind == "budget_changed" and event.cap < event.epsilon_dataset_total:
-            rule(event, "cap", event.cap, event.epsilon_dataset_total, "cap set below ε spent")
+            self.rule(event, "cap", event.cap, event.epsilon_dataset_total, "cap set below ε spent")
         if event.kind == "dp_step_carried":
-            expect(event, "epsilon_dataset_total", event.epsilon_dataset_total, before)
-            own = run_counts.get(event.run_id or "", {})
-            if event.epsilon_run_total is not None:
-                replayed = schedule.epsilon(own) if own else 0.0
-                expect(event, "epsilon_run_total", event.epsilon_run_total, replayed)
-        if event.kind not in ("dp_step", "step_refused"):
-            continue
+            self.carried(event, before)
+        elif event.kind in ("dp_step", "step_refused"):
+            self.step(event)
+
+    def carried(self, event: LedgerEvent, before: float) -> None:
+        """A carried row charges nothing: the dataset's ε is unchanged."""
+        self.expect(event, "epsilon_dataset_total", event.epsilon_dataset_total, before)
+        own = self.run_counts.get(event.run_id or "", {})
+        if event.epsilon_run_total is not None:
+            replayed = self.schedule.epsilon(own) if own else 0.0
+            self.expect(event, "epsilon_run_total", event.epsilon_run_total, replayed)
+
+    def step(self, event: LedgerEvent) -> None:
+        """A step taken or refused: numbering, ε of the step, then the charge or refusal."""
         assert event.run_id is not None and event.step is not None
         cls: StepClass = (event.noise_multiplier, event.sample_rate)  # type: ignore[assignment]
-        mine = run_counts.setdefault(event.run_id, {})
+        mine = self.run_counts.setdefault(event.run_id, {})
         if event.step != sum(mine.values()) + 1:
-            rule(event, "step", event.step, sum(mine.values()) + 1, "run step numbers skip")
-        expect(event, "epsilon_step", event.epsilon_step, schedule.epsilon({cls: 1}))
+            self.rule(event, "step", event.step, sum(mine.values()) + 1, "run step numbers skip")
+        self.expect(event, "epsilon_step", event.epsilon_step, self.schedule.epsilon({cls: 1}))
         if event.kind == "step_refused":
-            after = dict(counts)
-            after[cls] = after.get(cls, 0) + 1
-            requested = schedule.epsilon(after)
-            evaluated += 1
-            expect(event, "epsilon_requested", event.epsilon_requested, requested)
-            if requested <= event.cap:
-                rule(event, "cap", requested, event.cap, "refused although within the cap")
-            continue
-        counts[cls] = counts.get(cls, 0) + 1
+            self.refusal(event, cls)
+        else:
+            self.charge(event, cls, mine)
+
+    def refusal(self, event: LedgerEvent, cls: StepClass) -> None:
+        after = dict(self.counts)
+        after[cls] = after.get(cls, 0) + 1
+        requested = self.schedule.epsilon(after)
+        self.evaluated += 1
+        self.expect(event, "epsilon_requested", event.epsilon_requested, requested)
+        if requested <= event.cap:
+            self.rule(event, "cap", requested, event.cap, "refused although within the cap")
+
+    def charge(self, event: LedgerEvent, cls: StepClass, mine: dict[StepClass, int]) -> None:
+        self.counts[cls] = self.counts.get(cls, 0) + 1
         mine[cls] = mine.get(cls, 0) + 1
         if event.epsilon_dataset_total > event.cap:
-            rule(event, "cap", event.epsilon_dataset_total, event.cap, "charged above the cap")
-        if event.seq in sampled:
-            evaluated += 1
-            expect(
-                event,
-                "epsilon_dataset_total",
-                event.epsilon_dataset_total,
-                schedule.epsilon(counts),
-            )
-            expect(event, "epsilon_run_total", event.epsilon_run_total, schedule.epsilon(mine))
-    return ReplayResult(
-        ok=not mismatches, rows=len(rows), evaluated=evaluated, mismatches=tuple(mismatches)
-    )
+            self.rule(event, "cap", event.epsilon_dataset_total, event.cap, "charged above the cap")
+        if event.seq in self.sampled:
+            self.evaluated += 1
+            replayed = self.schedule.epsilon(self.counts)
+            self.expect(event, "epsilon_dataset_total", event.epsilon_dataset_total, replayed)
+            replayed = self.schedule.epsilon(mine)
+            self.expect(event, "epsilon_run_total", event.epsilon_run_total, replayed)
+
+    def expect(
+        self, event: LedgerEvent, name: str, recorded: float | None, replayed: float
+    ) -> None:
+        value = float(recorded if recorded is not None else math.nan)
+        if not math.isclose(value, replayed, rel_tol=self.tolerance, abs_tol=0.0):
+            detail = f"recorded {value!r}, replay gives {replayed!r}"
+            self.mismatches.append(ReplayMismatch(
+                seq=event.seq, field=name, recorded=value, replayed=replayed, detail=detail
+            ))  # fmt: skip
+
+    def rule(self, event: LedgerEvent, name: str, recorded: float, bound: float, why: str) -> None:
+        self.mismatches.append(ReplayMismatch(
+            seq=event.seq, field=name, recorded=recorded, replayed=bound, detail=why
+        ))  # fmt: skip
 
 
 __all__ = ["ReplayMismatch", "ReplayResult", "replay_ledger"]

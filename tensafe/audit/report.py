@@ -278,6 +278,20 @@ class AuditReport:
         return cls.from_dict(data)
 
 
+def _recompute_warning(result: RecomputeResult) -> str:
+    checks = (result.dataset, *result.runs, *result.runs_exact)
+    if not all(c.upper_bound_holds for c in checks):
+        return (
+            "A recorded ε is below the independent recomputation by more than 1 %: the "
+            "ledger under-reports the privacy spent (see the recomputation table)."
+        )
+    return (
+        "The recorded ε does not agree within 1 % with the independent recomputation, "
+        "though it is never below it: it over-states the privacy spent, or a reference "
+        "could not be evaluated (see the recomputation table)."
+    )
+
+
 def build_report(
     events: Iterable[LedgerEvent],
     *,
@@ -334,10 +348,7 @@ def build_report(
         )
     recomputed = recompute_epsilons(rows) if recompute else None
     if recomputed is not None and not recomputed.all_agree:
-        warnings.append(
-            "The recorded ε does not agree within 1 % with the independent recomputation "
-            "(see the recomputation table)."
-        )
+        warnings.append(_recompute_warning(recomputed))
     replayed = replay_ledger(rows, stride=len(rows) + 1) if replay else None
     if replayed is not None and not replayed.ok:
         warnings.append(

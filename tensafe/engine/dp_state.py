@@ -47,7 +47,8 @@ class DPState:
     Attributes:
         config: the resolved DP parameters (σ, q, C, N, δ, accountant, secure mode).
         clipper: per-example gradient clipping, hooked into the model.
-        noise: the Gaussian noise generator (CSPRNG-seeded unless a test seed is given).
+        noise: the Gaussian noise generator (an AES-256-CTR keystream under a secret
+            key, unless a test seed is given).
         accountant: the history of noisy steps and the ε it spends.
     """
 
@@ -66,7 +67,7 @@ class DPState:
         device: torch.device | str = "cpu",
     ) -> DPState:
         """The DP state of a new run: hooks the clipper into ``model``, a fresh
-        accountant, and a noise source seeded from the OS CSPRNG unless
+        accountant, and a noise source keyed from the OS CSPRNG unless
         ``noise_seed`` is given (test-only; ignored in secure mode).
 
         Raises:

@@ -91,10 +91,12 @@ class TrainingEngine:
         optimizer: the run's optimizer (AdamW by default).
         seed: seeds LoRA initialisation. It never seeds the DP noise.
         noise_seed: **test-only.** Seeds the DP noise generator deterministically so
-            that two runs can be compared bit for bit. ``None`` (the default, and the
-            only safe choice for real data) seeds it from the OS CSPRNG: anyone who
-            knows a noise seed can regenerate the noise and subtract it from the
-            released weights, which voids the privacy guarantee.
+            that two runs can be compared bit for bit (warns ``InsecureNoiseWarning``).
+            ``None`` (the default, and the only safe choice for real data) draws the
+            noise from an AES-256-CTR keystream under a key from the OS CSPRNG
+            (:class:`~tensafe.privacy.NoiseSource`): anyone who knows a noise seed can
+            regenerate the noise and subtract it from the released weights, which
+            voids the privacy guarantee.
         device: where the model lives; the model is moved *before* LoRA wrapping
             and the optimizer is built last, so it holds the live parameters.
         limits: batch-size and sequence-length limits.
@@ -482,7 +484,7 @@ class TrainingEngine:
         self._acc_losses.clear()
 
     def reseed_noise(self) -> None:
-        """Re-seed the DP noise generator from the OS CSPRNG (e.g. after restoring a
+        """Re-key the DP noise generator from the OS CSPRNG (e.g. after restoring a
         checkpoint, so earlier noise is never replayed). No-op without DP."""
         if self.dp is not None:
             self.dp.noise.reseed()

@@ -18,11 +18,8 @@ from numbers import Integral, Real
 
 from tensafe.errors import ConfigError
 from tensafe.privacy.calibration import calibrate_noise_multiplier
-from tensafe.privacy.epsilon import (
-    ACCOUNTANTS,
-    AccountantName,
-    default_delta,
-)
+from tensafe.privacy.delta import check_delta, default_delta
+from tensafe.privacy.epsilon import ACCOUNTANTS, AccountantName
 
 JSONScalar = bool | int | float | str | None
 
@@ -40,7 +37,8 @@ class ResolvedDP:
         dataset_size: N, the number of examples (privacy units).
         delta: δ for every ε reported for this run; always < 1/N.
         accountant: accounting method, a key of ``ACCOUNTANTS``.
-        secure_mode: draw noise from a cryptographically seeded generator.
+        secure_mode: sum several noise draws per coordinate (against floating-point
+            attacks) and ignore any test noise seed.
     """
 
     noise_multiplier: float
@@ -92,8 +90,10 @@ class DPConfig:
         expected_batch_size: expected logical batch size B, integer in [1, N];
             q = B / N.
         accountant: ``"prv"`` (default, tight) or ``"rdp"`` (looser upper bound).
-        secure_mode: draw DP noise from a cryptographically seeded generator
-            (implemented by the engine; carried here).
+        secure_mode: sum several DP noise draws per coordinate (Opacus' mitigation
+            of floating-point attacks, ~4× the noise cost) and ignore any test noise
+            seed. The noise always comes from a CSPRNG (implemented by the engine;
+            carried here).
         allow_zero_noise: TEST ONLY. Permits ``noise_multiplier=0`` in an enabled
             run, which provides no privacy (ε = ∞); a warning is emitted.
 
@@ -157,18 +157,10 @@ class DPConfig:
         self._check_sampling()
         self._check_noise()
         if self.target_delta is not None:
-            n = self.dataset_size
-            assert n is not None
-            if not 0.0 < self.target_delta < 1.0:
-                raise ConfigError("target_delta", f"must be in (0, 1/N), got {self.target_delta!r}")
-            if self.target_delta >= 1.0 / n:
-                raise ConfigError(
-                    "target_delta",
-                    f"must be < 1/N = {1.0 / n:.3g} (N = {n}), got {self.target_delta!r}: "
-                    "with δ ≥ 1/N, publishing one randomly chosen example verbatim satisfies "
-                    "(ε, δ)-DP, so the guarantee protects no one; omit it for the default "
-                    f"min(1e-5, N^-1.1) = {default_delta(n):.3g}",
-                )
+            assert self.dataset_size is not None
+            check_delta(
+                delta=self.target_delta, dataset_size=self.dataset_size, field="target_delta"
+            )
 
     def _check_sampling(self) -> None:
         if self.dataset_size is None:

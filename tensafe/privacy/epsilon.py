@@ -52,6 +52,7 @@ from scipy.fft import next_fast_len
 from threadpoolctl import ThreadpoolController
 
 from tensafe.errors import ConfigError
+from tensafe.privacy.delta import default_delta
 
 AccountantName = Literal["prv", "rdp"]
 """Names of the registered accountants (keys of :data:`ACCOUNTANTS`)."""
@@ -372,20 +373,6 @@ def get_accountant_math(name: str, *, field: str = "accountant") -> AccountantMa
 
 
 # ---------------------------------------------------------------- public functions
-
-
-def default_delta(dataset_size: int) -> float:
-    """The default δ for a dataset of ``dataset_size`` examples: ``min(1e-5, N^-1.1)``.
-
-    Always strictly below ``1/N`` (a δ ≥ 1/N would allow releasing one example
-    outright). Examples: ``default_delta(1000) == 1e-5``,
-    ``default_delta(10**6) == 10**-6.6``.
-
-    Raises:
-        ConfigError: (``dataset_size``) not an integer ≥ 1.
-    """
-    n = _check_int(dataset_size, "dataset_size", minimum=1)
-    return min(1e-5, float(n) ** -1.1)
 
 
 def validate_history(

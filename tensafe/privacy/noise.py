@@ -1,65 +1,191 @@
-"""Gaussian noise for DP-SGD, drawn with Opacus' ``_generate_noise``.
+"""Gaussian noise for DP-SGD, from a cryptographically secure generator.
 
 The noise is drawn once per logical batch, at ``optim_step``, with standard
 deviation ``σ·C`` on the clipped *sum*; the engine then divides by the expected
 batch size ``q·N``.
 
-The generator is seeded from the operating system's CSPRNG (``secrets``) unless a
-``seed`` is given explicitly — a test-only option: anyone who knows the seed can
-regenerate the noise and subtract it. ``secure_mode=True`` additionally ignores any
-seed, never exports the generator state, and uses Opacus' secure sampling (sum of
-several Gaussian draws) that defeats floating-point attacks on the noise.
+Where the randomness comes from (:class:`NoiseSource`):
+
+* **Default.** An AES-256-CTR keystream (:class:`~tensafe.privacy.csprng.KeystreamNormals`)
+  under a 256-bit key from the OS CSPRNG (``secrets``), turned into normals by
+  Box–Muller in float64. The key is fresh for every source, replaced by
+  :meth:`NoiseSource.reseed` and on :meth:`NoiseSource.load_state_dict`, and never
+  exported (``state_dict()`` is empty). Nothing a client sends reaches it.
+* **Secure mode** (``secure_mode=True``) additionally applies Opacus' mitigation of
+  floating-point attacks: each coordinate is the sum of 2n = 4 draws divided by 2
+  (arXiv:2107.10138 §5.1, as in Opacus' ``_generate_noise``). Any seed is ignored.
+* **Test-only deterministic mode** (a ``seed`` and ``secure_mode=False``): the same
+  construction keyed with ``SHA-256(domain ‖ seed)``, so tests can compare runs bit
+  for bit along the production code path. Anyone who knows the seed can regenerate
+  the noise and subtract it from the released weights: it warns
+  :class:`InsecureNoiseWarning`, and the server allows it only in development.
+
+Devices: the noise is generated on the host in float64, scaled, and rounded once to
+the reference tensor's dtype. For a CUDA reference it is written into pinned
+(page-locked) host memory and copied with ``non_blocking=True``; torch's caching
+host allocator keeps the buffer until the copy has finished, and later kernels on
+the stream are ordered after it. No device-side CSPRNG is provided (a GPU keystream
+would need its own, separately verified kernel).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import secrets
+import warnings
+from collections.abc import Mapping
 
 import torch
-from opacus.optimizers.optimizer import _generate_noise
+
+from tensafe.errors import ConfigError
+from tensafe.privacy.csprng import KEY_BYTES, KeystreamNormals
+
+SECURE_DRAWS = 4
+"""Draws summed per coordinate in secure mode (Opacus' 2n with n = 2); the sum is
+divided by √4 = 2 so the standard deviation is unchanged."""
+
+_CHUNK = 1 << 16  # normals per keystream call: float64 scratch stays in cache (512 KiB)
+_TEST_KEY_DOMAIN = b"tensafe/test-only-dp-noise-key/v1\x00"
+
+
+class InsecureNoiseWarning(UserWarning):
+    """A noise source was made deterministic (seeded): for tests only."""
 
 
 class NoiseSource:
-    """A seeded Gaussian noise generator for one training run.
+    """The Gaussian noise generator of one training run (AES-256-CTR keystream).
 
     Example::
 
-        noise = NoiseSource(secure_mode=True)
+        noise = NoiseSource(secure_mode=False)
         g = clipped_sum + noise.gaussian_like(clipped_sum, std=sigma * max_grad_norm)
+
+    Args:
+        secure_mode: sum several draws per coordinate (Opacus' floating-point
+            mitigation, 4× the keystream) and ignore ``seed``.
+        seed: **test-only.** Key the keystream from this integer so runs repeat bit
+            for bit (warns :class:`InsecureNoiseWarning`). ``None`` (the default, the
+            only safe choice for real data): a random key from the OS CSPRNG.
+        device: the device of the tensors the noise is added to (the run's device).
+            For CUDA, the noise is staged in pinned host memory and copied
+            asynchronously.
+
+    Raises:
+        ConfigError: ``secure_mode`` is not a bool, or ``seed`` not an int or None.
     """
 
     def __init__(
         self, *, secure_mode: bool, seed: int | None = None, device: torch.device | str = "cpu"
     ) -> None:
+        if not isinstance(secure_mode, bool):
+            raise ConfigError("secure_mode", "must be a bool")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ConfigError("seed", "must be an integer or None")
         self.secure_mode = secure_mode
-        self.generator = torch.Generator(device=device)
-        if secure_mode or seed is None:
-            self.generator.manual_seed(secrets.randbits(63))
+        self.device = torch.device(device)
+        self._seed: int | None = None if secure_mode else seed
+        if self._seed is None:
+            self._normals = KeystreamNormals(key=secrets.token_bytes(KEY_BYTES))
         else:
-            self.generator.manual_seed(seed)
+            warnings.warn(
+                "DP noise is seeded (test-only deterministic mode): anyone who knows the "
+                "seed can remove the noise; never use it on real data",
+                InsecureNoiseWarning,
+                stacklevel=2,
+            )
+            self._normals = KeystreamNormals(key=_test_key(self._seed))
+
+    def __repr__(self) -> str:
+        mode = "deterministic" if self.deterministic else "csprng"
+        return f"NoiseSource({mode}, secure_mode={self.secure_mode}, device={self.device})"
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether the noise is reproducible from a test seed (never in production)."""
+        return self._seed is not None
 
     def gaussian_like(self, reference: torch.Tensor, *, std: float) -> torch.Tensor:
-        """A tensor shaped like ``reference`` with i.i.d. N(0, std²) entries."""
-        return _generate_noise(
-            std, reference, generator=self.generator, secure_mode=self.secure_mode
-        )
+        """A new tensor with ``reference``'s shape, dtype and device and i.i.d.
+        N(0, std²) entries (zeros when ``std == 0``, as Opacus does).
+
+        Raises:
+            ConfigError: ``std`` is negative or not finite (field ``std``), or
+                ``reference`` is not a floating-point tensor on this source's device
+                (field ``reference``).
+        """
+        if isinstance(std, bool) or not isinstance(std, int | float) or not math.isfinite(std):
+            raise ConfigError("std", f"must be a finite number, got {std!r}")
+        if std < 0:
+            raise ConfigError("std", f"must be >= 0, got {std!r}")
+        self._check_reference(reference)
+        if std == 0:
+            return torch.zeros_like(reference, memory_format=torch.contiguous_format)
+        on_cuda = reference.device.type == "cuda"
+        host = torch.empty(reference.shape, dtype=reference.dtype, pin_memory=on_cuda)
+        flat = host.view(-1)
+        chunk = _CHUNK // SECURE_DRAWS if self.secure_mode else _CHUNK
+        for start in range(0, flat.numel(), chunk):
+            count = min(chunk, flat.numel() - start)
+            # scale in float64 and round to the reference dtype once
+            flat[start : start + count].copy_(self._standard_normal(count).mul_(std))
+        if reference.device.type == "cpu":
+            return host
+        return host.to(reference.device, non_blocking=on_cuda)
+
+    def _standard_normal(self, count: int) -> torch.Tensor:
+        if not self.secure_mode:
+            return self._normals.standard_normal(count)
+        draws = self._normals.standard_normal(SECURE_DRAWS * count).view(SECURE_DRAWS, count)
+        return draws.sum(dim=0).div_(math.sqrt(SECURE_DRAWS))
+
+    def _check_reference(self, reference: torch.Tensor) -> None:
+        if not isinstance(reference, torch.Tensor) or not reference.is_floating_point():
+            raise ConfigError("reference", "must be a floating-point tensor")
+        where = reference.device
+        if where.type != self.device.type or (
+            self.device.index is not None and where.index != self.device.index
+        ):
+            raise ConfigError(
+                "reference", f"is on {where}, but this noise source serves {self.device}"
+            )
 
     def reseed(self) -> None:
-        """Draw a fresh seed from the OS CSPRNG."""
-        self.generator.manual_seed(secrets.randbits(63))
+        """Replace the key with a fresh one from the OS CSPRNG (also ending the
+        test-only deterministic mode), so earlier noise is never replayed."""
+        self._seed = None
+        self._normals = KeystreamNormals(key=secrets.token_bytes(KEY_BYTES))
 
-    def state_dict(self) -> dict[str, object]:
-        """Generator state for exact resumption; empty in secure mode (never exported)."""
-        if self.secure_mode:
+    def state_dict(self) -> dict[str, int]:
+        """Empty (the key is never exported), except in the test-only deterministic
+        mode: ``{"noise_seed", "calls"}`` for exact resumption."""
+        if self._seed is None:
             return {}
-        return {"rng_state": self.generator.get_state()}
+        return {"noise_seed": self._seed, "calls": self._normals.calls}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        """Restore :meth:`state_dict`; in secure mode the generator is re-seeded instead."""
-        if self.secure_mode:
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Restore :meth:`state_dict`. A source with a secret key re-keys itself
+        instead (nothing in ``state`` can choose or replay its noise); a
+        deterministic source resumes the recorded test stream if there is one.
+
+        Raises:
+            ConfigError: a deterministic state with a malformed seed or call index.
+        """
+        if self._seed is None:
             self.reseed()
-        elif "rng_state" in state:
-            self.generator.set_state(state["rng_state"])  # type: ignore[arg-type]
+            return
+        if "noise_seed" not in state:
+            return
+        seed, calls = state["noise_seed"], state.get("calls", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError("noise_seed", "must be an integer")
+        normals = KeystreamNormals(key=_test_key(seed))
+        normals.skip_to(calls)  # type: ignore[arg-type]
+        self._seed, self._normals = seed, normals
 
 
-__all__ = ["NoiseSource"]
+def _test_key(seed: int) -> bytes:
+    return hashlib.sha256(_TEST_KEY_DOMAIN + str(seed).encode("ascii")).digest()
+
+
+__all__ = ["SECURE_DRAWS", "InsecureNoiseWarning", "NoiseSource"]

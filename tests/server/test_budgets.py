@@ -1,5 +1,6 @@
 """Privacy budgets and the ledger at the service layer, on SQLite and PostgreSQL:
-exact enforcement, racing writers, append-only guards, tamper detection."""
+exact enforcement, racing writers, append-only guards, tamper detection. Steps go
+through :func:`~server.services.dp_step.charge_and_step` with real tiny engines."""
 
 from __future__ import annotations
 
@@ -14,13 +15,23 @@ from sqlalchemy.exc import DBAPIError
 
 from server.db.models import LedgerEventRow, LedgerImmutableError
 from server.db.session import Database
-from server.services.budgets import BudgetService, first_broken
+from server.services.audits import audit_report, first_broken, verify_chains
+from server.services.budgets import BudgetService
 from server.services.keys import build_keyring
 from server.settings import Settings
 from tensafe.errors import BudgetExceededError
 from tensafe.privacy.budget import DatasetBudget
+from tests.server.budget_steps import SIGMA, Q, RecordingEngine
+from tests.server.budget_steps import step as charged_step
 
-SIGMA, Q = 1.0, 0.01
+_ENGINES: dict[str, RecordingEngine] = {}
+
+
+def _engine(run: str) -> RecordingEngine:
+    """One real engine per run id (runs of different tests never share an id)."""
+    if run not in _ENGINES:
+        _ENGINES[run] = RecordingEngine()
+    return _ENGINES[run]
 
 
 @pytest.fixture(scope="session")
@@ -48,21 +59,9 @@ def _cap_for(k: int, *, delta: float = 1e-5) -> float:
 
 
 def _step(service: BudgetService, tenant: str, dataset: str, run: str, taken: list[int]) -> Any:
-    def effects(session: Any, result: Any, outcome: Any) -> None:
-        taken.append(outcome.event.seq)
-
-    return service.run_step(
-        tenant_id=tenant,
-        dataset_id=dataset,
-        run_id=run,
-        noise_multiplier=SIGMA,
-        sample_rate=Q,
-        max_grad_norm=1.0,
-        dataset_size=1000,
-        delta=1e-5,
-        take_step=lambda: "stepped",
-        effects=effects,
-    )
+    seq = charged_step(service, _engine(run), tenant_id=tenant, dataset_id=dataset, run_id=run)
+    taken.append(int(seq))
+    return seq
 
 
 def _ids() -> tuple[str, str]:
@@ -75,26 +74,15 @@ def test_exact_enforcement_k_allowed_then_refused(database: Database, tmp_path: 
     k = 5
     service.create_budget(tenant_id=tenant, dataset_id=dataset, epsilon_cap=_cap_for(k))
     taken: list[int] = []
+    run = f"run-a-{dataset}"
     for _ in range(k):
-        _step(service, tenant, dataset, "run-a", taken)
-    called = []
-
-    def take() -> None:
-        called.append(1)
+        _step(service, tenant, dataset, run, taken)
+    engine = _engine(run)
+    called = engine.calls[k:]
 
     with pytest.raises(BudgetExceededError, match="budget exceeded"):
-        service.run_step(
-            tenant_id=tenant,
-            dataset_id=dataset,
-            run_id="run-a",
-            noise_multiplier=SIGMA,
-            sample_rate=Q,
-            max_grad_norm=1.0,
-            dataset_size=1000,
-            delta=1e-5,
-            take_step=take,
-            effects=lambda *a: None,
-        )
+        charged_step(service, engine, tenant_id=tenant, dataset_id=dataset, run_id=run)
+    called = engine.calls[k:]
     assert called == []  # refused before any noise could be drawn
     summary = service.budget_summary(tenant_id=tenant, dataset_id=dataset)
     assert summary["total_steps"] == k and summary["refusals"] == 1
@@ -104,12 +92,12 @@ def test_exact_enforcement_k_allowed_then_refused(database: Database, tmp_path: 
     assert kinds == ["budget_created"] + ["dp_step"] * k + ["step_refused"]
     # raising the cap lets the run go on, and is a ledger event
     service.change_cap(tenant_id=tenant, dataset_id=dataset, epsilon_cap=_cap_for(k + 1))
-    _step(service, tenant, dataset, "run-a", taken)
+    _step(service, tenant, dataset, run, taken)
     with pytest.raises(Exception, match="already been spent"):
         service.change_cap(tenant_id=tenant, dataset_id=dataset, epsilon_cap=0.001)
-    (result,) = service.verify(tenant_id=tenant)
+    (result,) = verify_chains(service, tenant_id=tenant)
     assert result.report.ok and result.report.checked == k + 4
-    report = service.audit_report(tenant_id=tenant, dataset_id=dataset)
+    report = audit_report(service, tenant_id=tenant, dataset_id=dataset)
     assert report.ok, report.warnings
     assert report.recompute is not None and report.recompute.all_agree
 
@@ -118,9 +106,9 @@ def test_no_budget_is_refused_unless_default_cap(database: Database, tmp_path: P
     service = _service(database, tmp_path)
     tenant, dataset = _ids()
     with pytest.raises(Exception, match="no privacy budget"):
-        _step(service, tenant, dataset, "r", [])
+        _step(service, tenant, dataset, f"r-{dataset}", [])
     service.default_epsilon_cap = 3.0
-    _step(service, tenant, dataset, "r", [])
+    _step(service, tenant, dataset, f"r-{dataset}", [])
     with database.sessions() as session:
         first = service.events(session, tenant, dataset)[0]
     assert first.kind == "budget_created" and first.actor == "server:default_epsilon_cap"
@@ -140,7 +128,7 @@ def test_racing_writers_never_exceed_the_cap(database: Database, tmp_path: Path)
         service = _service(database, tmp_path)
         for _ in range(12):
             try:
-                _step(service, tenant, dataset, f"run-{i}", accepted)
+                _step(service, tenant, dataset, f"run-{i}-{dataset}", accepted)
             except BudgetExceededError:
                 refused.append(i)
             except BaseException as exc:  # pragma: no cover - reported below
@@ -160,7 +148,7 @@ def test_racing_writers_never_exceed_the_cap(database: Database, tmp_path: Path)
         rows = creator.events(session, tenant, dataset)
     assert sum(r.kind == "dp_step" for r in rows) == cap_steps
     assert [r.seq for r in rows] == list(range(1, len(rows) + 1))
-    (result,) = creator.verify(tenant_id=tenant)
+    (result,) = verify_chains(creator, tenant_id=tenant)
     assert result.report.ok
 
 
@@ -197,8 +185,8 @@ def test_tampering_is_detected_at_the_first_broken_row(
     tenant, dataset = _ids()
     service.create_budget(tenant_id=tenant, dataset_id=dataset, epsilon_cap=50.0)
     for i in range(6):
-        _step(service, tenant, dataset, f"run-{i % 2}", [])
-    assert service.verify(tenant_id=tenant)[0].report.ok  # 7 rows
+        _step(service, tenant, dataset, f"run-{i % 2}-{dataset}", [])
+    assert verify_chains(service, tenant_id=tenant)[0].report.ok  # 7 rows
     where = "tenant_id = :t AND dataset_id = :d"
     params = {"t": tenant, "d": dataset}
     if attack == "edit":
@@ -220,10 +208,10 @@ def test_tampering_is_detected_at_the_first_broken_row(
         sql = [f"DELETE FROM ledger_events WHERE {where} AND seq = 7"]
         expected = 7
     _tamper(database, sql, params)
-    broken = first_broken(service.verify(tenant_id=tenant))
+    broken = first_broken(verify_chains(service, tenant_id=tenant))
     assert broken is not None and broken.dataset_id == dataset
     assert broken.report.first_broken_seq == expected, broken.report
-    report = service.audit_report(tenant_id=tenant, dataset_id=dataset, recompute=False)
+    report = audit_report(service, tenant_id=tenant, dataset_id=dataset, recompute=False)
     assert not report.ok and "integrity check failed" in report.warnings[0]
 
 
@@ -248,4 +236,4 @@ def test_ledger_rows_refuse_update_and_delete(database: Database, tmp_path: Path
             select(LedgerEventRow).where(LedgerEventRow.tenant_id == tenant)
         ).one()
         session.delete(row)
-    assert service.verify(tenant_id=tenant)[0].report.ok
+    assert verify_chains(service, tenant_id=tenant)[0].report.ok

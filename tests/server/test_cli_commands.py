@@ -85,3 +85,16 @@ def test_budget_and_audit_commands(tmp_path: Path, capsys: pytest.CaptureFixture
     )
     assert "chain ok: True" in capsys.readouterr().out and out.read_text().strip()
     assert main(["audit", "report", "--dataset", "nope", *data]) == 2
+
+
+def test_create_budget_refuses_a_delta_no_dataset_could_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = ["--data-dir", str(tmp_path / "data")]
+    assert main(["admin", "create-tenant", "lab", "--json", *data]) == 0
+    tenant = json.loads(capsys.readouterr().out)["tenant_id"]
+    create = ["admin", "create-budget", tenant, "ds", "--epsilon-cap", "2", *data]
+    assert main([*create, "--delta", "0.09"]) != 0
+    assert "delta: must be < 0.01" in capsys.readouterr().err
+    assert main(["audit", "verify", "--dataset", "ds", *data]) == 0  # nothing was created
+    assert "ds" not in capsys.readouterr().out

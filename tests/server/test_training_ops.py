@@ -13,15 +13,20 @@ import torch
 from sqlalchemy import select, update
 
 from server.db.models import ArtifactRow, DPStepRow, utcnow
-from server.services import privacy
+from server.services import dp_step
 from tensafe.artifacts import TenantKey, open_checkpoint
 from tensafe.privacy import PrivacyAccountant
 from tests.server.harness import DP, Harness, batch
 
 
 def _dp_rows(api: Harness, run_id: str) -> list[DPStepRow]:
+    """The run's rows of the ``dp_steps`` view of the ledger."""
     with api.context.db.sessions() as session:
-        return privacy.dp_rows(session, run_id)
+        return list(
+            session.scalars(
+                select(DPStepRow).where(DPStepRow.run_id == run_id).order_by(DPStepRow.seq)
+            )
+        )
 
 
 def _epsilon(steps: int) -> float:
@@ -239,7 +244,7 @@ def test_dp_row_and_completion_commit_together(
     def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("database write failed")
 
-    monkeypatch.setattr(privacy, "record_dp_step", refuse)
+    monkeypatch.setattr(dp_step, "_advance_run", refuse)  # after the ledger row, same commit
     error = api.fail(headers, run_id, "optim_step", {})
     assert error["category"] == "server"
     assert _dp_rows(api, run_id) == [] and api.run(headers, run_id)["step"] == 0

@@ -76,7 +76,8 @@ def test_canonical_bytes_leave_out_null_format_2_fields_only() -> None:
     assert payload["actor"] is None and payload["epsilon_requested"] is None  # others stay
     new = append(KAT_HEAD, KAT_FIELDS | {"model_step": 40, "epsilon_run_exact": 1.2}, KAT_KEY)
     expected = {k: v for k, v in new.to_row().items() if k not in {"link", "origin_run_id",
-                                                                 "origin_seq"}}  # fmt: skip
+                                                                 "origin_seq", "run_delta",
+                                                                 "run_accountant"}}  # fmt: skip
     assert canonical_bytes(new) == json.dumps(
         expected, sort_keys=True, separators=(",", ":"), ensure_ascii=True
     ).encode("ascii")
@@ -92,6 +93,9 @@ FORMAT_2_EDITS: list[tuple[dict[str, object], str, object]] = [
     (KAT_FIELDS | {"model_step": 40, "epsilon_run_exact": 1.2}, "epsilon_run_exact", None),
     (KAT_FIELDS, "model_step", 1),  # set on a format-1 row
     (KAT_FIELDS, "epsilon_run_exact", 0.5),
+    (KAT_FIELDS | {"epsilon_run_exact": 1.2, "run_delta": 1e-6}, "run_delta", 2e-6),
+    (KAT_FIELDS | {"epsilon_run_exact": 1.2, "run_delta": 1e-6}, "run_delta", None),
+    (KAT_FIELDS | {"epsilon_run_exact": 1.2, "run_accountant": "rdp"}, "run_accountant", "prv"),
     (CARRIED_FIELDS, "origin_run_id", "other"),
     (CARRIED_FIELDS, "origin_seq", 13),
     (CARRIED_FIELDS, "run_id", "source"),
@@ -144,6 +148,12 @@ def test_a_carried_row() -> None:
         (BUDGET_FIELDS, {"model_step": 3}, "model_step"),
         (BUDGET_FIELDS, {"epsilon_run_exact": 1.0}, "epsilon_run_exact"),
         (BUDGET_FIELDS, {"origin_seq": 1}, "origin_seq"),
+        (KAT_FIELDS, {"run_delta": 1e-6}, "run_delta"),  # without epsilon_run_exact
+        (KAT_FIELDS, {"run_accountant": "prv"}, "run_accountant"),
+        (KAT_FIELDS, {"epsilon_run_exact": 1.0, "run_delta": 1.0}, "run_delta"),
+        (KAT_FIELDS, {"epsilon_run_exact": 1.0, "run_delta": 0.0}, "run_delta"),
+        (KAT_FIELDS, {"epsilon_run_exact": 1.0, "run_accountant": "gdp"}, "run_accountant"),
+        (BUDGET_FIELDS, {"run_delta": 1e-6}, "run_delta"),
     ],
 )
 def test_invalid_format_2_fields_are_named(
@@ -157,3 +167,31 @@ def test_invalid_format_2_fields_are_named(
 def test_an_infinite_exact_epsilon_is_allowed_like_epsilon_step() -> None:
     event = append(GENESIS, KAT_FIELDS | {"epsilon_run_exact": float("inf")}, KAT_KEY)
     assert b'"epsilon_run_exact":Infinity' in canonical_bytes(event)
+
+
+def test_run_delta_and_accountant_qualify_the_exact_epsilon() -> None:
+    fields = KAT_FIELDS | {"epsilon_run_exact": 1.25, "run_delta": 1e-6, "run_accountant": "rdp"}
+    event = append(GENESIS, fields, KAT_KEY)
+    payload = json.loads(canonical_bytes(event))
+    assert (payload["run_delta"], payload["run_accountant"]) == (1e-6, "rdp")
+    assert b'"run_delta":1e-06' in canonical_bytes(event)
+    assert verify_chain([event.to_row()], KAT_KEY).ok
+
+
+def test_the_verifier_in_the_audit_guide_checks_format_2_rows() -> None:
+    """docs/audit.md's dozen-line independent verifier is true for rows with and
+    without format-2 fields."""
+    from pathlib import Path
+
+    guide = (Path(__file__).parents[3] / "docs" / "audit.md").read_text(encoding="utf-8")
+    code = guide.split("An independent verifier", 1)[1].split("```python", 1)[1].split("```")[0]
+    namespace: dict[str, object] = {}
+    exec(code, namespace)  # the documented snippet itself
+    verify = namespace["verify"]
+    first = append(GENESIS, BUDGET_FIELDS, KAT_KEY)
+    exact = {"epsilon_run_exact": 1.2, "run_delta": 1e-6, "run_accountant": "prv", "model_step": 3}
+    second = append(ChainHead.after(first), KAT_FIELDS | exact, KAT_KEY)
+    rows = [first.to_row(), second.to_row()]
+    assert verify(rows, KAT_KEY) == "ok"  # type: ignore[operator]
+    rows[1] = rows[1] | {"run_delta": 2e-6}
+    assert verify(rows, KAT_KEY) == "broken at seq 2"  # type: ignore[operator]

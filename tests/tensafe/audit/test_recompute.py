@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from tensafe.audit.ledger import GENESIS, ChainHead, LedgerEvent, append
@@ -18,6 +20,7 @@ from tensafe.privacy.budget import accounting_versions
 from tensafe.privacy.epsilon import compute_epsilon
 from tensafe.privacy.schedule import EpsilonSchedule
 from tests.tensafe.audit.simulate import KEY, Ledger, RunSpec, new_ledger, run_steps
+from tests.tensafe.audit.test_references import gaussian_epsilon
 
 Histories = dict[str, list[tuple[float, float, int]]]
 
@@ -159,3 +162,59 @@ def test_replay_catches_broken_rules(prv_ledger: Ledger) -> None:
     with pytest.raises(ConfigError) as info:
         replay_ledger(events, schedule=EpsilonSchedule(delta=1e-6))
     assert info.value.field == "schedule"
+
+
+# ------------------------------------------------------- small and full sample rates
+
+#: The true ε at δ = 1e-5 of 10,000 steps at q = 1e-4, cross-checked two ways: PLD at
+#: interval 1e-6 (σ = 1: 0.0380171) or 3.9e-7 (σ = 5: 0.0044486), Opacus PRV's point
+#: estimate at eps_error 1e-4 (0.0380174; 0.0044498).
+SMALL_Q_TRUE_EPSILON = {1.0: 0.038017, 5.0: 0.0044486}
+
+
+def checked_ledger(sigma: float, q: float, steps: int, *, below: float) -> RecomputeResult:
+    """One run's ledger whose last row records the service's own values (run total:
+    conservative schedule; run exact: ``compute_epsilon``) but a dataset total of
+    ``below`` — so the three checks share one history and one pair of references."""
+    events = bulk_ledger({"a": [(sigma, q, steps)]})
+    exact = compute_epsilon(history=[(sigma, q, steps)], delta=1e-5, accountant="prv")
+    events = relinked(events, len(events) - 1, epsilon_dataset_total=below, epsilon_run_exact=exact)
+    return recompute_epsilons(events)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 5.0])
+def test_small_sample_rate_correct_values_pass_and_an_under_report_fails(sigma: float) -> None:
+    true = SMALL_Q_TRUE_EPSILON[sigma]
+    result = checked_ledger(sigma, 1e-4, 10_000, below=0.985 * true)
+    run, exact, dataset = result.runs[0], result.runs_exact[0], result.dataset
+    assert run.pld == pytest.approx(true, rel=1e-3) and run.pld_converged
+    assert run.pld_value_discretization is not None and run.pld_value_discretization < 2e-5
+    # The service's values are above the true ε: never flagged as under-reported
+    # (at a fixed interval of 1e-4 PLD read 0.03996 and 0.00970, and both were).
+    assert run.recorded >= exact.recorded >= true
+    assert run.upper_bound_holds and exact.upper_bound_holds
+    assert run.prv is not None and run.prv_lower is not None
+    assert run.prv_lower <= true <= run.prv
+    # 1.5 % below the true ε: caught.
+    assert not dataset.upper_bound_holds and not dataset.agree_within_1pct
+    assert not result.all_agree
+
+
+def test_full_batch_correct_value_agrees_and_an_under_report_fails() -> None:
+    true = gaussian_epsilon(math.sqrt(20) / 1.5, 1e-5)  # q = 1: one Gaussian, μ = √k/σ
+    result = checked_ledger(1.5, 1.0, 20, below=0.985 * true)
+    run, exact, dataset = result.runs[0], result.runs_exact[0], result.dataset
+    assert run.pld == pytest.approx(true, rel=1e-3)
+    for check in (run, exact):
+        assert check.agree_within_1pct and check.upper_bound_holds, check
+    assert not dataset.upper_bound_holds and not dataset.agree_within_1pct
+
+
+def test_identical_histories_are_evaluated_once() -> None:
+    events = bulk_ledger({"a": [(1.0, 0.01, 300)]})
+    result = recompute_epsilons(events)
+    assert result.runs[0].history == result.dataset.history
+    assert result.runs[0].pld == result.dataset.pld and result.runs[0].prv == result.dataset.prv
+    with pytest.raises(ConfigError) as info:
+        recompute_epsilons(events, pld_tolerance=0.1)
+    assert info.value.field == "pld_tolerance"

@@ -13,6 +13,7 @@ from tensafe.audit.render import render_html
 from tensafe.audit.report import AuditReport, build_report
 from tensafe.errors import ConfigError
 from tests.tensafe.audit.simulate import KEY, Ledger
+from tests.tensafe.audit.test_recompute import bulk_ledger, relinked
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +98,25 @@ def test_without_key_or_with_another_cap(prv_ledger: Ledger) -> None:
     assert "Not verified" in page and "Not run." in page
     with pytest.raises(ConfigError):
         build_report(prv_ledger.events, dataset_id="nope")
+
+
+@pytest.mark.parametrize(
+    ("factor", "verdict", "warning"),
+    [
+        (1.05, "over-reported (safe side)", "never below it"),
+        (0.97, "UNDER-REPORTED", "under-reports the privacy spent"),
+    ],
+)
+def test_report_tells_an_over_report_from_an_under_report(
+    factor: float, verdict: str, warning: str
+) -> None:
+    events = bulk_ledger({"a": [(1.0, 0.02, 300)]})
+    last = events[-1]
+    events = relinked(
+        events, len(events) - 1, epsilon_dataset_total=last.epsilon_dataset_total * factor
+    )
+    report = build_report(events, dataset_id="d", replay=False)
+    assert report.recompute is not None and not report.recompute.all_agree
+    assert any(warning in w for w in report.warnings), report.warnings
+    page = render_html(report)
+    assert verdict in page and "agrees" in page  # the run's own total was left alone

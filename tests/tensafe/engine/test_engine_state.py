@@ -174,6 +174,24 @@ def test_noise_is_never_seeded_from_the_public_run_seed():
     assert not torch.equal(run(), run())
 
 
+def test_engine_noise_is_a_secret_keystream_unless_a_test_seed_is_given():
+    from tensafe.engine import TrainingEngine
+    from tensafe.models import LoRAConfig, build_tiny_llama
+    from tensafe.privacy import DPConfig
+
+    production = TrainingEngine(
+        model=build_tiny_llama(seed=0),
+        lora_config=LoRAConfig(rank=4),
+        dp_config=DPConfig(noise_multiplier=1.0, dataset_size=1000, expected_batch_size=4),
+        seed=1234,  # the client's run seed: LoRA initialisation only
+    )
+    production.optim_step()
+    assert not production.dp.noise.deterministic
+    assert production.state_dict()["noise"] == {}  # the key never leaves the engine
+    seeded = make_engine(dp=True, sigma=1.0, seed=3)  # noise_seed: test-only
+    assert seeded.dp.noise.deterministic
+
+
 @pytest.mark.parametrize("name", ["adamw", "adam", "sgd", "adafactor"])
 def test_every_optimizer_takes_a_dp_step(name):
     eng = make_engine(dp=True, sigma=1.0, optimizer=OptimizerConfig(name=name, learning_rate=1e-3))

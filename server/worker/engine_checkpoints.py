@@ -9,7 +9,7 @@
   ``adapter_config.json`` travels in the manifest's ``lora_config``).
 
 Restoring (:func:`restore_engine`) takes weights and optimizer from the checkpoint
-but the accountant history from the caller — the run's ``dp_steps`` rows, never the
+but the accountant history from the caller — the run's history in the ledger, never the
 checkpoint's copy — and re-seeds the noise generator from the OS, so resuming from
 an older checkpoint can neither under-report ε nor replay earlier noise.
 """
@@ -26,7 +26,7 @@ import torch
 from server.db.models import ArtifactRow, TrainingRunRow
 from server.errors import ValidationError
 from server.services.artifacts import shape_signature
-from server.services.privacy import accountant_state
+from server.services.run_history import accountant_state
 from tensafe.artifacts import Manifest
 from tensafe.artifacts.training_state import pack_training_state, unpack_training_state
 from tensafe.engine import TrainingEngine

@@ -1,0 +1,109 @@
+"""Audits of the privacy ledger: verify its chains, build a dataset's report.
+
+Both read ``ledger_events`` only (plus each budget row's recorded chain head, which
+detects rows deleted from the end) and need the ledger key to check the links.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from server.db.models import PrivacyBudgetRow
+from server.services.budgets import BudgetService
+from server.services.ledger import dataset_rows, event_mapping
+from tensafe.audit import AuditReport, ChainHead, ChainReport, LedgerEvent, build_report
+from tensafe.audit import verify_chain as verify_rows
+from tensafe.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The verification of one dataset's chain."""
+
+    tenant_id: str
+    dataset_id: str
+    report: ChainReport
+
+    def to_dict(self) -> dict[str, object]:
+        return {"tenant_id": self.tenant_id, "dataset_id": self.dataset_id, **self.report.to_dict()}
+
+
+def verify_chains(
+    budgets: BudgetService, *, tenant_id: str | None = None, dataset_id: str | None = None
+) -> list[VerifyResult]:
+    """Verify every chain (of a tenant, of a dataset): links, numbering, head."""
+    key = budgets.key()
+    results: list[VerifyResult] = []
+    with budgets.db.sessions() as session:
+        query = select(PrivacyBudgetRow).order_by(
+            PrivacyBudgetRow.tenant_id, PrivacyBudgetRow.dataset_id
+        )
+        if tenant_id is not None:
+            query = query.where(PrivacyBudgetRow.tenant_id == tenant_id)
+        if dataset_id is not None:
+            query = query.where(PrivacyBudgetRow.dataset_id == dataset_id)
+        for row in session.scalars(query):
+            rows = dataset_rows(session, row.tenant_id, row.dataset_id)
+            report = verify_rows(
+                [event_mapping(r) for r in rows],
+                key,
+                expected_head=ChainHead(seq=row.head_seq, link=row.head_link),
+            )
+            results.append(VerifyResult(row.tenant_id, row.dataset_id, report))
+    return results
+
+
+def first_broken(results: Sequence[VerifyResult]) -> VerifyResult | None:
+    """The first chain that failed verification, if any."""
+    return next((r for r in results if not r.report.ok), None)
+
+
+def audit_report(
+    budgets: BudgetService, *, tenant_id: str, dataset_id: str, recompute: bool = True
+) -> AuditReport:
+    """The audit report of one dataset, from its ledger rows alone, with the chain
+    verified against the budget's recorded head (a broken chain is the report's
+    first warning).
+
+    Raises:
+        NotFoundError: no budget for the dataset (or another tenant's).
+    """
+    with budgets.db.sessions() as session:
+        budget = budgets.get_row(session, tenant_id=tenant_id, dataset_id=dataset_id)
+        mappings = [event_mapping(r) for r in dataset_rows(session, tenant_id, dataset_id)]
+    events: list[LedgerEvent] = []
+    for mapping in mappings:
+        try:
+            events.append(LedgerEvent.from_row(mapping))
+        except ConfigError:
+            continue  # the chain check below reports it
+    report = build_report(
+        events,
+        dataset_id=dataset_id,
+        tenant_id=tenant_id,
+        key=None,
+        cap=budget.epsilon_cap,
+        recompute=recompute,
+    )
+    chain = verify_rows(
+        mappings,
+        budgets.key(),
+        expected_head=ChainHead(seq=budget.head_seq, link=budget.head_link),
+    )
+    warnings = list(report.warnings)
+    if not chain.ok:
+        warnings.insert(
+            0,
+            f"The ledger's integrity check failed at entry {chain.first_broken_seq}: "
+            f"{chain.reason}. The figures below cannot be trusted.",
+        )
+    data = report.to_dict()
+    data["chain"] = chain.to_dict()
+    data["warnings"] = warnings
+    return AuditReport.from_dict(data)
+
+
+__all__ = ["VerifyResult", "audit_report", "first_broken", "verify_chains"]
