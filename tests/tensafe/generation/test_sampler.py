@@ -216,3 +216,26 @@ def test_large_batches_run_in_several_passes_with_the_same_results(tiny_sampler)
         assert [s.tokens for s in a.sequences] == [s.tokens for s in b.sequences]
         for sa, sb in zip(a.sequences, b.sequences, strict=True):
             assert list(sa.model_logprobs) == pytest.approx(list(sb.model_logprobs), abs=1e-5)
+
+
+def test_finished_sequences_leave_the_batch_and_others_are_unaffected():
+    tiny = build_tiny_llama(seed=3)
+    sampler = Sampler(model=tiny.model, tokenizer=tiny.tokenizer)
+    sizes: list[int] = []
+    tiny.model.register_forward_pre_hook(
+        lambda m, a, kw: sizes.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    requests = [
+        _req(PROMPTS[0], SamplingParams(max_tokens=2, temperature=0, stop=[])),
+        _req(PROMPTS[1], SamplingParams(max_tokens=3, stop=[], seed=4), num_samples=2),
+        _req(PROMPTS[2], SamplingParams(max_tokens=9, stop=[], seed=5, top_k=7)),
+    ]
+    alone = [sampler.sample(r) for r in requests]
+    sizes.clear()
+    batched = sampler.sample_batch(requests)
+    # prefill of 3 prompts; 4 rows; the greedy row ends after 2 tokens (1/4 of the
+    # batch: dropped), the two 3-token rows after 3, then the last row runs alone.
+    assert sizes == [3, 4, 3, 1, 1, 1, 1, 1, 1]
+    for a, b in zip(alone, batched, strict=True):
+        assert [s.tokens for s in a.sequences] == [s.tokens for s in b.sequences]
+        assert all(s.stop_reason == "length" for s in b.sequences)
