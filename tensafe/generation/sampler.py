@@ -29,6 +29,7 @@ import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -42,6 +43,9 @@ from tensafe.generation.prompt_logprobs import prompt_logprobs
 from tensafe.generation.results import PromptLogprobs, SampleResponse
 from tensafe.generation.stopping import StopChecker
 from tensafe.models.locking import model_lock
+
+if TYPE_CHECKING:
+    from tensafe.engine import TrainingEngine
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,13 +132,12 @@ class Sampler:
         self._lock = model_lock(model)
 
     @classmethod
-    def for_engine(cls, engine: object, *, limits: SamplerLimits = SamplerLimits()) -> Sampler:
+    def for_engine(
+        cls, engine: TrainingEngine, *, limits: SamplerLimits = SamplerLimits()
+    ) -> Sampler:
         """A sampler on a :class:`~tensafe.engine.TrainingEngine`'s model (its
-        current weights are ``adapter=None``; adapters only for LoRA runs)."""
-        from tensafe.engine import TrainingEngine
-
-        if not isinstance(engine, TrainingEngine):
-            raise ConfigError("engine", "must be a TrainingEngine")
+        current weights are ``adapter=None``; adapters and :data:`BASE_MODEL` only
+        for LoRA runs)."""
         return cls(
             model=engine.model,
             tokenizer=engine.tokenizer,
