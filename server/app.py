@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from tg_tinker.types import ErrorBody
 
-from server.api import artifacts, budgets, futures, keys, runs
+from server.api import artifacts, budgets, datasets, futures, keys, runs
 from server.api.deps import ApiResources
 from server.context import ServerContext, build_context
 from server.errors import ServiceError, describe_error
@@ -113,6 +113,7 @@ def api_resources(ctx: ServerContext) -> ApiResources:
         queue=ctx.queue,
         notifier=ctx.notifier,
         budgets=ctx.executor.budgets,
+        datasets=ctx.executor.datasets,
         keyring=ctx.keyring,
         store=ctx.store,
         tokenizers=ctx.executor,
@@ -160,8 +161,9 @@ def create_app(settings: Settings, *, context: ServerContext | None = None) -> F
         """Liveness: ``{"status": "ok"}`` (no authentication)."""
         return {"status": "ok"}
 
-    for router in (runs.router, futures.router, artifacts.router, keys.router, budgets.router):
-        app.include_router(router)
+    routers = (runs, futures, artifacts, keys, budgets, datasets)
+    for module in routers:
+        app.include_router(module.router)
     return app
 
 

@@ -17,6 +17,7 @@ from server.db.migrate import upgrade_database
 from server.db.session import Database
 from server.queue import FutureNotifier, RunQueue
 from server.services import artifacts as artifact_service
+from server.services.datasets import abandon_uploads
 from server.services.keys import build_keyring
 from server.services.legacy_dp_steps import carry_over_legacy_dp_steps
 from server.services.operations import fail_interrupted, purge_results
@@ -65,6 +66,11 @@ class ServerContext:
         if self.settings.auto_migrate:
             upgrade_database(self.db.url)
         carry_over_legacy_dp_steps(self.db, self.executor.budgets)
+        lost = abandon_uploads(self.db)
+        if lost:
+            log.warning(
+                "%d dataset upload(s) interrupted by the previous shutdown failed", len(lost)
+            )
         failed = fail_interrupted(self.db)
         if failed:
             log.warning(

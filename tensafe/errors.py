@@ -61,6 +61,15 @@ class BudgetExceededError(PrivacyError):
     """The step would push ε past the budget cap; nothing was applied."""
 
 
+class NonFiniteUpdateError(PrivacyError, ArithmeticError):
+    """A gradient or update was not finite (NaN or infinity) and was refused.
+
+    Raised *before* anything changed: weights, optimizer state, accountant, step
+    counter and accumulated gradients are as they were, and no privacy step was
+    accounted (so nothing may be charged for it).
+    """
+
+
 class EngineStateError(TenSafeError, RuntimeError):
     """An operation is not valid in the engine's current state (e.g. optim_step with
     no accumulated gradients)."""
@@ -116,6 +125,7 @@ __all__ = [
     "InvalidBatchError",
     "KeyProviderError",
     "ModelLoadError",
+    "NonFiniteUpdateError",
     "PrivacyError",
     "StorageError",
     "TenSafeError",

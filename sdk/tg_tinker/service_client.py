@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -27,6 +28,8 @@ from tg_tinker._config import (
     run_id_from_path,
 )
 from tg_tinker._http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, HTTPCore, RawRequest, Request
+from tg_tinker.datasets import DEFAULT_BATCH_RECORDS, Progress, ProgressBar, RecordLike
+from tg_tinker.datasets import upload as dataset_upload
 from tg_tinker.downloads import PulledArtifact
 from tg_tinker.errors import ValidationError
 from tg_tinker.training_client import TrainingClient, run_request
@@ -35,6 +38,8 @@ from tg_tinker.types import (
     ArtifactList,
     BudgetCreate,
     BudgetUpdate,
+    DatasetInfo,
+    DatasetList,
     DPConfig,
     OptimizerConfig,
     PrivacyBudget,
@@ -46,6 +51,22 @@ from tg_tinker.types import (
 # Requests that have a sync and an ``_async`` twin, described once.
 _LIST_RUNS = Request("GET", "/v1/training_runs", response=TrainingRunList)
 _EXPORT_KEY = RawRequest("GET", "/v1/keys/export")
+
+
+_LIST_DATASETS = Request("GET", "/v1/datasets", response=DatasetList)
+
+
+def _dataset_request(method: str, dataset_id: str) -> Request[DatasetInfo]:
+    return Request(method, f"/v1/datasets/{quote(dataset_id, safe='')}", response=DatasetInfo)
+
+
+def _progress(name: str, progress: bool | Progress) -> tuple[ProgressBar | None, Progress | None]:
+    if progress is True:
+        bar = ProgressBar(name)
+        return bar, bar
+    if progress is False:
+        return None, None
+    return None, progress
 
 
 def _create_run_request(config: TrainingConfig) -> Request[TrainingRun]:
@@ -438,7 +459,8 @@ class ServiceClient:
 
         Raises:
             FileExistsError: ``path`` exists and ``overwrite`` is False.
-            AuthenticationError: the API key may not export keys.
+            PermissionDeniedError: the API key lacks the ``train`` scope (an
+                ``AuthenticationError`` too).
         """
         target = downloads.check_target(path, overwrite=overwrite)
         content = self._http.send(_EXPORT_KEY).content
@@ -468,7 +490,13 @@ class ServiceClient:
         accountant: str = "prv",
         reason: str | None = None,
     ) -> PrivacyBudget:
-        """Create the ε budget of one of your datasets (ConflictError if it exists)."""
+        """Create the ε budget of one of your datasets.
+
+        Raises:
+            PermissionDeniedError: the API key lacks the ``privacy-officer`` scope;
+                nothing was created.
+            ConflictError: the dataset already has a budget.
+        """
         body = BudgetCreate(
             dataset_id=dataset_id,
             epsilon_cap=epsilon_cap,
@@ -481,11 +509,106 @@ class ServiceClient:
     def raise_privacy_budget(
         self, dataset_id: str, *, epsilon_cap: float, reason: str | None = None
     ) -> PrivacyBudget:
-        """Change a dataset's cap (a cap below the ε already spent is refused)."""
+        """Change a dataset's cap.
+
+        Raises:
+            PermissionDeniedError: the API key lacks the ``privacy-officer`` scope;
+                nothing was changed.
+            ValidationError: the new cap is below the ε already spent.
+        """
         body = BudgetUpdate(epsilon_cap=epsilon_cap, reason=reason)
         path = f"/v1/budgets/{quote(dataset_id, safe='')}"
         response = self._http.send(RawRequest("PATCH", path, body=body))
         return PrivacyBudget.model_validate_json(response.content)
+
+    # ---------------------------------------------------------------- datasets
+    def create_dataset(
+        self,
+        name: str,
+        records: Iterable[RecordLike],
+        privacy_units: Iterable[str | int] | None = None,
+        *,
+        batch_records: int = DEFAULT_BATCH_RECORDS,
+        progress: bool | Progress = True,
+    ) -> DatasetInfo:
+        """Register a dataset on the server (stored encrypted; N fixed at the end).
+
+        ``records`` may be any iterable — a generator of a million records is streamed in
+        batches of ``batch_records``, one batch in memory at a time. Each item is a
+        ``Datum``, a ``(prompt_tokens, completion_tokens)`` pair, a ``BatchData`` (one
+        record per row), a list of token ids (a prompt) or a ``DatasetRecord``.
+        ``privacy_units`` (a patient or customer id per record) makes ε count per unit:
+        sampling is over units and a unit's records are clipped together. Registering
+        the same content again returns the dataset you already have (and its budget).
+
+        Example::
+
+            info = service.create_dataset("notes-2026", zip(prompts, completions))
+            print(info.dataset_id, info.num_records, info.commitment)
+
+        Raises:
+            ValidationError: a bad record (``field`` names ``records[i]``), or units that
+                do not match the records one to one.
+        """
+        bar, report = _progress(name, progress)
+        plan = dataset_upload(name, records, privacy_units, batch_records=batch_records,
+                              progress=report)  # fmt: skip
+        try:
+            request = next(plan)
+            while True:
+                request = plan.send(self._http.call(request))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        finally:
+            if bar is not None:
+                bar.close()
+
+    async def create_dataset_async(
+        self,
+        name: str,
+        records: Iterable[RecordLike],
+        privacy_units: Iterable[str | int] | None = None,
+        *,
+        batch_records: int = DEFAULT_BATCH_RECORDS,
+        progress: bool | Progress = True,
+    ) -> DatasetInfo:
+        """Async twin of :meth:`create_dataset`."""
+        bar, report = _progress(name, progress)
+        plan = dataset_upload(name, records, privacy_units, batch_records=batch_records,
+                              progress=report)  # fmt: skip
+        try:
+            request = next(plan)
+            while True:
+                request = plan.send(await self._http.acall(request))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def list_datasets(self) -> list[DatasetInfo]:
+        """Your datasets, newest first (each version separately)."""
+        return self._http.call(_LIST_DATASETS).datasets
+
+    async def list_datasets_async(self) -> list[DatasetInfo]:
+        """Async twin of :meth:`list_datasets`."""
+        return (await self._http.acall(_LIST_DATASETS)).datasets
+
+    def get_dataset(self, dataset_id: str) -> DatasetInfo:
+        """One of your datasets (NotFoundError for another tenant's id)."""
+        return self._http.call(_dataset_request("GET", dataset_id))
+
+    async def get_dataset_async(self, dataset_id: str) -> DatasetInfo:
+        """Async twin of :meth:`get_dataset`."""
+        return await self._http.acall(_dataset_request("GET", dataset_id))
+
+    def delete_dataset(self, dataset_id: str) -> DatasetInfo:
+        """Crypto-shred one of your datasets: its key is destroyed, its ciphertext deleted."""
+        return self._http.call(_dataset_request("DELETE", dataset_id))
+
+    async def delete_dataset_async(self, dataset_id: str) -> DatasetInfo:
+        """Async twin of :meth:`delete_dataset`."""
+        return await self._http.acall(_dataset_request("DELETE", dataset_id))
 
     def audit_report(self, dataset_id: str, *, format: str = "json") -> dict[str, object] | str:
         """The dataset's privacy audit report: a dict (``format="json"``) or an HTML page."""

@@ -25,6 +25,8 @@ from tg_tinker.types import (
     AdamParams,
     BatchData,
     Datum,
+    DrawBatchRequest,
+    DrawnBatch,
     ForwardBackwardOutput,
     ForwardBackwardRequest,
     FutureRef,
@@ -54,7 +56,7 @@ R = TypeVar("R", bound=pydantic.BaseModel)
 
 #: What ``forward`` / ``forward_backward`` accept: Tinker datums, a BatchData, or a
 #: mapping with ``input_ids`` (and optionally ``attention_mask``, ``labels``).
-TrainingInput = Sequence[Datum] | Datum | BatchData | Mapping[str, object]
+TrainingInput = Sequence[Datum] | Datum | BatchData | DrawnBatch | Mapping[str, object]
 
 _EMPTY = (
     "batch is empty. Poisson sampling can draw an empty batch: skip forward_backward "
@@ -87,6 +89,13 @@ def forward_request(
     """
     loss_fn = _check_loss_fn(loss_fn)
     config = dict(loss_fn_config) if loss_fn_config is not None else None
+    if isinstance(data, DrawnBatch):  # the server's own records (an empty draw is fine)
+        return build_model(
+            ForwardBackwardRequest,
+            drawn_batch_id=data.batch_id,
+            loss_fn=loss_fn,
+            loss_fn_config=config,
+        )
     if isinstance(data, (BatchData, Mapping)):
         batch = data if isinstance(data, BatchData) else build_model(BatchData, **dict(data))
         if not batch.input_ids:
@@ -149,6 +158,11 @@ def _forward_operation(
 ) -> _Operation[ForwardBackwardOutput]:
     body = forward_request(data, loss_fn, loss_fn_config)
     return _operation(run_id, route, ForwardBackwardOutput, body)
+
+
+def _draw_batch_operation(run_id: str, include_records: bool) -> _Operation[DrawnBatch]:
+    body = DrawBatchRequest(include_records=include_records)
+    return _operation(run_id, "draw_batch", DrawnBatch, body)
 
 
 def _optim_step_operation(
@@ -443,6 +457,32 @@ class TrainingClient:
         return await self._asubmit(
             _forward_operation(self.run_id, "forward_backward", data, loss_fn, loss_fn_config)
         )
+
+    def draw_batch(self, *, include_records: bool = False) -> APIFuture[DrawnBatch]:
+        """The server draws this run's next logical batch from its server-held dataset:
+        each record (or privacy unit) independently with probability q, from the server's
+        CSPRNG. One :meth:`optim_step` consumes it; drawing again before that is refused.
+
+        The SFT loop is three lines; an empty draw is fine (``optim_step`` still adds
+        the noise the accountant expects)::
+
+            batch = tc.draw_batch().result()
+            tc.forward_backward(batch)
+            tc.optim_step()
+
+        For RL, ``include_records=True`` returns the drawn records (the prompts); send the
+        datums you build from them with ``Datum(..., record_id=batch.record_ids[i])``:
+        all datums of one record (one unit) are clipped together.
+
+        Raises:
+            ConflictError: (from the future) the run declares its own sampling, or the
+                previous drawn batch was not stepped.
+        """
+        return self._submit(_draw_batch_operation(self.run_id, include_records))
+
+    async def draw_batch_async(self, *, include_records: bool = False) -> APIFuture[DrawnBatch]:
+        """Async twin of :meth:`draw_batch`."""
+        return await self._asubmit(_draw_batch_operation(self.run_id, include_records))
 
     def optim_step(
         self, adam_params: AdamParams | None = None, *, apply_dp_noise: bool = True

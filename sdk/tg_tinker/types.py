@@ -93,10 +93,16 @@ class ModelInput(_Wire):
 
 class Datum(_Wire):
     """One training example: input tokens and per-token loss inputs
-    (``target_tokens``, ``weights``; ``logprobs`` and ``advantages`` for RL losses)."""
+    (``target_tokens``, ``weights``; ``logprobs`` and ``advantages`` for RL losses).
+
+    ``record_id`` (runs on a server-held dataset only): the drawn record this datum
+    belongs to — e.g. one of several completions of a drawn prompt. All datums of one
+    record (of one privacy unit, with units) are clipped together as one contribution.
+    """
 
     model_input: ModelInput
     loss_fn_inputs: dict[str, TensorData]
+    record_id: int | None = Field(None, ge=0)
 
     # SDK convenience (added): ``model_input`` may be a plain token list, and each
     # ``loss_fn_inputs`` value a numpy array, a list, or anything with ``__array__``
@@ -209,6 +215,8 @@ class DPConfig(_Wire):
     accountant: Literal["prv", "rdp"] = "prv"
     secure_mode: bool = False
     dataset_id: str | None = None
+    max_records_per_unit: int | None = Field(None, gt=0)
+    sampling: Literal["server", "client"] | None = None
 
 
 class TrainingConfig(_Wire):
@@ -236,18 +244,29 @@ class AdamParams(_Wire):
 
 # ----------------------------------------------------------------- requests
 class ForwardBackwardRequest(_Wire):
-    """Exactly one of ``data`` (Tinker datums) or ``batch`` (BatchData)."""
+    """Exactly one of ``data`` (Tinker datums), ``batch`` (BatchData) or
+    ``drawn_batch_id`` (train on a batch the server drew from a server-held dataset)."""
 
     data: list[Datum] | None = None
     batch: BatchData | None = None
+    drawn_batch_id: str | None = None
     loss_fn: LossFnName = "cross_entropy"
     loss_fn_config: dict[str, float] | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> ForwardBackwardRequest:
-        if (self.data is None) == (self.batch is None):
-            raise ValueError("give exactly one of 'data' or 'batch'")
+        given = sum(x is not None for x in (self.data, self.batch, self.drawn_batch_id))
+        if given != 1:
+            raise ValueError("give exactly one of 'data', 'batch' or 'drawn_batch_id'")
         return self
+
+
+class DrawBatchRequest(_Wire):
+    """``draw_batch``: the server draws the next logical batch (Poisson, rate q) from the
+    run's dataset. ``include_records`` sends the drawn records back (RL: the prompts to
+    complete); a plain SFT loop needs only the batch id."""
+
+    include_records: bool = False
 
 
 class OptimStepRequest(_Wire):
@@ -327,6 +346,19 @@ class OptimStepResponse(_Wire):
     learning_rate: float
     metrics: dict[str, float]
     dp_metrics: DPMetrics | None = None
+
+
+class DrawnBatch(_Wire):
+    """A logical batch the server drew: its id, the drawn records (indices into the
+    dataset; with privacy units, each record's unit), and the records themselves when
+    asked for. Consumed by exactly one ``optim_step``; an empty draw still steps."""
+
+    batch_id: str
+    size: int
+    record_ids: list[int]
+    units: list[int] | None = None
+    records: list[DatasetRecord] | None = None
+    type: Literal["draw_batch"] = "draw_batch"
 
 
 class SaveStateResponse(_Wire):
@@ -506,6 +538,60 @@ class PrivacyBudgetList(_Wire):
     budgets: list[PrivacyBudget]
 
 
+# ------------------------------------------------------------------ datasets
+class DatasetRecord(_Wire):
+    """One record of a server-held dataset on the wire: model-input ``tokens`` and
+    per-token ``fields`` of the same length (``target_tokens``, ``weights``, and for RL
+    losses ``logprobs``, ``advantages``); no fields for a prompt."""
+
+    tokens: list[int]
+    fields: dict[str, list[float] | list[int]] = Field(default_factory=dict)
+
+
+class DatasetCreate(_Wire):
+    """``POST /v1/datasets``: start registering a dataset (a new version of ``name``)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    privacy_units: bool = False
+
+
+class DatasetRecords(_Wire):
+    """``POST /v1/datasets/{id}/records``: records ``offset, offset + 1, …`` (and, for a
+    dataset with privacy units, each record's unit id: a patient, a customer)."""
+
+    offset: int = Field(ge=0)
+    records: list[DatasetRecord] = Field(max_length=8192)
+    units: list[str | int] | None = None
+
+
+class DatasetProgress(_Wire):
+    """How many records the dataset holds so far."""
+
+    received: int
+
+
+class DatasetInfo(_Wire):
+    """A server-held dataset version. ``commitment`` (SHA-256 of its content) and
+    ``num_records`` are fixed once ``status`` is ``ready``."""
+
+    dataset_id: str
+    name: str
+    version: int
+    status: Literal["uploading", "ready", "failed", "deleted"]
+    privacy_unit: Literal["record", "unit"]
+    num_records: int
+    num_units: int | None = None
+    fields: list[str] | None = None
+    commitment: str | None = None
+    size_bytes: int
+    created_at: datetime
+    committed_at: datetime | None = None
+
+
+class DatasetList(_Wire):
+    datasets: list[DatasetInfo]
+
+
 class LedgerVerification(_Wire):
     """``GET /v1/audit/verify``: each of your datasets' ledger chains checked."""
 
@@ -523,7 +609,15 @@ __all__ = [
     "CancelResponse",
     "DPConfig",
     "DPMetrics",
+    "DatasetCreate",
+    "DatasetInfo",
+    "DatasetList",
+    "DatasetProgress",
+    "DatasetRecord",
+    "DatasetRecords",
     "Datum",
+    "DrawBatchRequest",
+    "DrawnBatch",
     "EncodedTextChunk",
     "ErrorBody",
     "ForwardBackwardOutput",

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, status
 from tg_tinker.types import (
+    DrawBatchRequest,
     ForwardBackwardRequest,
     FutureRef,
     GetInfoResponse,
@@ -197,6 +198,18 @@ def save_weights_for_sampler(
     """Encrypted LoRA adapter (peft-loadable) or full weights
     → ``SaveWeightsForSamplerResponse``."""
     return submit(run_id, "save_weights_for_sampler", request, idempotency_key)
+
+
+@router.post("/{run_id}/draw_batch", **_ACCEPTED)
+def draw_batch(
+    run_id: str,
+    submit: SubmitDep,
+    request: DrawBatchRequest | None = None,
+    idempotency_key: IdempotencyKey = None,
+) -> FutureRef:
+    """The server draws the next logical batch from the run's server-held dataset
+    (Poisson, rate q, from its CSPRNG) → ``DrawnBatch``. One ``optim_step`` consumes it."""
+    return submit(run_id, "draw_batch", request or DrawBatchRequest(), idempotency_key)
 
 
 @router.post("/{run_id}/unload", **_ACCEPTED)

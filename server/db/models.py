@@ -3,7 +3,8 @@
 Tables (see ``docs/operations.md`` for what each keeps across restarts):
 
 * ``tenants`` / ``api_keys`` — API keys are stored as key id + HMAC-SHA256 of the
-  secret, never the key itself.
+  secret, never the key itself, with the key's scopes (space-separated; migration
+  0006, see :mod:`server.services.scopes`).
 * ``tenant_keys`` — each tenant's data keys, *wrapped* by the KEK (one JSON record
   per tenant with a revision for compare-and-set).
 * ``training_runs`` — config, status, model step and the checkpoint a restart
@@ -12,6 +13,8 @@ Tables (see ``docs/operations.md`` for what each keeps across restarts):
   request, result or error.
 * ``artifacts`` — encrypted checkpoints: where the ciphertext lives, its size and
   SHA-256, the step and DP history length at save time, optional expiry.
+* ``datasets`` / ``dataset_shards`` — server-held datasets: each version's N, content
+  commitment and status, and where its sealed shards live (never plaintext).
 * ``privacy_budgets`` — one ε cap per (tenant, dataset), with the head (seq, link) of
   that dataset's ledger chain, updated in the transaction that appends a row.
 * ``ledger_events`` — the append-only, HMAC-chained privacy ledger (one chain per
@@ -110,6 +113,8 @@ class ApiKey(Base):
     secret_hash: Mapped[str] = mapped_column(String(64))
     hash_scheme: Mapped[str] = mapped_column(String(32))
     label: Mapped[str | None] = mapped_column(String(200))
+    # space-separated scope names; keys older than migration 0006 got "train"
+    scopes: Mapped[str] = mapped_column(String(200), server_default="train")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
 
@@ -146,6 +151,8 @@ class TrainingRunRow(Base):
     pending_examples: Mapped[int] = mapped_column(default=0)
     next_seq: Mapped[int] = mapped_column(default=0)
     last_checkpoint_artifact_id: Mapped[str | None] = mapped_column(String(64))
+    # the logical batch the server drew and no optim_step consumed yet (migration 0005)
+    pending_draw: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -211,6 +218,55 @@ class ArtifactRow(Base):
     expires_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
+class DatasetRow(Base):
+    """One immutable version of a server-held dataset (records stored only as sealed
+    shards, under a key of its own so that deleting it crypto-shreds it)."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name", "version"),
+        Index("ix_datasets_tenant_id_commitment", "tenant_id", "commitment"),
+    )
+
+    dataset_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.tenant_id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16))  # uploading | ready | deleted | failed
+    privacy_unit: Mapped[str] = mapped_column(String(16))  # record | unit
+    num_records: Mapped[int] = mapped_column(BigInteger, default=0)
+    num_units: Mapped[int | None] = mapped_column(BigInteger)
+    fields: Mapped[list[str] | None] = mapped_column(JSON)
+    commitment: Mapped[str | None] = mapped_column(String(64))
+    key_owner: Mapped[str] = mapped_column(String(256))
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    committed_at: Mapped[datetime | None]
+    deleted_at: Mapped[datetime | None]
+
+
+class DatasetShardRow(Base):
+    """One sealed shard of a dataset: records ``first_record …`` (``index`` −1 holds the
+    privacy-unit index of a dataset with units)."""
+
+    __tablename__ = "dataset_shards"
+    __table_args__ = (UniqueConstraint("dataset_id", "index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[str] = mapped_column(
+        ForeignKey("datasets.dataset_id", ondelete="CASCADE"), index=True
+    )
+    index: Mapped[int]
+    first_record: Mapped[int] = mapped_column(BigInteger)
+    num_records: Mapped[int] = mapped_column(BigInteger)
+    artifact_id: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(500))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
 class PrivacyBudgetRow(Base):
     """The ε budget of one dataset of one tenant, and the head of its ledger chain."""
 
@@ -266,6 +322,8 @@ class LedgerEventRow(Base):
     origin_seq: Mapped[int | None] = mapped_column(BigInteger)
     run_delta: Mapped[float | None] = mapped_column(Double)  # migration 0004
     run_accountant: Mapped[str | None] = mapped_column(String(16))
+    sampling: Mapped[str | None] = mapped_column(String(16))  # migration 0005
+    privacy_unit: Mapped[str | None] = mapped_column(String(16))
     actor: Mapped[str | None] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
     library_versions: Mapped[dict[str, Any]]
@@ -343,6 +401,8 @@ __all__ = [
     "ArtifactRow",
     "Base",
     "DPStepRow",
+    "DatasetRow",
+    "DatasetShardRow",
     "LedgerEventRow",
     "LedgerImmutableError",
     "OperationRow",

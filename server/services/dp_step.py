@@ -23,6 +23,8 @@ client never saw; a step the client saw is always charged.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from sqlalchemy.orm import Session
 from tg_tinker.types import OptimStepResponse
 
@@ -38,6 +40,9 @@ from tensafe.engine import AdamParams, OptimStepResult, TrainingEngine
 from tensafe.errors import BudgetExceededError
 from tensafe.privacy.budget import BudgetDecision, DatasetBudget, StepCharge
 
+Sampling = Literal["server-poisson", "client-declared"]
+PrivacyUnit = Literal["record", "unit"]
+
 
 def charge_and_step(
     db: Database,
@@ -47,9 +52,13 @@ def charge_and_step(
     engine: TrainingEngine,
     adam_params: AdamParams | None,
     dataset_id: str,
+    sampling: Sampling = "client-declared",
+    privacy_unit: PrivacyUnit = "record",
 ) -> OptimStepResponse:
     """Check the budget, step the engine, charge, record, complete and commit; return
-    the step's result (see the module docstring for the order and why).
+    the step's result (see the module docstring for the order and why). ``sampling``
+    and ``privacy_unit`` label the ledger row (who drew the batch; what one
+    contribution is).
 
     Raises:
         ValueError: the engine is not a DP engine (a non-DP step has nothing to charge).
@@ -76,6 +85,7 @@ def charge_and_step(
                 sample_rate=config.sample_rate,
             )
             common = _step_fields(budgets, budget, op=op, dataset_id=dataset_id, engine=engine)
+            common |= {"sampling": sampling, "privacy_unit": privacy_unit}
             if not decision.allowed:
                 budgets.append(session, row, _refusal_fields(common, decision))
                 refusal = BudgetExceededError(_refusal_message(decision, budget, run_id))
@@ -186,10 +196,12 @@ def _response(result: OptimStepResult, charge: StepCharge, event: LedgerEvent) -
 
 
 def _advance_run(session: Session, *, run_id: str, step: int) -> None:
+    """The run's new step; its logical batch (and a server-drawn batch) is consumed."""
     run = session.get(TrainingRunRow, run_id)
     assert run is not None
     run.step = step
     run.pending_examples = 0
+    run.pending_draw = None
 
 
 __all__ = ["charge_and_step"]

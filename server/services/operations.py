@@ -45,6 +45,7 @@ OPERATIONS: tuple[str, ...] = (
     "load_state",
     "save_weights_for_sampler",
     "unload",
+    "draw_batch",
 )
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 

@@ -15,15 +15,19 @@ from typing import Literal, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from tg_tinker.types import GetInfoResponse, ModelData, TrainingConfig, TrainingRun
+from tg_tinker.types import DPConfig, GetInfoResponse, ModelData, TrainingConfig, TrainingRun
 
-from server.db.models import OperationRow, TrainingRunRow, utcnow
+from server.db.models import DatasetRow, OperationRow, TrainingRunRow, utcnow
 from server.db.session import Database
-from server.errors import ConflictError, NotFoundError
+from server.errors import ConflictError, NotFoundError, ValidationError
 from server.queue import OperationQueue, QueuedOperation
 from server.services.budgets import BudgetService
 from server.services.wire import DEFAULT_DATASET_ID, EngineSpec, engine_spec
 from server.settings import Settings
+
+#: Ids of server-held datasets start with this; a run naming one that is not the
+#: tenant's is refused rather than treated as a free-form (client-declared) name.
+REGISTERED_PREFIX = "ds_"
 
 RunStatus = Literal["INITIALIZING", "READY", "BUSY", "ERROR", "TERMINATED"]
 LOAD_MODEL = "load_model"
@@ -144,7 +148,9 @@ def create_training_run(
             ``dp_config.dataset_id``); the idempotency key was used for a different
             config (409).
     """
-    spec = engine_spec(config, settings=settings)  # 422 before anything else
+    with db.sessions() as session:  # N of a server-held dataset comes from the dataset
+        config = resolve_sampling(session, tenant_id=tenant_id, config=config)
+    spec = engine_spec(config, settings=settings)  # 422 before anything is stored
     if spec.dataset_id is not None:
         with db.sessions() as session:
             repeat = run_for_key(session, tenant_id=tenant_id, idempotency_key=idempotency_key)
@@ -163,6 +169,73 @@ def create_training_run(
         with queue.run_lock(load.run_id):
             queue.enqueue(load.run_id, QueuedOperation(load.future_id, load.request))
     return created
+
+
+def resolve_sampling(session: Session, *, tenant_id: str, config: TrainingConfig) -> TrainingConfig:
+    """The run's config with its sampling decided: a DP run naming one of the tenant's
+    server-held datasets is drawn by the server (N is the dataset's: its records, or its
+    privacy units), any other DP run declares its own sampling (``client``).
+
+    Raises:
+        NotFoundError: (``dp_config.dataset_id``) an id of the server-held form
+            (``ds_…``) that is not one of the tenant's datasets.
+        ConflictError: (``dp_config.dataset_id``) the dataset is not ready.
+        ValidationError: ``dp_config.dataset_size`` other than the dataset's N;
+            ``dp_config.sampling`` that the dataset cannot have;
+            ``dp_config.max_records_per_unit`` for a dataset without privacy units.
+    """
+    dp = config.dp_config
+    if dp is None or not dp.enabled:
+        return config
+    dataset = None
+    if dp.dataset_id is not None:
+        dataset = session.get(DatasetRow, dp.dataset_id)
+        if dataset is not None and (dataset.tenant_id != tenant_id or dataset.status == "deleted"):
+            dataset = None
+        if dataset is None and dp.dataset_id.startswith(REGISTERED_PREFIX):
+            raise NotFoundError(f"no dataset {dp.dataset_id!r}", field="dp_config.dataset_id")
+    if dataset is None:
+        if dp.sampling == "server":
+            raise ValidationError(
+                "server sampling needs dp_config.dataset_id to name one of your server-held "
+                "datasets (see create_dataset)",
+                field="dp_config.sampling",
+            )
+        return config.model_copy(update={"dp_config": dp.model_copy(update={"sampling": "client"})})
+    return config.model_copy(update={"dp_config": _server_sampled(dp, dataset)})
+
+
+def _server_sampled(dp: DPConfig, dataset: DatasetRow) -> DPConfig:
+    if dataset.status != "ready":
+        raise ConflictError(
+            f"dataset {dataset.dataset_id} is {dataset.status}, not ready",
+            field="dp_config.dataset_id",
+        )
+    if dp.sampling == "client":
+        raise ValidationError(
+            "a server-held dataset is always sampled by the server", field="dp_config.sampling"
+        )
+    by_unit = dataset.privacy_unit == "unit"
+    population = int(dataset.num_units if by_unit else dataset.num_records)  # type: ignore[arg-type]
+    if dp.dataset_size is not None and dp.dataset_size != population:
+        what = "privacy units" if by_unit else "records"
+        raise ValidationError(
+            f"dataset {dataset.dataset_id} holds {population} {what}; leave dataset_size out "
+            "(the server knows N)",
+            field="dp_config.dataset_size",
+        )
+    if dp.max_records_per_unit is not None and not by_unit:
+        raise ValidationError(
+            f"dataset {dataset.dataset_id} has no privacy units",
+            field="dp_config.max_records_per_unit",
+        )
+    return dp.model_copy(
+        update={
+            "dataset_size": population,
+            "sampling": "server",
+            "max_records_per_unit": (dp.max_records_per_unit or 1) if by_unit else None,
+        }
+    )
 
 
 def _admit(budgets: BudgetService, *, tenant_id: str, spec: EngineSpec, dataset_id: str) -> None:
@@ -283,6 +356,7 @@ __all__ = [
     "list_runs",
     "record_heartbeat",
     "request_hash",
+    "resolve_sampling",
     "run_for_key",
     "run_info",
     "run_to_wire",

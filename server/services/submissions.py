@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tg_tinker.types import (
+    DrawBatchRequest,
     ForwardBackwardRequest,
     FutureRef,
     LoadStateRequest,
@@ -40,6 +41,7 @@ OperationRequest = (
     | SaveStateRequest
     | LoadStateRequest
     | SaveWeightsForSamplerRequest
+    | DrawBatchRequest
     | None
 )
 
@@ -153,6 +155,26 @@ def _reference_check(sub: _Submission, request: LoadStateRequest) -> RunCheck:
     return check
 
 
+def _draw_check(_sub: _Submission, _request: DrawBatchRequest) -> RunCheck:
+    def check(run: TrainingRunRow) -> None:
+        if server_sampled(run) is None:
+            raise ConflictError(
+                f"run {run.run_id} builds its own batches (client-declared sampling); "
+                "draw_batch is for runs on a server-held dataset (dp_config.dataset_id)",
+                field="run_id",
+            )
+
+    return check
+
+
+def server_sampled(run: TrainingRunRow) -> str | None:
+    """The registered dataset a run's batches are drawn from, or ``None``."""
+    dp = (run.config or {}).get("dp_config") or {}
+    if dp.get("enabled", True) and dp.get("sampling") == "server":
+        return str(dp["dataset_id"])
+    return None
+
+
 # Operations without an entry (unload) have nothing to check.
 _CHECKS: dict[str, Callable[[_Submission, Any], RunCheck]] = {
     "forward": _batch_check,
@@ -161,6 +183,7 @@ _CHECKS: dict[str, Callable[[_Submission, Any], RunCheck]] = {
     "save_state": _save_state_check,
     "load_state": _reference_check,
     "save_weights_for_sampler": _sampler_weights_check,
+    "draw_batch": _draw_check,
 }
 
-__all__ = ["OperationRequest", "submit_training_operation"]
+__all__ = ["OperationRequest", "server_sampled", "submit_training_operation"]

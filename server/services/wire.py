@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -105,7 +105,8 @@ def _tuple_or_none(value: list[str] | None) -> tuple[str, ...] | None:
 DP_MAP = FieldMap(
     wire.DPConfig,
     DPConfig,
-    server_only=frozenset({"dataset_id"}),  # the budget it is charged to (EngineSpec.dataset_id)
+    # the budget it is charged to, and how its batches are drawn: the server's business
+    server_only=frozenset({"dataset_id", "sampling", "max_records_per_unit"}),
     engine_only=frozenset({"allow_zero_noise"}),  # never from a client: a DP step adds noise
 )
 LORA_MAP = FieldMap(wire.LoRAConfig, LoRAConfig, convert={"target_modules": _tuple_or_none})
@@ -115,6 +116,7 @@ DATUM_MAP = FieldMap(
     wire.Datum,
     Datum,
     renamed={"model_input": "tokens"},
+    server_only=frozenset({"record_id"}),  # checked and grouped by the server
     convert={
         "model_input": lambda model_input: model_input.to_ints(),
         "loss_fn_inputs": lambda inputs: {name: t.to_numpy() for name, t in inputs.items()},
@@ -158,6 +160,8 @@ class EngineSpec:
     optimizer: OptimizerConfig
     seed: int
     dataset_id: str | None
+    sampling: Literal["server", "client"] | None = None
+    max_records_per_unit: int = 1
 
 
 #: ``TrainingConfig`` fields that configure the server, not the engine.
@@ -167,7 +171,8 @@ TRAINING_MAP = FieldMap(
     EngineSpec,
     renamed={"lora_config": "lora", "dp_config": "dp"},
     server_only=TRAINING_SERVER_ONLY,
-    engine_only=frozenset({"dataset_id"}),  # from dp_config.dataset_id
+    # from dp_config: dataset_id, sampling, max_records_per_unit
+    engine_only=frozenset({"dataset_id", "sampling", "max_records_per_unit"}),
 )
 
 
@@ -211,6 +216,8 @@ def engine_spec(
         optimizer=optimizer,
         seed=config.seed,
         dataset_id=_dataset_of(wire_dp) if dp.enabled else None,
+        sampling=(wire_dp.sampling or "client") if dp.enabled and wire_dp is not None else None,
+        max_records_per_unit=(wire_dp.max_records_per_unit or 1) if wire_dp is not None else 1,
     )
 
 
@@ -270,6 +277,8 @@ def validate_batch_request(
     with request_fields(request):
         fn = get_loss_function(request.loss_fn)
         fn.resolve_config(request.loss_fn_config)
+        if request.drawn_batch_id is not None:
+            return 0  # the server's own records: checked when the batch is built
         batch = engine_batch(request)
         vocab = vocab_size or _UNKNOWN_VOCAB
         if isinstance(batch, dict):
@@ -283,7 +292,9 @@ def validate_batch_request(
 
 def batch_summary(request: ForwardBackwardRequest) -> dict[str, Any]:
     """What the database keeps of a batch request: no token ids, no loss inputs."""
-    if request.batch is not None:
+    if request.drawn_batch_id is not None:
+        form, examples, tokens = "drawn", None, None
+    elif request.batch is not None:
         form, examples = "batch", len(request.batch.input_ids)
         tokens = sum(len(row) for row in request.batch.input_ids)
     else:

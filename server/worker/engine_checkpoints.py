@@ -45,8 +45,11 @@ def engine_signature(engine: TrainingEngine) -> str:
     return shape_signature(base_model=engine.name, lora=lora_shape(engine))
 
 
-def dp_manifest(engine: TrainingEngine) -> dict[str, object] | None:
-    """DP parameters and ε at save time for the manifest (``None`` without DP)."""
+def dp_manifest(
+    engine: TrainingEngine, labels: Mapping[str, str] | None = None
+) -> dict[str, object] | None:
+    """DP parameters and ε at save time for the manifest (``None`` without DP), with
+    ``labels`` (``sampling``, ``privacy_unit``) when given."""
     if engine.dp is None:
         return None
     p = engine.dp.config
@@ -58,6 +61,7 @@ def dp_manifest(engine: TrainingEngine) -> dict[str, object] | None:
         "delta": p.delta,
         "accountant": p.accountant,
         "epsilon": engine.epsilon(),
+        **(labels or {}),
     }
 
 
@@ -75,7 +79,11 @@ def _lora_manifest(engine: TrainingEngine) -> dict[str, object] | None:
 
 
 def training_state_payload(
-    engine: TrainingEngine, *, include_optimizer: bool, metadata: Mapping[str, Any]
+    engine: TrainingEngine,
+    *,
+    include_optimizer: bool,
+    metadata: Mapping[str, Any],
+    labels: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, torch.Tensor], Manifest]:
     """Tensors and manifest of a ``training_state`` checkpoint of the engine now.
 
@@ -100,7 +108,7 @@ def training_state_payload(
         base_model=engine.name,
         step=int(state["step"]),
         lora_config=_lora_manifest(engine),
-        dp=dp_manifest(engine),
+        dp=dp_manifest(engine, labels),
         metadata=dict(metadata),
         training_state=training_state,
     )
@@ -116,7 +124,10 @@ def _json_ready(value: object) -> object:
 
 
 def sampler_payload(
-    engine: TrainingEngine, *, metadata: Mapping[str, Any]
+    engine: TrainingEngine,
+    *,
+    metadata: Mapping[str, Any],
+    labels: Mapping[str, str] | None = None,
 ) -> tuple[str, dict[str, torch.Tensor], Manifest]:
     """``(kind, tensors, manifest)`` of the weights for sampling: the peft adapter
     (``lora_adapter``; decrypts to a directory ``PeftModel.from_pretrained`` loads)
@@ -134,7 +145,7 @@ def sampler_payload(
             base_model=engine.name,
             step=engine.step,
             lora_config=config,
-            dp=dp_manifest(engine),
+            dp=dp_manifest(engine, labels),
             metadata=dict(metadata),
         )
         return "lora_adapter", tensors, manifest
@@ -149,7 +160,7 @@ def sampler_payload(
         kind="full_weights",
         base_model=engine.name,
         step=engine.step,
-        dp=dp_manifest(engine),
+        dp=dp_manifest(engine, labels),
         metadata=dict(metadata),
     )
     return "full_weights", tensors, manifest

@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 from tg_tinker.types import (
+    DrawBatchRequest,
     ForwardBackwardRequest,
     GetInfoResponse,
     LoadStateRequest,
@@ -47,8 +48,11 @@ from server.db.session import Database
 from server.errors import ConflictError, ServiceError, ValidationError, describe_error
 from server.queue import FutureNotifier, QueuedOperation
 from server.services import artifacts as artifact_service
-from server.services import run_history
+from server.services import drawn_batches, run_history
 from server.services.budgets import BudgetService
+from server.services.dataset_reader import DatasetReader
+from server.services.datasets import DatasetService
+from server.services.declared_batches import example_digests
 from server.services.dp_step import charge_and_step
 from server.services.operations import (
     claim_operation,
@@ -66,11 +70,11 @@ from server.services.wire import (
 )
 from server.settings import Settings
 from server.storage import ArtifactStore
-from server.worker import engine_checkpoints
+from server.worker import engine_checkpoints, server_sampling
 from server.worker.runtimes import RunEngines, RunRuntime
 from tensafe import errors as ts
 from tensafe.artifacts import TenantKeyring, new_artifact_id
-from tensafe.engine import TrainingEngine
+from tensafe.engine import ForwardBackwardResult, TrainingEngine
 
 log = logging.getLogger("tensafe.server.worker")
 
@@ -81,8 +85,9 @@ _MUTATING = frozenset({"forward_backward", "optim_step", "load_state"})
 
 def leaves_engine_unchanged(exc: BaseException) -> bool:
     """Whether an error is one the engine raises before changing anything
-    (input validation, state refusals, budget refusal) or one of ours."""
-    if isinstance(exc, (ServiceError, ts.BudgetExceededError)):
+    (input validation, state refusals, budget refusal, a refused non-finite
+    update) or one of ours."""
+    if isinstance(exc, (ServiceError, ts.BudgetExceededError, ts.NonFiniteUpdateError)):
         return True
     if isinstance(exc, ts.PrivacyError):
         return False  # e.g. "weights did not move", raised after the optimizer step
@@ -124,6 +129,7 @@ class OperationExecutor:
         self.settings = settings
         self.engines = RunEngines(db=db, store=store, keyring=keyring, settings=settings)
         self.budgets = BudgetService(db, keyring, default_epsilon_cap=settings.default_epsilon_cap)
+        self.datasets = DatasetService(db, store, keyring)
         self._handlers: dict[str, Callable[[OperationRow, TrainingRunRow, Request], Outcome]] = {
             LOAD_MODEL: self._load_model,
             "forward": self._forward,
@@ -133,6 +139,7 @@ class OperationExecutor:
             "save_weights_for_sampler": self._save_weights_for_sampler,
             "load_state": self._load_state,
             "unload": self._unload,
+            "draw_batch": self._draw_batch,
         }
 
     # ------------------------------------------------------------- runtimes
@@ -258,20 +265,53 @@ class OperationExecutor:
         return Outcome(result=forward_output(result))
 
     def _forward_backward(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
-        engine = self.engines.for_operation(op, run).engine
+        runtime = self.engines.for_operation(op, run)
         request = ForwardBackwardRequest.model_validate(payload)
         with request_fields(request):
-            result = engine.forward_backward(
-                engine_batch(request),
-                loss_fn=request.loss_fn,
-                loss_fn_config=request.loss_fn_config,
-            )
+            if runtime.spec.sampling == "server":
+                result = server_sampling.drawn_forward_backward(
+                    runtime,
+                    run,
+                    request,
+                    self._dataset(runtime, run),
+                    max_batch=self.settings.max_batch_size,
+                )
+            elif request.drawn_batch_id is not None:
+                raise ValidationError(
+                    "this run declares its own sampling: it has no drawn batches",
+                    field="drawn_batch_id",
+                )
+            else:
+                result = self._declared_forward_backward(runtime, request)
         examples = int(result.metrics.get("num_examples:sum", 0))
 
         def effects(session: Session, row: TrainingRunRow) -> None:
             row.pending_examples += examples
 
         return Outcome(result=forward_output(result), effects=effects, engine_changed=True)
+
+    @staticmethod
+    def _declared_forward_backward(
+        runtime: RunRuntime, request: ForwardBackwardRequest
+    ) -> ForwardBackwardResult:
+        """A client-built batch: under DP it must look like the declared Poisson sample
+        (:mod:`server.services.declared_batches`)."""
+        batch = engine_batch(request)
+        digests: list[bytes] = []
+        if runtime.engine.dp is not None:
+            config = runtime.engine.dp.config
+            digests = example_digests(batch)
+            runtime.declared.check(
+                digests,
+                field_name="batch.input_ids" if request.batch is not None else "data",
+                dataset_size=config.dataset_size,
+                sample_rate=config.sample_rate,
+            )
+        result = runtime.engine.forward_backward(
+            batch, loss_fn=request.loss_fn, loss_fn_config=request.loss_fn_config
+        )
+        runtime.declared.add(digests)
+        return result
 
     def _optim_step(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
         runtime = self.engines.for_operation(op, run)
@@ -281,6 +321,8 @@ class OperationExecutor:
             raise ValidationError(
                 "this run uses differential privacy; every step adds noise", field="apply_dp_noise"
             )
+        if runtime.spec.sampling == "server":  # the drawn batch is consumed by this step
+            drawn_batches.check_draw(server_sampling.pending_draw(run), None)
         if engine.dp is not None:  # every DP step is charged to a dataset budget
             response = charge_and_step(
                 self.db,
@@ -289,7 +331,10 @@ class OperationExecutor:
                 engine=engine,
                 adam_params=adam_params(request),
                 dataset_id=_charged_dataset(runtime),
+                **self._labels(runtime, run),
             )
+            runtime.used_groups.clear()  # the logical batch is consumed
+            runtime.declared.reset()
             return Outcome(result=response, committed=True, engine_changed=True)
         result = engine.optim_step(adam_params(request))  # no DP: nothing to account
 
@@ -298,6 +343,28 @@ class OperationExecutor:
             row.pending_examples = 0
 
         return Outcome(result=optim_output(result), effects=effects, engine_changed=True)
+
+    def _draw_batch(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
+        runtime = self.engines.for_operation(op, run)
+        if runtime.spec.sampling != "server":
+            raise ConflictError("this run declares its own sampling", field="run_id")
+        request = DrawBatchRequest.model_validate(payload or {})
+        result, effects = server_sampling.draw_batch(
+            runtime, run, request, self._dataset(runtime, run)
+        )
+        return Outcome(result=result, effects=effects)
+
+    def _labels(self, runtime: RunRuntime, run: TrainingRunRow) -> dict[str, str]:
+        """Who draws the run's batches and what one contribution is (ledger, manifest)."""
+        if runtime.spec.sampling != "server":
+            return {"sampling": "client-declared", "privacy_unit": "record"}
+        unit = self._dataset(runtime, run).dataset.privacy_unit
+        return {"sampling": "server-poisson", "privacy_unit": unit}
+
+    def _dataset(self, runtime: RunRuntime, run: TrainingRunRow) -> DatasetReader:
+        return server_sampling.reader(
+            runtime, run, db=self.db, store=self.store, keyring=self.datasets.keyring
+        )
 
     def _ttl(self) -> timedelta | None:
         ttl = self.settings.artifact_ttl_s
@@ -364,10 +431,14 @@ class OperationExecutor:
         return row, discard_blob
 
     def _save_state(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
-        engine = self.engines.for_operation(op, run).engine
+        runtime = self.engines.for_operation(op, run)
+        engine = runtime.engine
         request = SaveStateRequest.model_validate(payload or {})
         tensors, manifest = engine_checkpoints.training_state_payload(
-            engine, include_optimizer=request.include_optimizer, metadata=request.metadata
+            engine,
+            include_optimizer=request.include_optimizer,
+            metadata=request.metadata,
+            labels=self._labels(runtime, run),
         )
         name = request.name or f"step-{engine.step}-{op.seq}"
         row, discard = self._store_artifact(
@@ -399,9 +470,12 @@ class OperationExecutor:
     def _save_weights_for_sampler(
         self, op: OperationRow, run: TrainingRunRow, payload: Request
     ) -> Outcome:
-        engine = self.engines.for_operation(op, run).engine
+        runtime = self.engines.for_operation(op, run)
+        engine = runtime.engine
         request = SaveWeightsForSamplerRequest.model_validate(payload or {})
-        kind, tensors, manifest = engine_checkpoints.sampler_payload(engine, metadata={})
+        kind, tensors, manifest = engine_checkpoints.sampler_payload(
+            engine, metadata={}, labels=self._labels(runtime, run)
+        )
         row, discard = self._store_artifact(
             op,
             run,

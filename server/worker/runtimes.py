@@ -32,6 +32,8 @@ from server.db.session import Database
 from server.errors import ConflictError
 from server.services import artifacts as artifact_service
 from server.services import run_history
+from server.services.dataset_reader import DatasetReader
+from server.services.declared_batches import DeclaredBatchGuard
 from server.services.wire import EngineSpec, engine_spec
 from server.settings import Settings
 from server.storage import ArtifactStore
@@ -52,6 +54,12 @@ class RunRuntime:
     needs_restore: str | None = None
     lost_examples: int = 0
     tokenizer_files: dict[str, str] | None = field(default=None, repr=False)
+    # runs on a server-held dataset: its records, and the privacy units of the drawn
+    # batch that a forward_backward already used (reset with the accumulator)
+    dataset: DatasetReader | None = field(default=None, repr=False)
+    used_groups: set[int] = field(default_factory=set)
+    # runs that build their own batches: what the current logical batch holds
+    declared: DeclaredBatchGuard = field(default_factory=DeclaredBatchGuard)
 
 
 class RunEngines:

@@ -18,7 +18,7 @@ from typing import Literal, cast, get_args
 
 from tensafe.errors import ConfigError
 
-ArtifactKind = Literal["lora_adapter", "full_weights", "training_state"]
+ArtifactKind = Literal["lora_adapter", "full_weights", "training_state", "dataset_shard"]
 ARTIFACT_KINDS: tuple[str, ...] = get_args(ArtifactKind)
 MANIFEST_VERSION = 1
 MAX_METADATA_BYTES = 64 * 1024
@@ -31,6 +31,13 @@ DP_FIELDS: tuple[str, ...] = (
     "accountant",
     "epsilon",
 )
+#: Optional ``dp`` entries, and the values each may take: how the run's batches were
+#: sampled and what one privacy unit is (a record, or e.g. a patient with all their
+#: records).
+DP_LABELS: dict[str, tuple[str, ...]] = {
+    "sampling": ("server-poisson", "client-declared"),
+    "privacy_unit": ("record", "unit"),
+}
 TRAINING_STATE_FIELDS: tuple[str, ...] = ("optimizer", "accountant_history")
 VERSIONED_LIBRARIES: tuple[str, ...] = (
     "torch",
@@ -86,7 +93,10 @@ def _check_number(
 
 def _validate_dp(dp: dict[str, object]) -> None:
     missing = [name for name in DP_FIELDS if name not in dp]
-    unknown = sorted(set(dp) - set(DP_FIELDS))
+    unknown = sorted(set(dp) - set(DP_FIELDS) - set(DP_LABELS))
+    for name, allowed in DP_LABELS.items():
+        if name in dp and dp[name] not in allowed:
+            raise ConfigError(f"dp.{name}", f"must be one of {', '.join(allowed)}")
     if missing:
         raise ConfigError(f"dp.{missing[0]}", f"is required; dp needs {', '.join(DP_FIELDS)}")
     if unknown:
@@ -110,13 +120,16 @@ class Manifest:
 
     Fields:
         kind: ``"lora_adapter"``, ``"full_weights"`` or ``"training_state"``
-            (weights + optimizer state + accountant history).
-        base_model: the base model id or path the weights belong to.
+            (weights + optimizer state + accountant history); ``"dataset_shard"``: a
+            run of records of a server-held dataset (:mod:`tensafe.datasets.shards`),
+            never pulled by clients.
+        base_model: the base model id or path the weights belong to (empty for a
+            dataset shard, which belongs to no model).
         step: optimizer steps taken when saved (>= 0).
         lora_config: the peft ``LoraConfig`` as a JSON dict; required for
             ``lora_adapter``, forbidden for ``full_weights``.
-        dp: DP-SGD parameters and epsilon at save time (keys :data:`DP_FIELDS`),
-            or ``None`` for a non-private run.
+        dp: DP-SGD parameters and epsilon at save time (keys :data:`DP_FIELDS`,
+            optionally :data:`DP_LABELS`), or ``None`` for a non-private run.
         metadata: user metadata, any JSON object up to 64 KiB.
         training_state: for ``training_state`` only: ``{"optimizer": <structure
             from flatten_state>, "accountant_history": [...]}``.
@@ -144,8 +157,13 @@ class Manifest:
     def __post_init__(self) -> None:
         if self.kind not in ARTIFACT_KINDS:
             raise ConfigError("kind", f"must be one of {', '.join(ARTIFACT_KINDS)}")
-        if not isinstance(self.base_model, str) or not self.base_model:
-            raise ConfigError("base_model", "must be a non-empty string")
+        if not isinstance(self.base_model, str) or (
+            bool(self.base_model) == (self.kind == "dataset_shard")
+        ):
+            raise ConfigError(
+                "base_model",
+                "must be a non-empty string (empty for, and only for, a dataset shard)",
+            )
         if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 0:
             raise ConfigError("step", "must be a non-negative integer")
         self._validate_optional_dicts()

@@ -38,6 +38,7 @@ WEIGHT_FILES: dict[str, str] = {
     "lora_adapter": "adapter_model.safetensors",
     "full_weights": "model.safetensors",
     "training_state": "training_state.safetensors",
+    "dataset_shard": "records.safetensors",
 }
 MANIFEST_FILE = "manifest.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"

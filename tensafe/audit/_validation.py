@@ -47,7 +47,19 @@ CARRIED_REQUIRED = (
 #: Fields a carried row must leave null (it is no step of this run on this dataset).
 CARRIED_NULL = ("step", "epsilon_step", "epsilon_requested")
 #: Run fields a step row may leave null (format 2).
-OPTIONAL_RUN_FIELDS = ("model_step", "epsilon_run_exact", "run_delta", "run_accountant")
+OPTIONAL_RUN_FIELDS = (
+    "model_step",
+    "epsilon_run_exact",
+    "run_delta",
+    "run_accountant",
+    "sampling",
+    "privacy_unit",
+)
+#: Values of the step rows' labels.
+LABELS = {
+    "sampling": ("server-poisson", "client-declared"),
+    "privacy_unit": ("record", "unit"),
+}
 #: Fields that qualify ``epsilon_run_exact`` and only exist beside it.
 EXACT_QUALIFIERS = ("run_delta", "run_accountant")
 #: Accountants an ε may come from.
@@ -84,6 +96,10 @@ def validate_event(event: LedgerEvent) -> None:
         if event_has(event, "epsilon_run_exact"):
             set_float(event, "epsilon_run_exact", low=0.0, infinite=True)
         _check_exact_qualifiers(event)
+        for name, allowed in LABELS.items():
+            value = getattr(event, name)
+            if value is not None and value not in allowed:
+                raise ConfigError(name, f"must be one of {allowed}, got {value!r}")
     if kind == "dp_step_carried":
         _require_string(event, "origin_run_id")
         set_int(event, "origin_seq", minimum=1)

@@ -24,8 +24,8 @@ Canonical bytes (what an auditor reimplements)
 ``canonical_bytes(row)`` is the UTF-8 (in fact pure ASCII) encoding of one JSON
 object holding **every field except** ``link`` — and except each of the four
 *ledger format 2* fields (``model_step``, ``epsilon_run_exact``, ``run_delta``,
-``run_accountant``, ``origin_run_id``, ``origin_seq``; :data:`FORMAT_2_FIELDS`) whose
-value is null. Every other field is
+``run_accountant``, ``origin_run_id``, ``origin_seq``, ``sampling``, ``privacy_unit``;
+:data:`FORMAT_2_FIELDS`) whose value is null. Every other field is
 always present, ``null`` or not. So a row written before format 2 (those four
 fields null, or absent from the stored row) has the same bytes, and the same link,
 as before; a format-2 field that is set is authenticated like any other. The
@@ -95,6 +95,8 @@ FORMAT_2_FIELDS = (
     "run_accountant",
     "origin_run_id",
     "origin_seq",
+    "sampling",
+    "privacy_unit",
 )
 
 
@@ -177,6 +179,11 @@ class LedgerEvent:
             ``epsilon_run_exact``: the run's own δ, which may differ from the budget's.
         run_accountant: (format 2, optional, only with ``epsilon_run_exact``) the
             accountant of ``epsilon_run_exact`` (``"prv"`` or ``"rdp"``): the run's own.
+        sampling: (format 2, optional, step rows) how the step's batch was drawn:
+            ``"server-poisson"`` (the server drew it from a server-held dataset) or
+            ``"client-declared"`` (the client built it and declared N and q).
+        privacy_unit: (format 2, optional, step rows) what one contribution is:
+            ``"record"``, or ``"unit"`` (all records of, e.g., one patient).
         origin_run_id: (format 2, carried rows only) the run that took the step.
         origin_seq: (format 2, carried rows only) the step's ``seq`` in the origin
             run's chain; ``(origin_run_id, origin_seq)`` names a step globally.
@@ -214,6 +221,8 @@ class LedgerEvent:
     origin_seq: int | None = None
     run_delta: float | None = None
     run_accountant: str | None = None
+    sampling: str | None = None
+    privacy_unit: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(EventKind):

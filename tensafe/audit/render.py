@@ -44,6 +44,9 @@ def render_html(report: AuditReport) -> str:
     if report.warnings:
         items = "".join(f"<li>{_e(w)}</li>" for w in report.warnings)
         warnings = f'<section class="alert"><h2>Attention</h2><ul>{items}</ul></section>'
+    if report.notices:
+        items = "".join(f"<li>{_e(n)}</li>" for n in report.notices)
+        warnings += f'<section class="notice"><h2>Please note</h2><ul>{items}</ul></section>'
     return _page().substitute(
         title=_e(f"Privacy audit — dataset {report.dataset_id}"),
         css=_resource("report.css"),
@@ -141,6 +144,7 @@ def _runs_section(report: AuditReport) -> str:
             f"<td class=num><strong>{_num(run.epsilon)}</strong></td>"
             f"<td class=num>{_num(run.epsilon_budget)}</td>"
             f"<td class=num>{run.carried_steps:,}</td>"
+            f"<td>{_e(_sampling_words(run.sampling, run.privacy_unit))}</td>"
             f"<td class=num>{run.refusals}</td><td>{_e(_time(run.first_step_at))}<br>"
             f"{_e(_time(run.last_step_at))}</td></tr>"
         )
@@ -151,6 +155,14 @@ def _runs_section(report: AuditReport) -> str:
             extra = f"<p>Only the first {MAX_RUN_PANELS} runs are drawn; all are in the table.</p>"
         figure = _section("run_figure", image=run_panels_png(report), extra=extra)
     return _section("runs", rows="".join(rows), figure=figure)
+
+
+def _sampling_words(sampling: str | None, unit: str | None) -> str:
+    who = {
+        "server-poisson": "drawn by the server",
+        "client-declared": "built by the client (declared)",
+    }.get(sampling or "", "built by the client (declared; not labelled)")
+    return f"{who}; one {'person/unit' if unit == 'unit' else 'record'} per contribution"
 
 
 def _recompute_section(report: AuditReport) -> str:

@@ -82,6 +82,10 @@ class RunReport:
         last_step_at: time of the last step (likewise).
         refusals: steps of this run refused for budget.
         series: ε after every step (empty for a run without steps).
+        sampling: how its batches were drawn (``"server-poisson"``,
+            ``"client-declared"``), from its step rows; ``None`` when they do not say
+            (rows written before the label existed: the client declared them).
+        privacy_unit: ``"record"`` or ``"unit"`` (e.g. a patient), likewise.
     """
 
     run_id: str
@@ -96,6 +100,8 @@ class RunReport:
     last_step_at: str
     refusals: int
     series: EpsilonSeries
+    sampling: str | None = None
+    privacy_unit: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,6 +182,8 @@ class AuditReport:
         replay: the replay of recorded values, or ``None`` if skipped.
         library_versions: what computed the latest recorded ε.
         warnings: discrepancies found while building the report, in words.
+        notices: what a reader must know that is no discrepancy, in words — e.g. that
+            some runs built their own batches (client-declared sampling).
     """
 
     format: int = REPORT_FORMAT
@@ -199,6 +207,7 @@ class AuditReport:
     replay: ReplayResult | None
     library_versions: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    notices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "library_versions", MappingProxyType(dict(self.library_versions)))
@@ -250,6 +259,7 @@ class AuditReport:
             items["budget_changes"] = tuple(BudgetChange(**c) for c in items["budget_changes"])  # type: ignore[attr-defined]
             items["refusals"] = tuple(Refusal(**r) for r in items["refusals"])  # type: ignore[attr-defined]
             items["warnings"] = tuple(items.get("warnings", ()))  # type: ignore[arg-type]
+            items["notices"] = tuple(items.get("notices", ()))  # type: ignore[arg-type]
             if items.get("chain") is not None:
                 items["chain"] = ChainReport.from_dict(items["chain"])  # type: ignore[arg-type]
             if items.get("recompute") is not None:
@@ -357,6 +367,7 @@ def build_report(
         )
     steps = [e for e in rows if e.kind == "dp_step"]
     spent = steps[-1].epsilon_dataset_total if steps else 0.0
+    runs = _runs(rows)
     return AuditReport(
         generated_at=generated_at or utc_timestamp(),
         tenant_id=settings.tenant_id,
@@ -370,7 +381,7 @@ def build_report(
         ledger_rows=len(rows),
         first_event_at=rows[0].created_at,
         last_event_at=last.created_at,
-        runs=_runs(rows),
+        runs=runs,
         budget_changes=_budget_changes(rows),
         refusals=tuple(_refusal(e) for e in rows if e.kind == "step_refused"),
         chain=chain,
@@ -378,6 +389,23 @@ def build_report(
         replay=replayed,
         library_versions=last.library_versions,
         warnings=tuple(warnings),
+        notices=_notices(runs),
+    )
+
+
+def _notices(runs: tuple[RunReport, ...]) -> tuple[str, ...]:
+    """Client-declared sampling, said in words (it is no discrepancy: a mode)."""
+    declared = [r.run_id for r in runs if r.steps and r.sampling != "server-poisson"]
+    if not declared:
+        return ()
+    shown = ", ".join(declared[:3]) + ("…" if len(declared) > 3 else "")
+    return (
+        f"Sampling: client-declared for {len(declared)} run(s) ({shown}). Those runs built "
+        "their own batches and declared the dataset size N and sampling rate q; their ε "
+        "holds only if the client really sampled as it declared. The server refused batches "
+        "larger than N or implausibly large for q, and repeated records, but cannot check "
+        "the sampling itself. Runs whose batches the server drew (server-poisson) do not "
+        "depend on the client.",
     )
 
 
@@ -422,6 +450,8 @@ def _run(
         first_step_at=timed[0].created_at,
         last_step_at=timed[-1].created_at,
         refusals=sum(1 for e in rows if e.kind == "step_refused" and e.run_id == run_id),
+        sampling=next((e.sampling for e in reversed(mine) if e.sampling), None),
+        privacy_unit=next((e.privacy_unit for e in reversed(mine) if e.privacy_unit), None),
         series=EpsilonSeries(
             seq=tuple(e.seq for e in mine),
             steps=tuple(e.step for e in mine),  # type: ignore[misc]

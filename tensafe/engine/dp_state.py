@@ -88,10 +88,17 @@ class DPState:
 
     @staticmethod
     def clip_metrics(clip: ClipResult) -> dict[str, float]:
-        """The share of examples that were clipped and their mean gradient norm."""
+        """The share of examples that were clipped (a non-finite example, which
+        contributes nothing, counts as clipped), the mean gradient norm of the
+        finite examples (0 if there are none), and how many examples had a
+        non-finite gradient and were left out of the sum."""
+        finite = ~clip.nonfinite
         return {
             "dp/clip_fraction": float((clip.factors < 1.0).float().mean()),
-            "dp/per_example_grad_norm:mean": float(clip.norms.mean()),
+            "dp/per_example_grad_norm:mean": (
+                float(clip.norms[finite].mean()) if bool(finite.any()) else 0.0
+            ),
+            "dp/nonfinite_examples:sum": float(clip.nonfinite.sum()),
         }
 
     # ------------------------------------------------------------- optim_step

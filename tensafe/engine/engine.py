@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from tensafe.engine.dp_state import DPState
+from tensafe.engine.guards import check_finite_sums, check_weights_finite, finite_update
 from tensafe.engine.optimizers import (
     AdamParams,
     OptimizerConfig,
@@ -56,6 +57,7 @@ from tensafe.losses import (
     TokenBatch,
     batch_from_arrays,
     batch_from_datums,
+    check_token_batch,
     compute_loss,
     get_loss_function,
 )
@@ -165,6 +167,7 @@ class TrainingEngine:
             InvalidBatchError: naming the offending field (see :mod:`tensafe.losses.batch`).
         """
         if isinstance(batch, TokenBatch):
+            check_token_batch(batch)  # built by hand: its float inputs were never checked
             return batch
         if isinstance(batch, Mapping):
             unknown = set(batch) - {"input_ids", "attention_mask", "labels"}
@@ -232,11 +235,15 @@ class TrainingEngine:
         """Accumulate this batch's gradient into the current logical batch.
 
         Under DP each example's gradient is clipped to ``max_grad_norm`` and only the
-        clipped sum is kept; no noise is added here. State changes only after the
-        whole computation succeeded.
+        clipped sum is kept; no noise is added here. An example whose gradient is NaN
+        or infinite contributes nothing (metric ``dp/nonfinite_examples:sum``). State
+        changes only after the whole computation succeeded.
 
         Raises:
             InvalidBatchError, ConfigError: bad input (nothing changed).
+            NonFiniteUpdateError: the batch's gradient sum is not finite (only
+                possible without DP, where one example's overflow reaches the sum);
+                nothing was accumulated.
             PrivacyError: per-example gradients could not be computed safely.
         """
         fn = get_loss_function(loss_fn)
@@ -248,6 +255,8 @@ class TrainingEngine:
             out, sums = self._plain_backward(tb, fn=fn, config=cfg)
             extra = {}
         grad_sq = sum(float(s.float().pow(2).sum()) for s in sums.values())
+        if not math.isfinite(grad_sq):  # the sums may still be finite (squares overflow)
+            check_finite_sums(sums, names=self._param_names)
         self._accumulate(sums, examples=tb.batch_size)  # commit: from here on nothing can fail
         result = self._result(
             fn.name, tb, out, grad_norm=math.sqrt(grad_sq) / tb.batch_size, extra=extra
@@ -342,25 +351,39 @@ class TrainingEngine:
         The privacy budget is not checked here: the server's budget service does
         that before it calls ``optim_step``.
 
+        A non-finite update is never applied: every gradient is checked in its
+        parameter's dtype before the optimizer runs, and if one has a NaN or an
+        infinity the step is refused with weights, optimizer state, accountant,
+        step counter and accumulated gradients unchanged, and no accountant step
+        (the noise generator has moved on, so a retry draws fresh noise).
+
         Args:
             adam_params: per-step hyperparameters (Tinker style); the run's
                 optimizer config otherwise.
 
         Raises:
             EngineStateError: non-DP step with no accumulated gradient.
-            PrivacyError: a trainable tensor did not change after the first step
-                (the optimizer is not updating the model).
+            NonFiniteUpdateError: the update is not finite (nothing changed).
+            PrivacyError: after the optimizer step, a trainable tensor did not
+                change after the first step (the optimizer is not updating the
+                model) or is no longer finite (e.g. a learning rate too large for
+                float16); the engine has changed and must be restored from a
+                checkpoint; nothing was accounted.
         """
         if self.dp is None:
             if self._acc_examples == 0:
                 raise EngineStateError(
                     "optim_step: no gradients accumulated; call forward_backward first"
                 )
-            self._apply(self._mean_gradients(), adam_params)
-            dp_metrics = None
+            grads = finite_update(
+                self.params, self._mean_gradients(), names=self._param_names, noisy=False
+            )
         else:
-            self._apply(self._noisy_gradients(self.dp), adam_params)
-            dp_metrics = self.dp.account()
+            grads = finite_update(
+                self.params, self._noisy_gradients(self.dp), names=self._param_names, noisy=True
+            )
+        self._apply(grads, adam_params)  # from here on the engine has changed
+        dp_metrics = None if self.dp is None else self.dp.account()
         self.step += 1
         examples = self._acc_examples
         recent = float(np.mean(self._acc_losses)) if self._acc_losses else float("nan")
@@ -383,7 +406,8 @@ class TrainingEngine:
     def _noisy_gradients(self, dp: DPState) -> Iterator[torch.Tensor]:
         """Per parameter, in ``self.params`` order: (clipped sum + noise) ÷ q·N.
 
-        Lazy, so each gradient is cast and stored before the next one is drawn;
+        Lazy, so each gradient is cast to its parameter's dtype (by
+        :func:`~tensafe.engine.guards.finite_update`) before the next one is drawn;
         the order of the noise draws is the parameter order.
         """
         for p in self.params:
@@ -396,17 +420,19 @@ class TrainingEngine:
             acc = self._acc.get(p)
             yield None if acc is None else acc / self._acc_examples
 
-    def _apply(self, grads: Iterator[torch.Tensor | None], adam_params: AdamParams | None) -> None:
-        """Set each parameter's gradient (in its own dtype) and take the optimizer
-        step; after the run's first step, check that the weights moved."""
+    def _apply(self, grads: list[torch.Tensor | None], adam_params: AdamParams | None) -> None:
+        """Set each parameter's gradient (already in its own dtype) and take the
+        optimizer step; after the run's first step, check that the weights moved,
+        and after every step that they are finite."""
         snapshot = [p.detach().clone() for p in self.params] if self.step == 0 else None
         for p, grad in zip(self.params, grads, strict=True):
-            p.grad = None if grad is None else grad.to(p.dtype)
+            p.grad = grad
         if adam_params is not None:
             apply_adam_params(self.optimizer, adam_params, name=self.optimizer_config.name)
         self.optimizer.step()
         if snapshot is not None:
             self._check_weights_moved(snapshot)
+        check_weights_finite(self.params, names=self._param_names)
         self.optimizer.zero_grad(set_to_none=True)
 
     def _check_weights_moved(self, snapshot: list[torch.Tensor]) -> None:

@@ -24,8 +24,9 @@ class ForwardBackwardResult:
     gradient uses per-example losses). ``grad_norm`` is the L2 norm of this call's
     averaged gradient (clipped per example under DP; ``None`` for ``forward``).
     ``metrics`` carries ``loss:mean``, ``loss:sum``, ``num_examples:sum``,
-    ``step:max`` and, under DP, ``dp/clip_fraction`` and
-    ``dp/per_example_grad_norm:mean``.
+    ``step:max`` and, under DP, ``dp/clip_fraction``,
+    ``dp/per_example_grad_norm:mean`` and ``dp/nonfinite_examples:sum`` (examples
+    whose gradient was NaN or infinite and contributed nothing).
     """
 
     loss: float

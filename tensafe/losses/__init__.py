@@ -2,11 +2,13 @@
 
 from tensafe.losses.batch import (
     IGNORE_INDEX,
+    MIN_SAMPLING_LOGPROB,
     BatchLimits,
     Datum,
     TokenBatch,
     batch_from_arrays,
     batch_from_datums,
+    check_token_batch,
 )
 from tensafe.losses.functions import (
     LOSS_FUNCTIONS,
@@ -20,6 +22,7 @@ from tensafe.losses.functions import (
 __all__ = [
     "IGNORE_INDEX",
     "LOSS_FUNCTIONS",
+    "MIN_SAMPLING_LOGPROB",
     "BatchLimits",
     "Datum",
     "LossFunction",
@@ -27,6 +30,7 @@ __all__ = [
     "TokenBatch",
     "batch_from_arrays",
     "batch_from_datums",
+    "check_token_batch",
     "compute_loss",
     "get_loss_function",
     "token_logprobs",

@@ -13,6 +13,14 @@ position ``t``. No further shift is applied.
 
 Every check happens before a tensor is built, and errors name the offending field
 (``data[2].loss_fn_inputs.weights``), so a bad batch never changes engine state.
+
+Float inputs are checked in the dtype the engine computes with (:data:`FLOAT_DTYPE`,
+float32), not in the float64 they arrive in: ``1e39`` is finite in float64 but
+infinite in float32, and one such value would make an example's loss and gradient
+NaN. A value is refused if it is NaN or infinite, or if its magnitude exceeds
+float32's range; a row of weights whose sum would overflow is refused; and a
+sampling log-probability below :data:`MIN_SAMPLING_LOGPROB` is refused, because the
+importance ratio ``exp(logprob_now − logprob)`` would overflow.
 """
 
 from __future__ import annotations
@@ -30,6 +38,14 @@ IGNORE_INDEX = -100
 
 # Loss-function inputs that are per-token float arrays (besides target_tokens).
 _FLOAT_INPUTS = ("weights", "logprobs", "advantages")
+
+#: The dtype per-token float inputs (weights, logprobs, advantages) are stored and used in.
+FLOAT_DTYPE = torch.float32
+_FINFO = np.finfo(np.float32)
+#: The lowest accepted sampling log-probability: ``log`` of float32's smallest normal
+#: number (≈ −87.34). A float32 sampler cannot draw a less likely token, and at or above
+#: it the importance ratio ``exp(logprob_now − logprob) ≤ 1 / tiny`` stays finite.
+MIN_SAMPLING_LOGPROB = float(np.log(_FINFO.tiny))
 
 
 @dataclass(frozen=True)
@@ -94,16 +110,68 @@ def _as_int_list(value: object, *, field: str) -> list[int]:
     return [int(v) for v in arr.tolist()]
 
 
-def _as_float_list(value: object, *, field: str) -> list[float]:
+def _as_float_list(value: object, *, field: str, name: str) -> list[float]:
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InvalidBatchError(field, f"must be a 1-D sequence of numbers ({exc})") from None
     if arr.ndim != 1:
         raise InvalidBatchError(field, f"must be a 1-D sequence of numbers, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise InvalidBatchError(field, "must be finite (no NaN or infinity)")
+    check_float_row(arr, field=field, name=name)
     return arr.tolist()
+
+
+def check_float_row(values: np.ndarray, *, field: str, name: str) -> None:
+    """Refuse one example's per-token float input unless it is safe in :data:`FLOAT_DTYPE`.
+
+    ``name`` is the input (``weights``, ``logprobs`` or ``advantages``); ``values``
+    may be in any float dtype (they are judged as float32 will hold them).
+
+    Raises:
+        InvalidBatchError: naming ``field`` and the first offending position: a
+            value that is NaN, infinite or beyond float32's range; a negative
+            weight, or weights whose sum would overflow float32; a ``logprobs``
+            value below :data:`MIN_SAMPLING_LOGPROB`.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    bad = ~(np.abs(arr) <= _FINFO.max)  # NaN compares False: caught here too
+    if bad.any():
+        pos = int(np.argmax(bad))
+        raise InvalidBatchError(
+            field,
+            f"value {float(arr[pos])!r} at position {pos} is not a finite float32 "
+            f"(NaN, infinity, or magnitude above {_FINFO.max:.6g})",
+        )
+    if name == "weights":
+        if (arr < 0).any():
+            raise InvalidBatchError(field, "weights must be non-negative")
+        if arr.sum() > _FINFO.max / 2:  # margin: float32 sums round differently
+            raise InvalidBatchError(
+                field, f"weights sum to {arr.sum():.6g}, which overflows float32"
+            )
+    elif name == "logprobs" and (arr < MIN_SAMPLING_LOGPROB).any():
+        pos = int(np.argmax(arr < MIN_SAMPLING_LOGPROB))
+        raise InvalidBatchError(
+            field,
+            f"sampling log-probability {float(arr[pos])!r} at position {pos} is below "
+            f"{MIN_SAMPLING_LOGPROB:.4f} (log of float32's smallest normal number): no "
+            "float32 sampler draws such a token, and the importance ratio would overflow",
+        )
+
+
+def check_token_batch(batch: TokenBatch) -> None:
+    """Apply :func:`check_float_row` to every row of a ready-made batch's float inputs
+    (``weights[b]``, ``extras.logprobs[b]``, ...).
+
+    Raises:
+        InvalidBatchError: as :func:`check_float_row`, naming the row.
+    """
+    inputs = {"weights": batch.weights, **batch.extras}
+    for name, tensor in inputs.items():
+        prefix = "weights" if name == "weights" else f"extras.{name}"
+        rows = tensor.detach().to("cpu", torch.float64).numpy()
+        for b, row in enumerate(rows):
+            check_float_row(row, field=f"{prefix}[{b}]", name=name)
 
 
 def _check_tokens(tokens: list[int], *, field: str, vocab_size: int) -> None:
@@ -155,9 +223,10 @@ def batch_from_datums(
 
     Raises:
         InvalidBatchError: empty batch, length mismatch between ``model_input`` and
-            a loss input, token ids outside ``[0, vocab_size)``, negative or
-            non-finite weights, a missing required input, or an unknown input name.
-            ``field`` names the offending datum and input.
+            a loss input, token ids outside ``[0, vocab_size)``, a float input that
+            is unsafe in float32 (see :func:`check_float_row`), a missing required
+            input, or an unknown input name. ``field`` names the offending datum
+            and input (``data[3].loss_fn_inputs.weights``).
     """
     if not isinstance(data, Sequence) or isinstance(data, (str, bytes)):
         raise InvalidBatchError("data", "must be a list of datums")
@@ -199,13 +268,11 @@ def batch_from_datums(
             field = f"{base}.loss_fn_inputs.{name}"
             if name in inputs:
                 present.add(name)
-                values = _as_float_list(inputs[name], field=field)
+                values = _as_float_list(inputs[name], field=field, name=name)
                 if len(values) != len(tokens):
                     raise InvalidBatchError(
                         field, f"has length {len(values)} but model_input has {len(tokens)}"
                     )
-                if name == "weights" and any(v < 0 for v in values):
-                    raise InvalidBatchError(field, "weights must be non-negative")
             else:
                 values = [1.0] * len(tokens) if name == "weights" else [0.0] * len(tokens)
             float_rows[name].append(values)
@@ -220,10 +287,10 @@ def batch_from_datums(
         input_ids=_pad(token_rows, width=width, fill=0, dtype=torch.long),
         attention_mask=_pad([[1] * n for n in lengths], width=width, fill=0, dtype=torch.long),
         targets=_pad(target_rows, width=width, fill=0, dtype=torch.long),
-        weights=_pad(float_rows["weights"], width=width, fill=0.0, dtype=torch.float32),
+        weights=_pad(float_rows["weights"], width=width, fill=0.0, dtype=FLOAT_DTYPE),
         lengths=tuple(lengths),
         extras={
-            name: _pad(float_rows[name], width=width, fill=0.0, dtype=torch.float32)
+            name: _pad(float_rows[name], width=width, fill=0.0, dtype=FLOAT_DTYPE)
             for name in present - {"weights"}
         },
     )
@@ -315,7 +382,7 @@ def batch_from_arrays(
         ),
         attention_mask=torch.tensor(mask_rows, dtype=torch.long),
         targets=torch.tensor(targets, dtype=torch.long),
-        weights=torch.tensor(weights, dtype=torch.float32),
+        weights=torch.tensor(weights, dtype=FLOAT_DTYPE),
         lengths=lengths,
         extras={},
     )
@@ -355,10 +422,14 @@ def _same_shape(a: list[list[int]], b: list[list[int]], *, field: str) -> None:
 
 
 __all__ = [
+    "FLOAT_DTYPE",
     "IGNORE_INDEX",
+    "MIN_SAMPLING_LOGPROB",
     "BatchLimits",
     "Datum",
     "TokenBatch",
     "batch_from_arrays",
     "batch_from_datums",
+    "check_float_row",
+    "check_token_batch",
 ]

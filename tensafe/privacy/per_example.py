@@ -23,6 +23,19 @@ and the clipped sum ``Σ_i c_i g_i`` for every parameter. Compared with Opacus'
 stock hooks this skips autograd's redundant summed weight gradient; compared with
 its ghost clipping it needs one backward pass, not two.
 
+Exactness in low precision: norms, clip factors and clipped sums are formed in at
+least float32 whatever the parameter dtype (:func:`compute_dtype`), from the exact
+float32 image of the per-example values, so removing one example moves the sum by at
+most ``C`` up to float32 rounding even in bfloat16 or float16 (a factor rounded to
+bfloat16 alone is off by up to 0.4 %).
+
+Non-finite examples: an example whose gradient norm is not finite (a NaN or an
+infinity anywhere in its gradient, or a norm beyond float32) gets clip factor 0 and
+its per-example values are replaced by zeros before they are summed, so it
+contributes exactly nothing and the clipped sum stays finite; ``ClipResult.nonfinite``
+marks it. Zeroing is a per-example function like clipping itself, so the
+sensitivity bound ``C`` is unchanged.
+
 Fail-closed rules: a trainable parameter owned by a module type we cannot handle
 is refused at attach time; a layer whose input does not lead with the batch
 dimension is refused at backward time; a backward pass without an active
@@ -55,19 +68,26 @@ _RMSNORM_CLASSES = frozenset(
 
 CLIP_EPS = 1e-6  # as in opacus.optimizers.optimizer: C / (norm + 1e-6)
 
+# Elements of the (at least) float32 working copy used per slice of a clipped sum.
+_SUM_CHUNK_ELEMENTS = 1 << 22
+
 
 @dataclass(frozen=True)
 class ClipResult:
     """Outcome of clipping one backward pass.
 
-    ``norms``: per-example gradient norms before clipping, ``(B,)``.
-    ``factors``: per-example clip factors, ``(B,)``.
-    ``sums``: parameter → ``Σ_i factor_i · g_i`` (parameters no example touched are absent).
+    ``norms``: per-example gradient norms before clipping, ``(B,)``, in at least float32.
+    ``factors``: per-example clip factors, ``(B,)``; 0 for a non-finite example.
+    ``sums``: parameter → ``Σ_i factor_i · g_i`` in at least float32, always finite
+    (parameters no example touched are absent).
+    ``nonfinite``: ``(B,)`` bool, the examples whose norm was not finite and which
+    contributed nothing.
     """
 
     norms: torch.Tensor
     factors: torch.Tensor
     sums: dict[nn.Parameter, torch.Tensor]
+    nonfinite: torch.Tensor
 
 
 class _Site:
@@ -208,7 +228,8 @@ class ClipCollector:
             if big and not site.shared and id(module) not in self._ghost_seen:
                 self._ghost_seen.add(id(module))
                 sampler = GradSampleModuleFastGradientClipping.NORM_SAMPLERS[nn.Linear]
-                for norm in sampler(module, [inp], grad_out).values():
+                exact = compute_dtype(grad_out.dtype)  # Gram matrices in bf16 misjudge norms
+                for norm in sampler(module, [inp.to(exact)], grad_out.to(exact)).values():
                     sq = norm.to(torch.promote_types(norm.dtype, torch.float32)).pow(2)
                     self._ghost_sq = sq if self._ghost_sq is None else self._ghost_sq + sq
                 self._ghost.append((site, inp, grad_out))
@@ -257,15 +278,15 @@ class ClipCollector:
         if sq is None:  # no trainable parameter was touched
             sq = torch.zeros(self.batch_size)
         norms = sq.clamp(min=0).sqrt()
-        factors = (max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0)
+        factors, finite = clip_factors(norms, max_grad_norm)
+        _require_exact_matmul()
+        zero_rows = None if bool(finite.all()) else finite  # one sync: skip masking if clean
         sums: dict[nn.Parameter, torch.Tensor] = {}
         for param, gs in self._per_sample.items():
-            sums[param] = torch.einsum("b,b...->...", factors.to(gs.dtype), gs)
+            sums[param] = clipped_sum(gs, factors=factors, finite=zero_rows)
         for site, inp, grad_out in self._ghost:
             module = site.module
-            scale = factors.to(grad_out.dtype).view(-1, *([1] * (grad_out.dim() - 1)))
-            g = (grad_out * scale).reshape(-1, grad_out.shape[-1])
-            a = inp.reshape(-1, inp.shape[-1]).to(g.dtype)
+            g, a = _ghost_operands(inp, grad_out, factors=factors, finite=zero_rows)
             if module.weight.requires_grad:
                 w = g.t().matmul(a)
                 sums[module.weight] = sums[module.weight] + w if module.weight in sums else w
@@ -274,7 +295,91 @@ class ClipCollector:
                 sums[module.bias] = sums[module.bias] + b if module.bias in sums else b
         self._per_sample.clear()
         self._ghost.clear()
-        return ClipResult(norms=norms, factors=factors, sums=sums)
+        return ClipResult(norms=norms, factors=factors, sums=sums, nonfinite=~finite)
+
+
+# ------------------------------------------- exact, NaN-proof clipping arithmetic
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype clip norms, factors and sums are formed in: ``dtype`` promoted to at
+    least float32 (bfloat16 and float16 gradients are summed in float32)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Opacus' clip factors ``min(1, C / (‖g_i‖ + 1e-6))`` and the mask of finite norms.
+
+    ``norms`` is in at least float32, and so are the factors. An example whose norm
+    is NaN or infinite gets factor 0 (``clamp`` would pass a NaN through).
+    """
+    finite = torch.isfinite(norms)
+    factors = (max_grad_norm / (norms + CLIP_EPS)).clamp(max=1.0)
+    return torch.where(finite, factors, torch.zeros_like(factors)), finite
+
+
+def _require_exact_matmul() -> None:
+    """Clipped sums are float32 matmuls; a reduced-precision mode would round the factors.
+
+    Raises:
+        PrivacyError: ``torch.get_float32_matmul_precision()`` is not ``"highest"``
+            (PyTorch's default; ``"high"``/``"medium"`` allow TF32 or bfloat16).
+    """
+    precision = torch.get_float32_matmul_precision()
+    if precision != "highest":
+        raise PrivacyError(
+            f"torch.get_float32_matmul_precision() is {precision!r}; exact per-example "
+            "clipping needs 'highest' (reduced-precision float32 matmuls would round the "
+            "clip factors)"
+        )
+
+
+def _zero_rows(values: torch.Tensor, finite: torch.Tensor | None) -> torch.Tensor:
+    """``values`` with the rows (leading dimension) of non-finite examples set to 0."""
+    if finite is None:
+        return values
+    return torch.where(finite.view((-1,) + (1,) * (values.dim() - 1)), values, 0.0)
+
+
+def clipped_sum(
+    per_example: torch.Tensor, *, factors: torch.Tensor, finite: torch.Tensor | None
+) -> torch.Tensor:
+    """``Σ_b factors[b] · per_example[b]`` in :func:`compute_dtype`.
+
+    ``finite`` marks the examples to keep; the others' rows are zeroed first, so their
+    NaN or infinite entries never reach the sum (``None``: every example is finite).
+    A bfloat16 ``(B, ...)`` tensor is widened to float32 slice by slice, so the
+    working copy stays small. Needs float32 matmuls at full precision
+    (``torch.get_float32_matmul_precision() == "highest"``, PyTorch's default).
+    """
+    dtype = compute_dtype(per_example.dtype)
+    flat = per_example.reshape(per_example.shape[0], -1)
+    weights = factors.to(dtype)
+    if flat.dtype == dtype and finite is None:
+        return (weights @ flat).view(per_example.shape[1:])
+    out = torch.empty(flat.shape[1], dtype=dtype, device=flat.device)
+    step = max(1, _SUM_CHUNK_ELEMENTS // max(1, flat.shape[0]))
+    for start in range(0, flat.shape[1], step):
+        out[start : start + step] = weights @ _zero_rows(
+            flat[:, start : start + step].to(dtype), finite
+        )
+    return out.view(per_example.shape[1:])
+
+
+def _ghost_operands(
+    inp: torch.Tensor,
+    grad_out: torch.Tensor,
+    *,
+    factors: torch.Tensor,
+    finite: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(B·T, out)`` re-weighted output gradients and ``(B·T, in)`` activations of
+    a ghost-clipped linear layer, in :func:`compute_dtype`, with the rows of examples
+    not ``finite`` zeroed (``None``: all finite): ``g.t() @ a`` is then the layer's
+    clipped weight sum and ``g.sum(0)`` its bias sum."""
+    dtype = compute_dtype(grad_out.dtype)
+    scale = factors.to(dtype).view((-1,) + (1,) * (grad_out.dim() - 1))
+    g = (_zero_rows(grad_out.to(dtype), finite) * scale).reshape(-1, grad_out.shape[-1])
+    a = _zero_rows(inp.to(dtype), finite).reshape(-1, inp.shape[-1])
+    return g, a
 
 
 class PerExampleClipper:
@@ -352,4 +457,12 @@ class PerExampleClipper:
         self._sites.clear()
 
 
-__all__ = ["CLIP_EPS", "ClipCollector", "ClipResult", "PerExampleClipper"]
+__all__ = [
+    "CLIP_EPS",
+    "ClipCollector",
+    "ClipResult",
+    "PerExampleClipper",
+    "clip_factors",
+    "clipped_sum",
+    "compute_dtype",
+]
