@@ -18,7 +18,9 @@ and non-sensitive data); a DP engine never falls back to that path.
 
 Every operation validates its input first and changes no state when it raises.
 The engine is not thread-safe: callers (the server's worker) serialise operations
-per run.
+per run. The operations that run the model or read/write its weights hold
+:func:`~tensafe.models.model_lock`, so generation (:mod:`tensafe.generation`) on
+another thread never interleaves with them.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from tensafe.losses import (
     get_loss_function,
 )
 from tensafe.models import LoadedModel, LoRAConfig, apply_lora
+from tensafe.models.locking import holds_model_lock
 from tensafe.privacy.config import DPConfig
 
 BatchInput = TokenBatch | Sequence[Datum] | Mapping[str, Any]
@@ -200,6 +203,7 @@ class TrainingEngine:
         return out.logits
 
     # --------------------------------------------------------------- forward
+    @holds_model_lock
     def forward(
         self,
         batch: BatchInput,
@@ -220,6 +224,7 @@ class TrainingEngine:
             self.model.train(was_training)
         return self._result(fn.name, tb, out, grad_norm=None, extra={})
 
+    @holds_model_lock
     def forward_backward(
         self,
         batch: BatchInput,
@@ -333,6 +338,7 @@ class TrainingEngine:
             raise EngineStateError("this run does not use differential privacy")
         return self.dp.epsilon(delta)
 
+    @holds_model_lock
     def optim_step(self, adam_params: AdamParams | None = None) -> OptimStepResult:
         """Apply the logical batch: noise once (DP), scale, optimizer step, account.
 
@@ -446,6 +452,7 @@ class TrainingEngine:
             )
 
     # ----------------------------------------------------------------- state
+    @holds_model_lock
     def state_dict(self) -> dict[str, Any]:
         """Trainable weights (by parameter name), optimizer state, accountant
         history and step. Refuses while gradients are pending, so a checkpoint
@@ -462,6 +469,7 @@ class TrainingEngine:
             "noise": {} if self.dp is None else self.dp.noise.state_dict(),
         }
 
+    @holds_model_lock
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`. Everything is checked (names, shapes, DP
         mode) before anything is written; pending gradients are discarded.
