@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from server.db.models import PrivacyBudgetRow
+from server.db.models import DatasetRow, PrivacyBudgetRow
 from server.services.budgets import BudgetService
 from server.services.ledger import dataset_rows, event_mapping
 from tensafe.audit import AuditReport, ChainHead, ChainReport, LedgerEvent, build_report
@@ -74,6 +74,10 @@ def audit_report(
     with budgets.db.sessions() as session:
         budget = budgets.get_row(session, tenant_id=tenant_id, dataset_id=dataset_id)
         mappings = [event_mapping(r) for r in dataset_rows(session, tenant_id, dataset_id)]
+        held = session.get(DatasetRow, dataset_id)
+        name = None
+        if held is not None and held.tenant_id == tenant_id:
+            name = f"{held.name} v{held.version}"
     events: list[LedgerEvent] = []
     for mapping in mappings:
         try:
@@ -87,6 +91,7 @@ def audit_report(
         key=None,
         cap=budget.epsilon_cap,
         recompute=recompute,
+        dataset_name=name,
     )
     chain = verify_rows(
         mappings,

@@ -50,7 +50,9 @@ def render_html(report: AuditReport) -> str:
     return _page().substitute(
         title=_e(f"Privacy audit — dataset {report.dataset_id}"),
         css=_resource("report.css"),
-        dataset_id=_e(report.dataset_id),
+        dataset_id=_e(report.dataset_id)
+        if report.dataset_name is None
+        else f"{_e(report.dataset_name)}</code> <code>{_e(report.dataset_id)}",
         tenant_id=_e(report.tenant_id),
         generated_at=_e(_time(report.generated_at)),
         first_event_at=_e(_time(report.first_event_at)),
