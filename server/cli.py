@@ -262,7 +262,8 @@ def _list_tenants(args: argparse.Namespace) -> int:
 def _budget_service(args: argparse.Namespace) -> Iterator[Any]:
     """A :class:`BudgetService` on the admin database; closed (and the database
     disposed) on exit."""
-    from server.services.budgets import BudgetService, default_policy
+    from server.services.admission import default_policy
+    from server.services.budgets import BudgetService
     from server.services.keys import build_keyring
 
     db, _ = _admin_session(args)
@@ -278,7 +279,9 @@ def _budget_service(args: argparse.Namespace) -> Iterator[Any]:
 
 
 def _print_budget(service: Any, tenant_id: str, dataset_id: str) -> None:
-    summary = service.budget_summary(tenant_id=tenant_id, dataset_id=dataset_id, exact=False)
+    from server.services.audits import budget_summary
+
+    summary = budget_summary(service, tenant_id=tenant_id, dataset_id=dataset_id, exact=False)
     print(
         json.dumps(
             {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in summary.items()}

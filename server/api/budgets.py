@@ -32,7 +32,7 @@ router = APIRouter(tags=["privacy budgets"])
 
 def _wire(service: BudgetService, tenant_id: str, dataset_id: str) -> PrivacyBudget:
     return PrivacyBudget.model_validate(
-        service.budget_summary(tenant_id=tenant_id, dataset_id=dataset_id)
+        audits.budget_summary(service, tenant_id=tenant_id, dataset_id=dataset_id)
     )
 
 
@@ -60,8 +60,8 @@ def list_budgets(tenant: BudgetReader, service: BudgetsDep) -> PrivacyBudgetList
     return PrivacyBudgetList(
         budgets=[
             PrivacyBudget.model_validate(
-                service.budget_summary(
-                    tenant_id=tenant.tenant_id, dataset_id=r.dataset_id, exact=False
+                audits.budget_summary(
+                    service, tenant_id=tenant.tenant_id, dataset_id=r.dataset_id, exact=False
                 )
             )
             for r in rows

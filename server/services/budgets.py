@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
@@ -37,12 +37,11 @@ from server.db.models import LedgerEventRow, PrivacyBudgetRow, utcnow
 from server.db.session import Database
 from server.errors import ConflictError, NotFoundError, ValidationError
 from server.services.ledger import append_event, dataset_rows, derive_ledger_key, event_of
-from server.settings import Settings
 from tensafe.artifacts import TenantKeyring, library_versions
 from tensafe.audit import GENESIS_LINK, LedgerEvent, budget_from_events, utc_timestamp
-from tensafe.errors import BudgetExceededError, ConfigError
+from tensafe.errors import ConfigError
 from tensafe.privacy.budget import CapChange, DatasetBudget, accounting_versions
-from tensafe.privacy.delta import check_budget_delta, check_delta
+from tensafe.privacy.delta import check_budget_delta
 from tensafe.privacy.schedule import EpsilonSchedule
 
 DEFAULT_DELTA = 1e-5
@@ -143,6 +142,10 @@ class BudgetService:
     def events(session: Session, tenant_id: str, dataset_id: str) -> list[LedgerEventRow]:
         """One dataset's ledger rows, in ``seq`` order."""
         return dataset_rows(session, tenant_id, dataset_id)
+
+    def budget_of(self, session: Session, row: PrivacyBudgetRow) -> DatasetBudget:
+        """The in-memory budget matching ``row``'s chain head (read-only use)."""
+        return self._budget(session, row)
 
     def _budget(self, session: Session, row: PrivacyBudgetRow) -> DatasetBudget:
         """The in-memory budget matching the row's chain head (rebuilt if stale)."""
@@ -432,7 +435,7 @@ class BudgetService:
             if self._row(session, tenant_id, dataset_id, lock=False) is not None:
                 return
         if self.default_epsilon_cap is None:
-            raise _no_budget(dataset_id)
+            raise no_budget(dataset_id)
         self.key()  # before the transaction: the keyring uses its own connection
         try:
             with self.db.transaction() as session:
@@ -449,72 +452,6 @@ class BudgetService:
         except SAIntegrityError:
             pass  # created concurrently
 
-    def admit_run(
-        self,
-        *,
-        tenant_id: str,
-        dataset_id: str,
-        noise_multiplier: float | None,
-        sample_rate: float | None,
-        dataset_size: int,
-        sampling: str = "client",
-    ) -> None:
-        """Refuse a new DP run up front if its dataset's budget cannot take its first step,
-        or if the budget's δ is not below ``1/dataset_size`` (the run's N).
-
-        Advisory: the authoritative check is in
-        :func:`~server.services.dp_step.charge_and_step`, under the lock, before
-        every step's noise. With ``noise_multiplier`` unknown (σ calibrated later from
-        a target ε) only an exhausted budget is refused. Records nothing; reads in a
-        short session of its own and evaluates ε after closing it, so call it outside
-        any transaction (on SQLite every transaction holds the write lock).
-
-        Raises:
-            ConflictError: (``dp_config.dataset_id``) the dataset has no budget and no
-                ``default_epsilon_cap`` is set, or its budget's δ ≥ 1/N (the message
-                names the budget's δ and N); (``dp_config.sampling``) the run declares its
-                own sampling and the budget's policy is ``server-only``.
-            BudgetExceededError: the budget is spent, or one (σ, q) step would exceed it.
-        """
-        with self.db.sessions() as session:
-            row = self._row(session, tenant_id, dataset_id, lock=False)
-            if row is None:
-                if self.default_epsilon_cap is None:
-                    raise _no_budget(dataset_id, field="dp_config.dataset_id")
-                return
-            budget = self._budget(session, row)
-            policy = row.sampling_policy
-        refuse_by_policy(policy, sampling=sampling, dataset_id=dataset_id, created=False)
-        try:
-            check_delta(delta=budget.delta, dataset_size=dataset_size, field="delta")
-        except ConfigError as exc:
-            raise ConflictError(
-                f"the privacy budget of dataset {dataset_id!r} cannot protect this run's "
-                f"dataset_size: the budget's delta (δ) {exc.message}. A budget's δ is fixed "
-                "when it is created: an admin must create a budget with a smaller δ for this "
-                "data (tensafe admin create-budget ... --delta D); the run was not created",
-                field="dp_config.dataset_id",
-            ) from None
-        cap = budget.epsilon_cap
-        if noise_multiplier is None or sample_rate is None:
-            spent = budget.epsilon()
-            if spent >= cap:
-                raise BudgetExceededError(
-                    f"privacy budget exhausted for dataset {dataset_id!r}: ε spent "
-                    f"{spent:.6g} of cap {cap:.6g} (δ={budget.delta:g}); the run was not created"
-                )
-            return
-        decision = budget.check_step(
-            run_id="run (not created)", noise_multiplier=noise_multiplier, sample_rate=sample_rate
-        )
-        if not decision.allowed:
-            raise BudgetExceededError(
-                f"privacy budget exceeded for dataset {dataset_id!r}: one step of this run "
-                f"(σ={noise_multiplier:g}, q={sample_rate:g}) would raise the dataset's ε from "
-                f"{decision.epsilon_before:.6g} to {decision.epsilon_after:.6g}, above its cap "
-                f"{cap:.6g} (δ={budget.delta:g}); the run was not created"
-            )
-
     # ----------------------------------------------------------------- reading
     def list_budgets(self, *, tenant_id: str | None = None) -> list[PrivacyBudgetRow]:
         with self.db.sessions() as session:
@@ -525,72 +462,8 @@ class BudgetService:
                 query = query.where(PrivacyBudgetRow.tenant_id == tenant_id)
             return list(session.scalars(query))
 
-    def budget_summary(
-        self, *, tenant_id: str, dataset_id: str, exact: bool = True
-    ) -> dict[str, Any]:
-        """Cap, δ, ε spent (conservative and exact), remaining, and per-run usage.
 
-        Raises:
-            NotFoundError: no budget for the dataset (or another tenant's).
-        """
-        with self.db.sessions() as session:
-            row = self._get_row(session, tenant_id, dataset_id)
-            budget = self._budget(session, row)
-            refusals = sum(
-                1 for r in self.events(session, tenant_id, dataset_id) if r.kind == "step_refused"
-            )
-        spent = budget.epsilon()
-        runs = [
-            {
-                "run_id": run,
-                "steps": budget.steps(run),
-                "epsilon": budget.run_epsilon(run),
-            }
-            for run in budget.histories
-        ]
-        return {
-            "dataset_id": row.dataset_id,
-            "epsilon_cap": row.epsilon_cap,
-            "delta": row.delta,
-            "accountant": row.accountant,
-            "sampling_policy": row.sampling_policy,
-            "epsilon_spent": spent,
-            "epsilon_spent_exact": budget.exact_epsilon() if exact else None,
-            "epsilon_remaining": max(0.0, row.epsilon_cap - spent),
-            "total_steps": budget.steps(),
-            "refusals": refusals,
-            "runs": runs,
-            "ledger_head_seq": row.head_seq,
-            "created_at": row.created_at,
-            "updated_at": row.updated_at,
-        }
-
-
-def default_policy(settings: Settings) -> SamplingPolicy:
-    """New budgets' sampling policy: ``server-only`` in production (the ε then holds
-    whatever the training script does), ``any`` in development."""
-    return "server-only" if settings.environment == "production" else "any"
-
-
-def refuse_by_policy(policy: str, *, sampling: str, dataset_id: str, created: bool) -> None:
-    """Raise unless a run that samples as ``sampling`` may train under ``policy``.
-
-    Raises:
-        ConflictError: (``dp_config.sampling``) a client-declared run on a
-            ``server-only`` budget.
-    """
-    if policy == "server-only" and sampling != "server":
-        what = "this step was not taken" if created else "the run was not created"
-        raise ConflictError(
-            f"the privacy budget of dataset {dataset_id!r} allows only runs whose batches the "
-            "server draws (sampling policy server-only); register the data with "
-            "create_dataset and name that dataset, or ask a privacy officer to change the "
-            f"policy; {what}",
-            field="dp_config.sampling",
-        )
-
-
-def _no_budget(dataset_id: str, *, field: str = "dataset_id") -> ConflictError:
+def no_budget(dataset_id: str, *, field: str = "dataset_id") -> ConflictError:
     return ConflictError(
         f"no privacy budget for dataset {dataset_id!r}; an admin must create one "
         f"(tensafe admin create-budget TENANT {dataset_id} --epsilon-cap E, or "
@@ -599,11 +472,4 @@ def _no_budget(dataset_id: str, *, field: str = "dataset_id") -> ConflictError:
     )
 
 
-__all__ = [
-    "DEFAULT_DELTA",
-    "SAMPLING_POLICIES",
-    "BudgetService",
-    "SamplingPolicy",
-    "default_policy",
-    "refuse_by_policy",
-]
+__all__ = ["DEFAULT_DELTA", "SAMPLING_POLICIES", "BudgetService", "SamplingPolicy", "no_budget"]

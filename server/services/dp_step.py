@@ -31,7 +31,8 @@ from tg_tinker.types import OptimStepResponse
 from server.db.models import OperationRow, TrainingRunRow
 from server.db.session import Database
 from server.errors import EngineAheadError
-from server.services.budgets import BudgetService, refuse_by_policy
+from server.services.admission import refuse_by_policy
+from server.services.budgets import BudgetService
 from server.services.ledger import charge_fields
 from server.services.operations import complete_operation
 from server.services.wire import optim_output

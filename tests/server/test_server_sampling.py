@@ -179,7 +179,7 @@ def test_a_server_only_budget_refuses_client_declared_runs(api: Harness) -> None
     from sqlalchemy import select
 
     from server.db.models import LedgerEventRow
-    from server.services.budgets import default_policy
+    from server.services.admission import default_policy
     from server.settings import Settings
     from tests.server.harness import TRAIN_AND_OFFICER
 
