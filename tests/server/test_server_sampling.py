@@ -216,3 +216,51 @@ def test_a_server_only_budget_refuses_client_declared_runs(api: Harness) -> None
     ]  # the refused step left no row
     report = api.client.get("/v1/audit/strict/report", params={"format": "html"}, headers=headers)
     assert "server-drawn batches only" in report.text
+
+
+def test_user_level_draws_and_grouped_completions(api: Harness) -> None:
+    headers = api.tenant()
+    units = [["ann", "bob", "ann", "ann", "cy", "bob"]]
+    info = register(api, headers, "patients", [records(6)], units=units)
+    assert info["num_units"] == 3
+    run_id = server_run(api, headers, info["dataset_id"], sample_rate=1.0, max_records_per_unit=2)
+    dp = api.run(headers, run_id)["config"]["dp_config"]
+    assert (dp["dataset_size"], dp["max_records_per_unit"]) == (3, 2)  # N counts people
+    drawn = api.call(headers, run_id, "draw_batch", {"include_records": True})
+    per_unit: dict[int, list[int]] = {}
+    for record, unit in zip(drawn["record_ids"], drawn["units"], strict=True):
+        per_unit.setdefault(unit, []).append(record)
+    assert sorted(per_unit) == [0, 1, 2] and all(len(r) <= 2 for r in per_unit.values())
+    assert per_unit[0] == sorted(per_unit[0]) and set(per_unit[0]) <= {0, 2, 3}
+    out = api.call(headers, run_id, "forward_backward", {"drawn_batch_id": drawn["batch_id"]})
+    assert out["metrics"]["num_examples:sum"] == len(drawn["record_ids"])
+    step = api.call(headers, run_id, "optim_step", {})
+    assert step["dp_metrics"]["sample_rate"] == 1.0
+    with api.context.db.sessions() as session:
+        from sqlalchemy import select
+
+        from server.db.models import LedgerEventRow
+
+        row = session.scalars(select(LedgerEventRow).where(
+            LedgerEventRow.run_id == run_id, LedgerEventRow.kind == "dp_step")).one()  # fmt: skip
+    assert (row.sampling, row.privacy_unit, row.dataset_size) == ("server-poisson", "unit", 3)
+
+    # RL: two completions of one drawn prompt are one contribution
+    rl = register(api, headers, "prompts", [records(3, start=50)])["dataset_id"]
+    rl_run = server_run(api, headers, rl, sample_rate=1.0)
+    batch = api.call(headers, rl_run, "draw_batch", {"include_records": True})
+    prompt = batch["records"][0]["tokens"]
+
+    def completion(extra: list[int]) -> dict[str, Any]:
+        tokens = prompt + extra
+        target = {"data": tokens, "dtype": "int64", "shape": [len(tokens)]}
+        return {
+            "model_input": {"chunks": [{"tokens": tokens}]},
+            "record_id": batch["record_ids"][0],
+            "loss_fn_inputs": {"target_tokens": target},
+        }
+
+    two = {"data": [completion([1, 2]), completion([3, 4, 5])]}
+    out = api.call(headers, rl_run, "forward_backward", two)
+    assert out["metrics"]["num_examples:sum"] == 2
+    assert api.call(headers, rl_run, "optim_step", {})["step"] == 1
