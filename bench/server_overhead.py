@@ -147,14 +147,17 @@ def main() -> int:
     engine = _engine(args)
     with tempfile.TemporaryDirectory(prefix="tensafe-bench-") as tmp:
         server = _Server(Path(tmp))
-        api_key = json.loads(server.tensafe("admin", "create-tenant", "bench", "--json"))["api_key"]
+        keys = json.loads(server.tensafe("admin", "create-tenant", "bench", "--json"))
+        api_key = keys["api_key"]
         server.start()
         try:
+            # As in production, every DP step is charged to a dataset budget (set with
+            # the privacy-officer key): the server side of the ratio includes the budget
+            # check and ledger append. δ below 1/N for N = 100,000 (the default 1e-5 is
+            # refused at admission).
+            with ServiceClient(server.url, api_key=keys["privacy_officer_api_key"]) as officer:
+                officer.create_privacy_budget("bench", epsilon_cap=1e6, delta=1e-6)
             with ServiceClient(server.url, api_key=api_key, timeout=300) as service:
-                # As in production, every DP step is charged to a dataset budget: the
-                # server side of the ratio includes the budget check and ledger append.
-                # δ below 1/N for N = 100,000 (the default 1e-5 is refused at admission).
-                service.create_privacy_budget("bench", epsilon_cap=1e6, delta=1e-6)
                 config = TrainingConfig(
                     model_ref=args.model,
                     lora_config=LoRAConfig(rank=args.lora_rank, alpha=2 * args.lora_rank),

@@ -113,22 +113,23 @@ def main() -> int:
     try:
         _wait_healthy(url, server, log)
         tenant = json.loads(_tensafe("admin", "create-tenant", "demo-hospital", "--json", env=env))
-        print(f"tenant {tenant['tenant_id']} created (API key shown once, kept in memory only)")
-        budget_help = _tensafe("admin", "--help", env=env)
-        if "create-budget" in budget_help:
-            _tensafe(
-                "admin",
-                "create-budget",
-                tenant["tenant_id"],
-                "clinical-notes-synthetic-v1",
-                "--epsilon-cap",
-                str(args.dataset_epsilon_cap),
-                env=env,
-            )
-            print(f"privacy budget for the dataset: ε ≤ {args.dataset_epsilon_cap}")
-        client_env = {**env, "TG_TINKER_BASE_URL": url, "TG_TINKER_API_KEY": tenant["api_key"]}
+        print(
+            f"tenant {tenant['tenant_id']} created with a data scientist's key and a privacy "
+            "officer's key (shown once, kept in memory only)"
+        )
+        client_env = {
+            **env,
+            "TG_TINKER_BASE_URL": url,
+            "TG_TINKER_API_KEY": tenant["api_key"],
+            "TG_TINKER_OFFICER_KEY": tenant["privacy_officer_api_key"],
+        }
         report = data_dir / "privacy-audit-report.html"
-        extra = ["--report", str(report)] if "create-budget" in budget_help else []
+        extra = [
+            "--report",
+            str(report),
+            "--epsilon-cap",
+            str(args.dataset_epsilon_cap),
+        ]
         return subprocess.call(
             [
                 sys.executable,

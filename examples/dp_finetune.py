@@ -1,11 +1,14 @@
 """DP-LoRA fine-tuning through the TenSafe server, end to end, with the SDK.
 
-Fine-tunes a LoRA adapter under DP-SGD on synthetic clinical notes → structured
-summaries, with Poisson sampling and a progress bar (loss, ε); evaluates held-out
-loss before and after and shows two sampled answers side by side; saves an
-encrypted checkpoint, pulls it, decrypts and verifies it locally and loads it as
-a peft adapter to generate. `make demo` starts a server and runs this script;
-against your own server set TG_TINKER_BASE_URL and TG_TINKER_API_KEY.
+Registers synthetic clinical notes → structured summaries as a server-held dataset
+(stored encrypted; N fixed by the server), lets the privacy officer set its ε cap,
+then fine-tunes a LoRA adapter under DP-SGD on batches the *server* draws (Poisson,
+from its CSPRNG), with a progress bar (loss, ε); evaluates held-out loss before and
+after and shows two answers side by side; saves an encrypted checkpoint, pulls it,
+decrypts and verifies it locally and loads it as a peft adapter to generate.
+`make demo` starts a server and runs this script; against your own server set
+TG_TINKER_BASE_URL and TG_TINKER_API_KEY (and TG_TINKER_OFFICER_KEY, a key with the
+privacy-officer scope, for the budget — or have your privacy officer create it).
 
     python examples/dp_finetune.py --steps 30 [--model smollm2-135m-instruct] [--device cuda]
 """
@@ -13,6 +16,7 @@ against your own server set TG_TINKER_BASE_URL and TG_TINKER_API_KEY.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import tempfile
 import time
@@ -20,12 +24,12 @@ from pathlib import Path
 
 from _common import PROMPT, connect
 from synthetic_notes import generate_notes
-from tg_tinker import DPConfig, LoRAConfig, OptimizerConfig, TrainingConfig
+from tg_tinker import DPConfig, LoRAConfig, OptimizerConfig, ServiceClient, TrainingConfig
 from tg_tinker.artifacts import decrypt_to_directory, load_key_file
-from tg_tinker.data import PoissonBatchSampler, datum_from_prompt_completion
+from tg_tinker.data import datum_from_prompt_completion
 from tqdm import tqdm
 
-DATASET_ID = "clinical-notes-synthetic-v1"
+DATASET_NAME = "clinical-notes-synthetic-v1"
 
 
 def _prompt_ids(tokenizer, note_text: str) -> list[int]:
@@ -45,6 +49,34 @@ def build_dataset(tokenizer, notes) -> list:
         completion = tokenizer.encode(note.summary, add_special_tokens=False)
         data.append(datum_from_prompt_completion(prompt, [*completion, tokenizer.eos_token_id]))
     return data
+
+
+def local_tokenizer(model: str):
+    """The model's tokenizer, on the data owner's machine: records are tokenized here."""
+    from tensafe.models import load_causal_lm, load_smollm2_tokenizer
+
+    if model == "smollm2-135m-instruct":
+        return load_smollm2_tokenizer()
+    return load_causal_lm(model).tokenizer
+
+
+def ensure_budget(args, dataset_id: str) -> None:
+    """The privacy officer sets the dataset's cap (their key, not the data scientist's)."""
+    officer_key = os.environ.get("TG_TINKER_OFFICER_KEY")
+    if not officer_key:
+        print(f"no TG_TINKER_OFFICER_KEY: a privacy officer must create the budget of {dataset_id}")
+        return
+    with ServiceClient(args.base_url, officer_key) as officer:
+        budget = officer.create_privacy_budget(
+            dataset_id,
+            epsilon_cap=args.epsilon_cap,
+            delta=1e-5,
+            reason="demo: synthetic clinical notes",
+        )
+    print(
+        f"privacy officer: budget ε ≤ {budget.epsilon_cap} at δ = {budget.delta:g} for "
+        f"{dataset_id} (sampling policy {budget.sampling_policy})"
+    )
 
 
 def generate(model, tokenizer, note_text: str, *, max_new_tokens: int = 48) -> str:
@@ -75,18 +107,28 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="where this script generates samples")
     ap.add_argument("--out-dir", default=None, help="where pulled artifacts and the report go")
     ap.add_argument("--report", default=None, help="write the privacy audit report (HTML) here")
+    ap.add_argument("--epsilon-cap", type=float, default=8.0, help="the dataset's ε cap")
     args = ap.parse_args()
     out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="tensafe-demo-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
+    tokenizer = local_tokenizer(args.model)
+    train_notes = generate_notes(args.train_size, seed=1)
+    held_notes = generate_notes(args.held_out, seed=2)
+    held_out = build_dataset(tokenizer, held_notes)
     with connect(args) as service:
+        dataset = service.create_dataset(DATASET_NAME, build_dataset(tokenizer, train_notes))
+        print(
+            f"dataset {dataset.dataset_id} (v{dataset.version}): {dataset.num_records} records, "
+            f"stored encrypted on the server; commitment {dataset.commitment[:16]}…"
+        )
+        ensure_budget(args, dataset.dataset_id)
         dp = DPConfig(
             noise_multiplier=args.sigma,
             max_grad_norm=1.0,
-            dataset_size=args.train_size,
-            expected_batch_size=args.batch,
-            dataset_id=DATASET_ID,
+            sample_rate=args.batch / dataset.num_records,
+            dataset_id=dataset.dataset_id,  # the server draws every batch: N is the dataset's
             secure_mode=True,
         )
         tc = service.create_training_client(
@@ -95,42 +137,33 @@ def main() -> None:
                 lora_config=LoRAConfig(rank=args.rank, alpha=2 * args.rank),
                 optimizer=OptimizerConfig(name="adamw", learning_rate=args.lr),
                 dp_config=dp,
-                metadata={"purpose": "demo", "dataset": DATASET_ID},
+                metadata={"purpose": "demo", "dataset": DATASET_NAME},
             )
         )
         print(f"run {tc.run_id}: waiting for the server to load {args.model} ...", flush=True)
-        tokenizer = tc.get_tokenizer()
         info = tc.get_info()
         print(
             f"model {info.model_name} ({info.model_data.arch}), LoRA rank {info.lora_rank}, "
             f"{info.trainable_params:,} trainable parameters"
         )
-        train_notes = generate_notes(args.train_size, seed=1)
-        held_notes = generate_notes(args.held_out, seed=2)
-        train = build_dataset(tokenizer, train_notes)
-        held_out = build_dataset(tokenizer, held_notes)
-
         before = tc.forward(held_out).result().loss
         print(f"held-out loss before training: {before:.4f}")
 
-        sampler = PoissonBatchSampler(
-            len(train), sample_rate=args.batch / len(train), num_steps=args.steps
-        )
         eps = 0.0
-        bar = tqdm(sampler, total=args.steps, desc="DP-LoRA", unit="step")
-        for indices in bar:
-            loss = math.nan
-            if len(indices):  # an empty Poisson batch still takes its (noise-only) step
-                loss = tc.forward_backward([train[i] for i in indices]).result().loss
-            step = tc.optim_step().result()
+        bar = tqdm(range(args.steps), desc="DP-LoRA", unit="step")
+        for _ in bar:
+            batch = tc.draw_batch().result()  # Poisson(q) over the N records, by the server
+            out = tc.forward_backward(batch).result()
+            step = tc.optim_step().result()  # an empty draw still takes its noise-only step
             eps = step.dp_metrics.epsilon_spent
-            bar.set_postfix(loss=f"{loss:.3f}", eps=f"{eps:.2f}", batch=len(indices))
+            loss = out.loss if batch.size else math.nan
+            bar.set_postfix(loss=f"{loss:.3f}", eps=f"{eps:.2f}", batch=batch.size)
         after = tc.forward(held_out).result().loss
         print(f"held-out loss after training:  {after:.4f}  (before {before:.4f})")
         print(
             f"privacy spent: ε = {eps:.2f} at δ = {step.dp_metrics.delta:.1e} "
-            f"(σ = {args.sigma}, q = {sampler.sample_rate:.4f}, C = 1.0, "
-            f"{step.dp_metrics.accountant} accountant)"
+            f"(σ = {args.sigma}, q = {step.dp_metrics.sample_rate:.4f}, C = 1.0, "
+            f"{step.dp_metrics.accountant} accountant, batches drawn by the server)"
         )
 
         saved = tc.save_weights_for_sampler("demo-adapter").result()
@@ -143,7 +176,7 @@ def main() -> None:
         )
         service.export_tenant_key(out_dir / "tenant-key.json")
         if args.report:
-            report = service.audit_report(DATASET_ID, format="html")
+            report = service.audit_report(dataset.dataset_id, format="html")
             Path(args.report).write_text(report)
     decrypted = decrypt_to_directory(
         out_dir / "adapter.tsf",

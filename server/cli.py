@@ -3,8 +3,10 @@
     tensafe serve [--host H] [--port P] [--data-dir D] [--database-url URL]
     tensafe db upgrade [--revision head]        apply migrations (also done at start)
     tensafe db current                          show the database's revision
-    tensafe admin create-tenant NAME [--json]   prints the tenant id and its API key (once)
-    tensafe admin create-key TENANT_ID [--json] another API key for a tenant
+    tensafe admin create-tenant NAME [--json]   the tenant id, a train key and a
+                                                privacy-officer key (shown once)
+    tensafe admin create-key TENANT_ID [--scope S ...] [--label L] [--json]
+    tensafe admin list-keys TENANT_ID [--json]  key ids, scopes, labels (no secrets)
     tensafe admin revoke-key KEY_ID
     tensafe admin list-tenants [--json]
     tensafe admin create-budget TENANT_ID DATASET --epsilon-cap E [--delta D] [--reason R]
@@ -139,34 +141,89 @@ def _admin_database(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
         db.dispose()
 
 
+_SHOWN_ONCE = "Store the API key(s) now: they are shown only once."
+
+
 def _print_key(issued: Any, *, as_json: bool, what: str) -> None:
+    scopes = list(issued.scopes)
     if as_json:
         print(
             json.dumps(
-                {"tenant_id": issued.tenant_id, "key_id": issued.key_id, "api_key": issued.api_key}
+                {
+                    "tenant_id": issued.tenant_id,
+                    "key_id": issued.key_id,
+                    "api_key": issued.api_key,
+                    "scopes": scopes,
+                }
             )
         )
         return
-    print(f"{what}: tenant_id={issued.tenant_id} key_id={issued.key_id}")
+    print(f"{what}: tenant_id={issued.tenant_id} key_id={issued.key_id} scopes={','.join(scopes)}")
     print(f"api_key: {issued.api_key}")
-    print("Store the API key now: it is shown only once.", file=sys.stderr)
+    print(_SHOWN_ONCE, file=sys.stderr)
 
 
 def _create_tenant(args: argparse.Namespace) -> int:
-    from server.services.tenants import create_tenant
+    """A tenant, its ``train`` key (``api_key``: for the data scientist) and its
+    ``privacy-officer`` key (``privacy_officer_api_key``: budgets and caps)."""
+    from server.services.scopes import PRIVACY_OFFICER, TRAIN
+    from server.services.tenants import create_api_key, create_tenant
 
     with _admin_database(args) as (db, hasher), db.transaction() as session:
-        issued = create_tenant(session, name=args.name, hasher=hasher)
-    _print_key(issued, as_json=args.json, what="tenant created")
+        train = create_tenant(session, name=args.name, hasher=hasher, scopes=(TRAIN,))
+        officer = create_api_key(
+            session, tenant_id=train.tenant_id, hasher=hasher, scopes=(PRIVACY_OFFICER,)
+        )
+    if args.json:
+        out = {"tenant_id": train.tenant_id, "key_id": train.key_id, "api_key": train.api_key}
+        out |= {"privacy_officer_key_id": officer.key_id}
+        out |= {"privacy_officer_api_key": officer.api_key}
+        print(json.dumps(out))
+        return 0
+    print(f"tenant created: tenant_id={train.tenant_id}")
+    print(f"train key (training runs, datasets, artifacts) key_id={train.key_id}")
+    print(f"api_key: {train.api_key}")
+    print(f"privacy-officer key (budgets and caps) key_id={officer.key_id}")
+    print(f"privacy_officer_api_key: {officer.api_key}")
+    print(_SHOWN_ONCE, file=sys.stderr)
     return 0
 
 
 def _create_key(args: argparse.Namespace) -> int:
     from server.services.tenants import create_api_key
 
+    scopes = args.scope or ["train"]
     with _admin_database(args) as (db, hasher), db.transaction() as session:
-        issued = create_api_key(session, tenant_id=args.tenant_id, hasher=hasher, label=args.label)
+        issued = create_api_key(
+            session, tenant_id=args.tenant_id, hasher=hasher, label=args.label, scopes=scopes
+        )
     _print_key(issued, as_json=args.json, what="key created")
+    return 0
+
+
+def _list_keys(args: argparse.Namespace) -> int:
+    from server.services.scopes import SCOPES, decode_scopes
+    from server.services.tenants import list_api_keys
+
+    with _admin_database(args) as (db, _), db.sessions() as session:
+        rows = [
+            {
+                "key_id": k.key_id,
+                "scopes": [s for s in SCOPES if s in decode_scopes(k.scopes)],
+                "label": k.label,
+                "created_at": k.created_at.isoformat(),
+                "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+            }
+            for k in list_api_keys(session, tenant_id=args.tenant_id)
+        ]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for row in rows:
+        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+        label = f"  {row['label']}" if row["label"] else ""
+        scopes = ",".join(row["scopes"]) or "(none)"
+        print(f"{row['key_id']}  {scopes}  {state}  {row['created_at']}{label}")
     return 0
 
 
@@ -205,12 +262,15 @@ def _list_tenants(args: argparse.Namespace) -> int:
 def _budget_service(args: argparse.Namespace) -> Iterator[Any]:
     """A :class:`BudgetService` on the admin database; closed (and the database
     disposed) on exit."""
+    from server.services.admission import default_policy
     from server.services.budgets import BudgetService
     from server.services.keys import build_keyring
 
     db, _ = _admin_session(args)
     settings = _settings(args)
-    service = BudgetService(db, build_keyring(settings, db))
+    service = BudgetService(
+        db, build_keyring(settings, db), default_sampling_policy=default_policy(settings)
+    )
     try:
         yield service
     finally:
@@ -219,7 +279,9 @@ def _budget_service(args: argparse.Namespace) -> Iterator[Any]:
 
 
 def _print_budget(service: Any, tenant_id: str, dataset_id: str) -> None:
-    summary = service.budget_summary(tenant_id=tenant_id, dataset_id=dataset_id, exact=False)
+    from server.services.audits import budget_summary
+
+    summary = budget_summary(service, tenant_id=tenant_id, dataset_id=dataset_id, exact=False)
     print(
         json.dumps(
             {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in summary.items()}
@@ -237,6 +299,7 @@ def _create_budget(args: argparse.Namespace) -> int:
             accountant=args.accountant,
             actor="cli:admin",
             reason=args.reason,
+            sampling_policy=args.sampling_policy,
         )
         _print_budget(service, args.tenant_id, args.dataset_id)
     return 0
@@ -248,6 +311,7 @@ def _raise_budget(args: argparse.Namespace) -> int:
             tenant_id=args.tenant_id,
             dataset_id=args.dataset_id,
             epsilon_cap=args.epsilon_cap,
+            sampling_policy=args.sampling_policy,
             actor="cli:admin",
             reason=args.reason,
         )
@@ -366,17 +430,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     admin = _add_group(subparsers, "admin", "tenants and API keys")
     tenant = _add_command(
-        admin, "create-tenant", _create_tenant, "create a tenant and its first API key"
+        admin,
+        "create-tenant",
+        _create_tenant,
+        "create a tenant, its train key and its privacy-officer key",
     )
     tenant.add_argument("name", help="tenant name (unique)")
     tenant.add_argument(
-        "--json", action="store_true", help='print {"tenant_id", "api_key"} as JSON'
+        "--json",
+        action="store_true",
+        help='print {"tenant_id", "key_id", "api_key", "privacy_officer_key_id", '
+        '"privacy_officer_api_key"} as JSON',
     )
     key = _add_command(
         admin, "create-key", _create_key, "issue another API key for a tenant", "tenant_id"
     )
+    key.add_argument(
+        "--scope",
+        action="append",
+        choices=("train", "privacy-officer", "admin"),
+        help="what the key may do (repeat for several; default train): train = runs, "
+        "datasets, artifacts; privacy-officer = create budgets, change caps; admin = all",
+    )
     key.add_argument("--label", help="a note to remember the key by")
     key.add_argument("--json", action="store_true")
+    keys = _add_command(
+        admin, "list-keys", _list_keys, "a tenant's API keys and their scopes", "tenant_id"
+    )
+    keys.add_argument("--json", action="store_true")
     _add_command(admin, "revoke-key", _revoke_key, "revoke an API key", "key_id")
     tenants = _add_command(admin, "list-tenants", _list_tenants, "list tenants")
     tenants.add_argument("--json", action="store_true")
@@ -397,15 +478,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     create_budget.add_argument("--accountant", choices=("prv", "rdp"), default="prv")
     create_budget.add_argument("--reason")
+    policy_help = (
+        "server-only: only runs whose batches the server draws from a server-held dataset; "
+        "any: client-declared runs too (default: server-only in production, else any)"
+    )
+    create_budget.add_argument("--sampling-policy", choices=("server-only", "any"),
+                               help=policy_help)  # fmt: skip
     raise_budget = _add_command(
         admin,
         "raise-budget",
         _raise_budget,
-        "change a dataset's ε cap (never below the ε spent)",
+        "change a dataset's ε cap (never below the ε spent) and/or its sampling policy",
         "tenant_id",
         "dataset_id",
     )
-    raise_budget.add_argument("--epsilon-cap", type=float, required=True)
+    raise_budget.add_argument("--epsilon-cap", type=float)
+    raise_budget.add_argument("--sampling-policy", choices=("server-only", "any"),
+                              help=policy_help)  # fmt: skip
     raise_budget.add_argument("--reason")
 
     audit = _add_group(subparsers, "audit", "privacy ledger: reports and verification")

@@ -59,6 +59,14 @@ class AuthenticationError(ServiceError, PermissionError):
     category = "user"
 
 
+class PermissionDeniedError(ServiceError, PermissionError):
+    """A valid API key whose scopes do not allow the action (403); the message names
+    the scope needed and the key's scopes (see :mod:`server.services.scopes`)."""
+
+    status_code = 403
+    category = "user"
+
+
 class NotFoundError(ServiceError, LookupError):
     """No such object *for this tenant* (404) — also for other tenants' ids."""
 
@@ -150,6 +158,7 @@ __all__ = [
     "EngineAheadError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
     "ResultExpiredError",
     "ServerError",
     "ServiceError",

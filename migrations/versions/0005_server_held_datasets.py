@@ -1,7 +1,9 @@
 """Server-held datasets: ``datasets`` (one row per immutable version),
 ``dataset_shards`` (where each sealed shard lives), and ``training_runs.pending_draw``
 (the batch the server drew for a run, until one ``optim_step`` consumes it); the ledger's
-step rows gain ``sampling`` and ``privacy_unit`` (format 2, nullable: older links keep).
+step rows gain ``sampling`` and ``privacy_unit`` and its budget rows ``sampling_policy``
+(format 2, nullable: older links keep); ``privacy_budgets.sampling_policy`` (existing
+budgets keep today's behaviour: ``any``).
 
 Revision ID: 0005
 Revises: 0004
@@ -23,6 +25,11 @@ def upgrade() -> None:
     op.add_column("training_runs", sa.Column("pending_draw", sa.JSON(), nullable=True))
     op.add_column("ledger_events", sa.Column("sampling", sa.String(16), nullable=True))
     op.add_column("ledger_events", sa.Column("privacy_unit", sa.String(16), nullable=True))
+    op.add_column("ledger_events", sa.Column("sampling_policy", sa.String(16), nullable=True))
+    op.add_column(
+        "privacy_budgets",
+        sa.Column("sampling_policy", sa.String(16), nullable=False, server_default="any"),
+    )
     op.create_table(
         "datasets",
         sa.Column("dataset_id", sa.String(length=64), nullable=False),
@@ -84,7 +91,7 @@ def downgrade() -> None:
     used = op.get_bind().execute(
         sa.text(
             "SELECT COUNT(*) FROM ledger_events WHERE sampling IS NOT NULL "
-            "OR privacy_unit IS NOT NULL"
+            "OR privacy_unit IS NOT NULL OR sampling_policy IS NOT NULL"
         )
     ).scalar_one()
     if used:
@@ -96,6 +103,8 @@ def downgrade() -> None:
     op.drop_index("ix_datasets_tenant_id_commitment", table_name="datasets")
     op.drop_index(op.f("ix_datasets_tenant_id"), table_name="datasets")
     op.drop_table("datasets")
+    op.drop_column("privacy_budgets", "sampling_policy")
+    op.drop_column("ledger_events", "sampling_policy")
     op.drop_column("ledger_events", "privacy_unit")
     op.drop_column("ledger_events", "sampling")
     op.drop_column("training_runs", "pending_draw")

@@ -50,7 +50,14 @@ class TGTinkerError(Exception):
 
 
 class AuthenticationError(TGTinkerError):
-    """The API key is missing, wrong or revoked (HTTP 401/403)."""
+    """The API key is missing, wrong or revoked (HTTP 401; also a 403 the server did
+    not name)."""
+
+
+class PermissionDeniedError(AuthenticationError, PermissionError):
+    """The API key is valid but its scopes do not allow the call (HTTP 403): e.g. a
+    ``train`` key creating or raising a privacy budget, which needs a
+    ``privacy-officer`` key. The message names the scope needed. Nothing was changed."""
 
 
 class NotFoundError(TGTinkerError, LookupError):
@@ -118,6 +125,7 @@ _BY_NAME: dict[str, type[TGTinkerError]] = {
     for cls in (
         TGTinkerError,
         AuthenticationError,
+        PermissionDeniedError,
         NotFoundError,
         ValidationError,
         ConflictError,
@@ -139,7 +147,6 @@ _BY_NAME |= {
     "ResultExpiredError": NotFoundError,
     "EngineStateError": ConflictError,
     "IntegrityError": ArtifactIntegrityError,
-    "PermissionDeniedError": AuthenticationError,
 }
 
 _BY_STATUS: dict[int, type[TGTinkerError]] = {
@@ -201,6 +208,7 @@ __all__ = [
     "FutureCancelledError",
     "FutureTimeoutError",
     "NotFoundError",
+    "PermissionDeniedError",
     "RateLimitError",
     "ServerError",
     "TGTinkerError",

@@ -43,6 +43,7 @@ from tg_tinker.types import (
     DPConfig,
     OptimizerConfig,
     PrivacyBudget,
+    SamplingPolicy,
     TrainingConfig,
     TrainingRun,
     TrainingRunList,
@@ -459,7 +460,8 @@ class ServiceClient:
 
         Raises:
             FileExistsError: ``path`` exists and ``overwrite`` is False.
-            AuthenticationError: the API key may not export keys.
+            PermissionDeniedError: the API key lacks the ``train`` scope (an
+                ``AuthenticationError`` too).
         """
         target = downloads.check_target(path, overwrite=overwrite)
         content = self._http.send(_EXPORT_KEY).content
@@ -488,22 +490,43 @@ class ServiceClient:
         delta: float = 1e-5,
         accountant: str = "prv",
         reason: str | None = None,
+        sampling_policy: SamplingPolicy | None = None,
     ) -> PrivacyBudget:
-        """Create the ε budget of one of your datasets (ConflictError if it exists)."""
+        """Create the ε budget of one of your datasets. ``sampling_policy``:
+        ``"server-only"`` (only runs on server-drawn batches; the production default) or
+        ``"any"`` (client-declared runs too).
+
+        Raises:
+            PermissionDeniedError: the API key lacks the ``privacy-officer`` scope;
+                nothing was created.
+            ConflictError: the dataset already has a budget.
+        """
         body = BudgetCreate(
             dataset_id=dataset_id,
             epsilon_cap=epsilon_cap,
             delta=delta,
             accountant=accountant,  # type: ignore[arg-type]
             reason=reason,
+            sampling_policy=sampling_policy,
         )
         return self._http.call(Request("POST", "/v1/budgets", response=PrivacyBudget, body=body))
 
     def raise_privacy_budget(
-        self, dataset_id: str, *, epsilon_cap: float, reason: str | None = None
+        self,
+        dataset_id: str,
+        *,
+        epsilon_cap: float | None = None,
+        sampling_policy: SamplingPolicy | None = None,
+        reason: str | None = None,
     ) -> PrivacyBudget:
-        """Change a dataset's cap (a cap below the ε already spent is refused)."""
-        body = BudgetUpdate(epsilon_cap=epsilon_cap, reason=reason)
+        """Change a dataset's cap and/or its sampling policy.
+
+        Raises:
+            PermissionDeniedError: the API key lacks the ``privacy-officer`` scope;
+                nothing was changed.
+            ValidationError: the new cap is below the ε already spent.
+        """
+        body = BudgetUpdate(epsilon_cap=epsilon_cap, sampling_policy=sampling_policy, reason=reason)
         path = f"/v1/budgets/{quote(dataset_id, safe='')}"
         response = self._http.send(RawRequest("PATCH", path, body=body))
         return PrivacyBudget.model_validate_json(response.content)

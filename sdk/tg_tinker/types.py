@@ -491,20 +491,29 @@ class TokenizerFiles(_Wire):
     files: dict[str, str]
 
 
+SamplingPolicy = Literal["server-only", "any"]
+"""A budget's policy: ``server-only`` admits only runs whose batches the server draws
+from a server-held dataset; ``any`` also runs that build their own (client-declared)."""
+
+
 class BudgetCreate(_Wire):
-    """``POST /v1/budgets``: a privacy budget for one of your datasets."""
+    """``POST /v1/budgets``: a privacy budget for one of your datasets. Without
+    ``sampling_policy`` the server's default applies (``server-only`` in production)."""
 
     dataset_id: str = Field(min_length=1, max_length=200)
     epsilon_cap: float = Field(ge=0)
     delta: float = Field(1e-5, gt=0, lt=1)
     accountant: Literal["prv", "rdp"] = "prv"
     reason: str | None = None
+    sampling_policy: SamplingPolicy | None = None
 
 
 class BudgetUpdate(_Wire):
-    """``PATCH /v1/budgets/{dataset_id}``: a new cap (never below the ε spent)."""
+    """``PATCH /v1/budgets/{dataset_id}``: a new cap (never below the ε spent) and/or a
+    new sampling policy."""
 
-    epsilon_cap: float = Field(ge=0)
+    epsilon_cap: float | None = Field(None, ge=0)
+    sampling_policy: SamplingPolicy | None = None
     reason: str | None = None
 
 
@@ -523,6 +532,7 @@ class PrivacyBudget(_Wire):
     epsilon_cap: float
     delta: float
     accountant: str
+    sampling_policy: SamplingPolicy = "any"
     epsilon_spent: float
     epsilon_spent_exact: float | None = None
     epsilon_remaining: float
@@ -640,6 +650,7 @@ __all__ = [
     "PrivacyBudgetList",
     "PrivacyBudgetRun",
     "RunStatus",
+    "SamplingPolicy",
     "SaveStateRequest",
     "SaveStateResponse",
     "SaveWeightsForSamplerRequest",

@@ -1,7 +1,10 @@
 """``/v1/budgets`` and ``/v1/audit``: a tenant's privacy budgets, its ledger, audits.
 
-Admin scope: for now any API key of the tenant may create and change the tenant's
-budgets (the tenant is its own admin); every change is a ledger row naming the key.
+Creating a budget and changing a cap need a key with the ``privacy-officer`` scope
+(403 ``PermissionDeniedError`` otherwise, before anything is looked up or written);
+reading budgets, the ledger check and audit reports needs ``train`` or
+``privacy-officer`` (:mod:`server.services.scopes`). Every change is a ledger row whose
+``actor`` is ``api:<key_id>`` of the key that made it (the key id, never the secret).
 Another tenant's dataset answers 404.
 """
 
@@ -19,7 +22,7 @@ from tg_tinker.types import (
     PrivacyBudgetList,
 )
 
-from server.api.deps import BudgetsDep, CurrentTenant
+from server.api.deps import BudgetReader, BudgetsDep, PrivacyOfficer
 from server.services import audits
 from server.services.budgets import BudgetService
 from tensafe.audit import render_html
@@ -29,14 +32,15 @@ router = APIRouter(tags=["privacy budgets"])
 
 def _wire(service: BudgetService, tenant_id: str, dataset_id: str) -> PrivacyBudget:
     return PrivacyBudget.model_validate(
-        service.budget_summary(tenant_id=tenant_id, dataset_id=dataset_id)
+        audits.budget_summary(service, tenant_id=tenant_id, dataset_id=dataset_id)
     )
 
 
 @router.post("/v1/budgets", status_code=status.HTTP_201_CREATED, response_model=PrivacyBudget)
-def create_budget(body: BudgetCreate, tenant: CurrentTenant, service: BudgetsDep) -> PrivacyBudget:
+def create_budget(body: BudgetCreate, tenant: PrivacyOfficer, service: BudgetsDep) -> PrivacyBudget:
     """Create the ε budget of one of your datasets (409 if it has one; 422 naming
-    ``delta`` if δ ≥ 0.01, which no dataset of 100 examples or more could use)."""
+    ``delta`` if δ ≥ 0.01, which no dataset of 100 examples or more could use; 403
+    without the ``privacy-officer`` scope)."""
     service.create_budget(
         tenant_id=tenant.tenant_id,
         dataset_id=body.dataset_id,
@@ -45,18 +49,19 @@ def create_budget(body: BudgetCreate, tenant: CurrentTenant, service: BudgetsDep
         accountant=body.accountant,
         actor=f"api:{tenant.key_id}",
         reason=body.reason,
+        sampling_policy=body.sampling_policy,
     )
     return _wire(service, tenant.tenant_id, body.dataset_id)
 
 
 @router.get("/v1/budgets", response_model=PrivacyBudgetList)
-def list_budgets(tenant: CurrentTenant, service: BudgetsDep) -> PrivacyBudgetList:
+def list_budgets(tenant: BudgetReader, service: BudgetsDep) -> PrivacyBudgetList:
     rows = service.list_budgets(tenant_id=tenant.tenant_id)
     return PrivacyBudgetList(
         budgets=[
             PrivacyBudget.model_validate(
-                service.budget_summary(
-                    tenant_id=tenant.tenant_id, dataset_id=r.dataset_id, exact=False
+                audits.budget_summary(
+                    service, tenant_id=tenant.tenant_id, dataset_id=r.dataset_id, exact=False
                 )
             )
             for r in rows
@@ -65,20 +70,22 @@ def list_budgets(tenant: CurrentTenant, service: BudgetsDep) -> PrivacyBudgetLis
 
 
 @router.get("/v1/budgets/{dataset_id}", response_model=PrivacyBudget)
-def get_budget(dataset_id: str, tenant: CurrentTenant, service: BudgetsDep) -> PrivacyBudget:
+def get_budget(dataset_id: str, tenant: BudgetReader, service: BudgetsDep) -> PrivacyBudget:
     """Cap, δ, ε spent (conservative and exact), remaining, runs."""
     return _wire(service, tenant.tenant_id, dataset_id)
 
 
 @router.patch("/v1/budgets/{dataset_id}", response_model=PrivacyBudget)
 def update_budget(
-    dataset_id: str, body: BudgetUpdate, tenant: CurrentTenant, service: BudgetsDep
+    dataset_id: str, body: BudgetUpdate, tenant: PrivacyOfficer, service: BudgetsDep
 ) -> PrivacyBudget:
-    """Change the cap (lowering it below the ε already spent is refused, 422)."""
+    """Change the cap (lowering it below the ε already spent is refused, 422; 403
+    without the ``privacy-officer`` scope)."""
     service.change_cap(
         tenant_id=tenant.tenant_id,
         dataset_id=dataset_id,
         epsilon_cap=body.epsilon_cap,
+        sampling_policy=body.sampling_policy,
         actor=f"api:{tenant.key_id}",
         reason=body.reason,
     )
@@ -92,7 +99,7 @@ def update_budget(
 )
 async def audit_report(
     dataset_id: str,
-    tenant: CurrentTenant,
+    tenant: BudgetReader,
     service: BudgetsDep,
     format: Annotated[Literal["json", "html"], Query()] = "json",
 ) -> Response:
@@ -108,7 +115,7 @@ async def audit_report(
 
 @router.get("/v1/audit/verify", response_model=LedgerVerification)
 def verify_ledger(
-    tenant: CurrentTenant,
+    tenant: BudgetReader,
     service: BudgetsDep,
     dataset_id: Annotated[str | None, Query()] = None,
 ) -> LedgerVerification:

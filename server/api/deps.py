@@ -9,8 +9,13 @@ Routes ask for what they use, never the whole server:
 * ``SessionDep`` — a database session for the request (reads; closed afterwards).
   Routes never commit: writes happen inside service calls.
 * ``CurrentTenant`` — the tenant of the ``Authorization: Bearer <api_key>`` header
-  (401 otherwise). Authentication uses its own short session, so nothing stays
-  locked while a request waits (long polls).
+  (401 otherwise), whose key must hold the ``train`` scope (403 otherwise): the
+  default for every route. Authentication uses its own short session, so nothing
+  stays locked while a request waits (long polls).
+* ``BudgetReader`` — a key with ``train`` or ``privacy-officer``: reading budgets,
+  ledgers and audit reports.
+* ``PrivacyOfficer`` — a key with ``privacy-officer``: creating budgets, changing
+  caps. (``admin`` passes every scope check; see :mod:`server.services.scopes`.)
 * ``IdempotencyKey`` — the optional ``Idempotency-Key`` header.
 """
 
@@ -31,6 +36,7 @@ from server.queue import FutureNotifier, OperationQueue
 from server.services.budgets import BudgetService
 from server.services.datasets import DatasetService
 from server.services.runs import TokenizerSource
+from server.services.scopes import PRIVACY_OFFICER, TRAIN, Scope, require_scope
 from server.services.tenants import ApiKeyHasher, AuthenticatedTenant, authenticate
 from server.settings import Settings
 from server.storage import ArtifactStore
@@ -123,11 +129,12 @@ def get_session(db: DatabaseDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_current_tenant(
+def get_api_key(
     resources: _Resources,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> AuthenticatedTenant:
-    """The caller's tenant.
+    """The caller's tenant and key, whatever its scopes (routes use a
+    :class:`RequireScope` alias instead).
 
     Raises:
         AuthenticationError: no bearer token, or an invalid/revoked key (401).
@@ -142,7 +149,54 @@ def get_current_tenant(
     return tenant
 
 
-CurrentTenant = Annotated[AuthenticatedTenant, Depends(get_current_tenant)]
+class RequireScope:
+    """Dependency: the caller's key, which must hold one of ``scopes``.
+
+    Checked before the route looks anything up, so a refusal says nothing about the
+    tenant's objects.
+
+    Example:
+        >>> Officer = Annotated[
+        ...     AuthenticatedTenant,
+        ...     Depends(RequireScope("privacy-officer", action="changing a budget")),
+        ... ]
+    """
+
+    def __init__(self, *scopes: Scope, action: str) -> None:
+        if not scopes:
+            raise ValueError("RequireScope needs at least one scope")
+        self.scopes = scopes
+        self.action = action
+
+    def __call__(
+        self, key: Annotated[AuthenticatedTenant, Depends(get_api_key)]
+    ) -> AuthenticatedTenant:
+        """The key, if it may.
+
+        Raises:
+            AuthenticationError: no or an invalid key (401).
+            PermissionDeniedError: the key lacks the scope (403), naming it.
+        """
+        require_scope(
+            key.scopes,
+            any_of=self.scopes,
+            action=self.action,
+            key_id=key.key_id,
+            tenant_id=key.tenant_id,
+        )
+        return key
+
+
+_TRAINING = "this route (training runs, datasets, futures, artifacts, key export)"
+CurrentTenant = Annotated[AuthenticatedTenant, Depends(RequireScope(TRAIN, action=_TRAINING))]
+BudgetReader = Annotated[
+    AuthenticatedTenant,
+    Depends(RequireScope(TRAIN, PRIVACY_OFFICER, action="reading budgets and audits")),
+]
+PrivacyOfficer = Annotated[
+    AuthenticatedTenant,
+    Depends(RequireScope(PRIVACY_OFFICER, action="creating or changing a privacy budget")),
+]
 
 IdempotencyKey = Annotated[
     str | None,
@@ -156,6 +210,7 @@ IdempotencyKey = Annotated[
 
 __all__ = [
     "ApiResources",
+    "BudgetReader",
     "BudgetsDep",
     "CurrentTenant",
     "DatabaseDep",
@@ -163,10 +218,13 @@ __all__ = [
     "IdempotencyKey",
     "KeyringDep",
     "NotifierDep",
+    "PrivacyOfficer",
     "QueueDep",
+    "RequireScope",
     "SessionDep",
     "SettingsDep",
     "StoreDep",
     "TokenizersDep",
+    "get_api_key",
     "get_resources",
 ]

@@ -3,7 +3,8 @@
 Tables (see ``docs/operations.md`` for what each keeps across restarts):
 
 * ``tenants`` / ``api_keys`` — API keys are stored as key id + HMAC-SHA256 of the
-  secret, never the key itself.
+  secret, never the key itself, with the key's scopes (space-separated; migration
+  0006, see :mod:`server.services.scopes`).
 * ``tenant_keys`` — each tenant's data keys, *wrapped* by the KEK (one JSON record
   per tenant with a revision for compare-and-set).
 * ``training_runs`` — config, status, model step and the checkpoint a restart
@@ -112,6 +113,8 @@ class ApiKey(Base):
     secret_hash: Mapped[str] = mapped_column(String(64))
     hash_scheme: Mapped[str] = mapped_column(String(32))
     label: Mapped[str | None] = mapped_column(String(200))
+    # space-separated scope names; keys older than migration 0006 got "train"
+    scopes: Mapped[str] = mapped_column(String(200), server_default="train")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
 
@@ -276,6 +279,7 @@ class PrivacyBudgetRow(Base):
     epsilon_cap: Mapped[float] = mapped_column(Double)
     delta: Mapped[float] = mapped_column(Double)
     accountant: Mapped[str] = mapped_column(String(16))
+    sampling_policy: Mapped[str] = mapped_column(String(16), default="any")  # migration 0005
     head_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     head_link: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -321,6 +325,7 @@ class LedgerEventRow(Base):
     run_accountant: Mapped[str | None] = mapped_column(String(16))
     sampling: Mapped[str | None] = mapped_column(String(16))  # migration 0005
     privacy_unit: Mapped[str | None] = mapped_column(String(16))
+    sampling_policy: Mapped[str | None] = mapped_column(String(16))
     actor: Mapped[str | None] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
     library_versions: Mapped[dict[str, Any]]

@@ -1,4 +1,5 @@
-"""Audits of the privacy ledger: verify its chains, build a dataset's report.
+"""Audits of the privacy ledger: verify its chains, build a dataset's report, summarise
+a budget.
 
 Both read ``ledger_events`` only (plus each budget row's recorded chain head, which
 detects rows deleted from the end) and need the ledger key to check the links.
@@ -8,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 
-from server.db.models import PrivacyBudgetRow
+from server.db.models import DatasetRow, PrivacyBudgetRow
 from server.services.budgets import BudgetService
 from server.services.ledger import dataset_rows, event_mapping
 from tensafe.audit import AuditReport, ChainHead, ChainReport, LedgerEvent, build_report
@@ -61,6 +63,47 @@ def first_broken(results: Sequence[VerifyResult]) -> VerifyResult | None:
     return next((r for r in results if not r.report.ok), None)
 
 
+def budget_summary(
+    budgets: BudgetService, *, tenant_id: str, dataset_id: str, exact: bool = True
+) -> dict[str, Any]:
+    """Cap, δ, ε spent (conservative and exact), remaining, and per-run usage.
+
+    Raises:
+        NotFoundError: no budget for the dataset (or another tenant's).
+    """
+    with budgets.db.sessions() as session:
+        row = budgets.get_row(session, tenant_id=tenant_id, dataset_id=dataset_id)
+        budget = budgets.budget_of(session, row)
+        refusals = sum(
+            1 for r in dataset_rows(session, tenant_id, dataset_id) if r.kind == "step_refused"
+        )
+    spent = budget.epsilon()
+    runs = [
+        {
+            "run_id": run,
+            "steps": budget.steps(run),
+            "epsilon": budget.run_epsilon(run),
+        }
+        for run in budget.histories
+    ]
+    return {
+        "dataset_id": row.dataset_id,
+        "epsilon_cap": row.epsilon_cap,
+        "delta": row.delta,
+        "accountant": row.accountant,
+        "sampling_policy": row.sampling_policy,
+        "epsilon_spent": spent,
+        "epsilon_spent_exact": budget.exact_epsilon() if exact else None,
+        "epsilon_remaining": max(0.0, row.epsilon_cap - spent),
+        "total_steps": budget.steps(),
+        "refusals": refusals,
+        "runs": runs,
+        "ledger_head_seq": row.head_seq,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
 def audit_report(
     budgets: BudgetService, *, tenant_id: str, dataset_id: str, recompute: bool = True
 ) -> AuditReport:
@@ -74,6 +117,10 @@ def audit_report(
     with budgets.db.sessions() as session:
         budget = budgets.get_row(session, tenant_id=tenant_id, dataset_id=dataset_id)
         mappings = [event_mapping(r) for r in dataset_rows(session, tenant_id, dataset_id)]
+        held = session.get(DatasetRow, dataset_id)
+        name = None
+        if held is not None and held.tenant_id == tenant_id:
+            name = f"{held.name} v{held.version}"
     events: list[LedgerEvent] = []
     for mapping in mappings:
         try:
@@ -87,6 +134,7 @@ def audit_report(
         key=None,
         cap=budget.epsilon_cap,
         recompute=recompute,
+        dataset_name=name,
     )
     chain = verify_rows(
         mappings,
@@ -106,4 +154,4 @@ def audit_report(
     return AuditReport.from_dict(data)
 
 
-__all__ = ["VerifyResult", "audit_report", "first_broken", "verify_chains"]
+__all__ = ["VerifyResult", "audit_report", "budget_summary", "first_broken", "verify_chains"]

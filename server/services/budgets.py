@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
@@ -39,12 +39,17 @@ from server.errors import ConflictError, NotFoundError, ValidationError
 from server.services.ledger import append_event, dataset_rows, derive_ledger_key, event_of
 from tensafe.artifacts import TenantKeyring, library_versions
 from tensafe.audit import GENESIS_LINK, LedgerEvent, budget_from_events, utc_timestamp
-from tensafe.errors import BudgetExceededError, ConfigError
-from tensafe.privacy.budget import DatasetBudget, accounting_versions
-from tensafe.privacy.delta import check_budget_delta, check_delta
+from tensafe.errors import ConfigError
+from tensafe.privacy.budget import CapChange, DatasetBudget, accounting_versions
+from tensafe.privacy.delta import check_budget_delta
 from tensafe.privacy.schedule import EpsilonSchedule
 
 DEFAULT_DELTA = 1e-5
+
+SamplingPolicy = Literal["server-only", "any"]
+#: ``server-only``: only runs whose batches the server draws from a server-held dataset;
+#: ``any``: client-declared runs too (labelled as such everywhere).
+SAMPLING_POLICIES: tuple[str, ...] = ("server-only", "any")
 
 
 class BudgetService:
@@ -52,11 +57,17 @@ class BudgetService:
     :class:`DatasetBudget` cache, and the ledger key."""
 
     def __init__(
-        self, db: Database, keyring: TenantKeyring, *, default_epsilon_cap: float | None = None
+        self,
+        db: Database,
+        keyring: TenantKeyring,
+        *,
+        default_epsilon_cap: float | None = None,
+        default_sampling_policy: SamplingPolicy = "any",
     ) -> None:
         self.db = db
         self.keyring = keyring
         self.default_epsilon_cap = default_epsilon_cap
+        self.default_sampling_policy = default_sampling_policy
         self._key: bytes | None = None
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], tuple[DatasetBudget, int]] = {}
@@ -131,6 +142,10 @@ class BudgetService:
     def events(session: Session, tenant_id: str, dataset_id: str) -> list[LedgerEventRow]:
         """One dataset's ledger rows, in ``seq`` order."""
         return dataset_rows(session, tenant_id, dataset_id)
+
+    def budget_of(self, session: Session, row: PrivacyBudgetRow) -> DatasetBudget:
+        """The in-memory budget matching ``row``'s chain head (read-only use)."""
+        return self._budget(session, row)
 
     def _budget(self, session: Session, row: PrivacyBudgetRow) -> DatasetBudget:
         """The in-memory budget matching the row's chain head (rebuilt if stale)."""
@@ -211,8 +226,10 @@ class BudgetService:
         accountant: str = "prv",
         actor: str | None = None,
         reason: str | None = None,
+        sampling_policy: SamplingPolicy | None = None,
     ) -> PrivacyBudgetRow:
-        """Create a dataset's budget and its ``budget_created`` ledger row.
+        """Create a dataset's budget and its ``budget_created`` ledger row. The sampling
+        policy defaults to the server's (``server-only`` in production).
 
         Raises:
             ConflictError: the dataset already has a budget.
@@ -248,6 +265,7 @@ class BudgetService:
                     accountant=accountant,
                     actor=actor,
                     reason=reason,
+                    sampling_policy=sampling_policy,
                 )
         except SAIntegrityError:
             raise ConflictError(
@@ -267,11 +285,16 @@ class BudgetService:
         accountant: str,
         actor: str | None,
         reason: str | None,
+        sampling_policy: SamplingPolicy | None = None,
     ) -> PrivacyBudgetRow:
         """Insert a budget row and its ``budget_created`` ledger row (flushed, in the
         caller's transaction; the values are not validated here)."""
         now = utcnow()
+        policy = sampling_policy or self.default_sampling_policy
+        if policy not in SAMPLING_POLICIES:
+            raise ConfigError("sampling_policy", f"must be one of {SAMPLING_POLICIES}")
         row = PrivacyBudgetRow(
+            sampling_policy=policy,
             tenant_id=tenant_id,
             dataset_id=dataset_id,
             epsilon_cap=epsilon_cap,
@@ -298,6 +321,7 @@ class BudgetService:
                 "cap": epsilon_cap,
                 "actor": actor,
                 "reason": reason,
+                "sampling_policy": policy,
                 "library_versions": self.versions(sched),
                 "created_at": utc_timestamp(),
             },
@@ -309,25 +333,40 @@ class BudgetService:
         *,
         tenant_id: str,
         dataset_id: str,
-        epsilon_cap: float,
+        epsilon_cap: float | None = None,
+        sampling_policy: SamplingPolicy | None = None,
         actor: str | None = None,
         reason: str | None = None,
     ) -> PrivacyBudgetRow:
-        """Raise (or lower, never below the ε spent) a cap; a ``budget_changed`` row.
+        """Change a budget: raise (or lower, never below the ε spent) its cap, and/or
+        set its sampling policy; one ``budget_changed`` row.
 
         Raises:
             NotFoundError: no budget for the dataset.
-            ConfigError: the new cap is invalid, equal, or below the ε spent.
+            ConfigError: nothing to change; the new cap is invalid, equal, or below the
+                ε spent; an unknown policy (``sampling_policy``).
         """
+        if epsilon_cap is None and sampling_policy is None:
+            raise ConfigError("epsilon_cap", "give a new cap, a sampling policy, or both")
+        if sampling_policy is not None and sampling_policy not in SAMPLING_POLICIES:
+            raise ConfigError("sampling_policy", f"must be one of {SAMPLING_POLICIES}")
         budget: DatasetBudget | None = None
         self.key()  # before any transaction: the keyring uses its own connection
         try:
             with self.db.transaction() as session:
                 row = self._get_row(session, tenant_id, dataset_id, lock=True)
                 budget = self._budget(session, row)
-                if epsilon_cap == row.epsilon_cap:
-                    raise ConfigError("epsilon_cap", f"the cap is already {epsilon_cap!r}")
-                self.set_cap(session, row, budget, epsilon_cap, actor=actor, reason=reason)
+                cap = row.epsilon_cap if epsilon_cap is None else epsilon_cap
+                policy = sampling_policy or row.sampling_policy
+                if cap == row.epsilon_cap and policy == row.sampling_policy:
+                    raise ConfigError(
+                        "epsilon_cap" if sampling_policy is None else "sampling_policy",
+                        f"the budget already has cap {row.epsilon_cap!r} and sampling "
+                        f"policy {row.sampling_policy!r}",
+                    )
+                self.set_cap(
+                    session, row, budget, cap, actor=actor, reason=reason, sampling_policy=policy
+                )
         except BaseException:
             self._forget(tenant_id, dataset_id)  # the in-memory cap may have moved
             raise
@@ -343,18 +382,26 @@ class BudgetService:
         *,
         actor: str | None,
         reason: str | None,
+        sampling_policy: SamplingPolicy | None = None,
     ) -> None:
-        """Move the locked budget's cap and append its ``budget_changed`` row (see
-        :meth:`lock`).
+        """Move the locked budget's cap (and policy) and append its ``budget_changed``
+        row (see :meth:`lock`).
 
         Raises:
             ConfigError: the new cap is invalid, or below the ε spent.
         """
         if epsilon_cap > row.epsilon_cap:
             change = budget.raise_cap(epsilon_cap)
-        else:
+        elif epsilon_cap < row.epsilon_cap:
             change = budget.lower_cap(epsilon_cap)
+        else:
+            change = CapChange(
+                previous_cap=row.epsilon_cap,
+                new_cap=row.epsilon_cap,
+                epsilon_spent=budget.epsilon(),
+            )
         row.epsilon_cap = change.new_cap
+        row.sampling_policy = sampling_policy or row.sampling_policy
         self._append(
             session,
             row,
@@ -368,6 +415,7 @@ class BudgetService:
                 "cap": change.new_cap,
                 "actor": actor,
                 "reason": reason,
+                "sampling_policy": row.sampling_policy,
                 "library_versions": self.versions(budget.schedule),
                 "created_at": utc_timestamp(),
             },
@@ -387,7 +435,7 @@ class BudgetService:
             if self._row(session, tenant_id, dataset_id, lock=False) is not None:
                 return
         if self.default_epsilon_cap is None:
-            raise _no_budget(dataset_id)
+            raise no_budget(dataset_id)
         self.key()  # before the transaction: the keyring uses its own connection
         try:
             with self.db.transaction() as session:
@@ -404,68 +452,6 @@ class BudgetService:
         except SAIntegrityError:
             pass  # created concurrently
 
-    def admit_run(
-        self,
-        *,
-        tenant_id: str,
-        dataset_id: str,
-        noise_multiplier: float | None,
-        sample_rate: float | None,
-        dataset_size: int,
-    ) -> None:
-        """Refuse a new DP run up front if its dataset's budget cannot take its first step,
-        or if the budget's δ is not below ``1/dataset_size`` (the run's N).
-
-        Advisory: the authoritative check is in
-        :func:`~server.services.dp_step.charge_and_step`, under the lock, before
-        every step's noise. With ``noise_multiplier`` unknown (σ calibrated later from
-        a target ε) only an exhausted budget is refused. Records nothing; reads in a
-        short session of its own and evaluates ε after closing it, so call it outside
-        any transaction (on SQLite every transaction holds the write lock).
-
-        Raises:
-            ConflictError: (``dp_config.dataset_id``) the dataset has no budget and no
-                ``default_epsilon_cap`` is set, or its budget's δ ≥ 1/N (the message
-                names the budget's δ and N).
-            BudgetExceededError: the budget is spent, or one (σ, q) step would exceed it.
-        """
-        with self.db.sessions() as session:
-            row = self._row(session, tenant_id, dataset_id, lock=False)
-            if row is None:
-                if self.default_epsilon_cap is None:
-                    raise _no_budget(dataset_id, field="dp_config.dataset_id")
-                return
-            budget = self._budget(session, row)
-        try:
-            check_delta(delta=budget.delta, dataset_size=dataset_size, field="delta")
-        except ConfigError as exc:
-            raise ConflictError(
-                f"the privacy budget of dataset {dataset_id!r} cannot protect this run's "
-                f"dataset_size: the budget's delta (δ) {exc.message}. A budget's δ is fixed "
-                "when it is created: an admin must create a budget with a smaller δ for this "
-                "data (tensafe admin create-budget ... --delta D); the run was not created",
-                field="dp_config.dataset_id",
-            ) from None
-        cap = budget.epsilon_cap
-        if noise_multiplier is None or sample_rate is None:
-            spent = budget.epsilon()
-            if spent >= cap:
-                raise BudgetExceededError(
-                    f"privacy budget exhausted for dataset {dataset_id!r}: ε spent "
-                    f"{spent:.6g} of cap {cap:.6g} (δ={budget.delta:g}); the run was not created"
-                )
-            return
-        decision = budget.check_step(
-            run_id="run (not created)", noise_multiplier=noise_multiplier, sample_rate=sample_rate
-        )
-        if not decision.allowed:
-            raise BudgetExceededError(
-                f"privacy budget exceeded for dataset {dataset_id!r}: one step of this run "
-                f"(σ={noise_multiplier:g}, q={sample_rate:g}) would raise the dataset's ε from "
-                f"{decision.epsilon_before:.6g} to {decision.epsilon_after:.6g}, above its cap "
-                f"{cap:.6g} (δ={budget.delta:g}); the run was not created"
-            )
-
     # ----------------------------------------------------------------- reading
     def list_budgets(self, *, tenant_id: str | None = None) -> list[PrivacyBudgetRow]:
         with self.db.sessions() as session:
@@ -476,47 +462,8 @@ class BudgetService:
                 query = query.where(PrivacyBudgetRow.tenant_id == tenant_id)
             return list(session.scalars(query))
 
-    def budget_summary(
-        self, *, tenant_id: str, dataset_id: str, exact: bool = True
-    ) -> dict[str, Any]:
-        """Cap, δ, ε spent (conservative and exact), remaining, and per-run usage.
 
-        Raises:
-            NotFoundError: no budget for the dataset (or another tenant's).
-        """
-        with self.db.sessions() as session:
-            row = self._get_row(session, tenant_id, dataset_id)
-            budget = self._budget(session, row)
-            refusals = sum(
-                1 for r in self.events(session, tenant_id, dataset_id) if r.kind == "step_refused"
-            )
-        spent = budget.epsilon()
-        runs = [
-            {
-                "run_id": run,
-                "steps": budget.steps(run),
-                "epsilon": budget.run_epsilon(run),
-            }
-            for run in budget.histories
-        ]
-        return {
-            "dataset_id": row.dataset_id,
-            "epsilon_cap": row.epsilon_cap,
-            "delta": row.delta,
-            "accountant": row.accountant,
-            "epsilon_spent": spent,
-            "epsilon_spent_exact": budget.exact_epsilon() if exact else None,
-            "epsilon_remaining": max(0.0, row.epsilon_cap - spent),
-            "total_steps": budget.steps(),
-            "refusals": refusals,
-            "runs": runs,
-            "ledger_head_seq": row.head_seq,
-            "created_at": row.created_at,
-            "updated_at": row.updated_at,
-        }
-
-
-def _no_budget(dataset_id: str, *, field: str = "dataset_id") -> ConflictError:
+def no_budget(dataset_id: str, *, field: str = "dataset_id") -> ConflictError:
     return ConflictError(
         f"no privacy budget for dataset {dataset_id!r}; an admin must create one "
         f"(tensafe admin create-budget TENANT {dataset_id} --epsilon-cap E, or "
@@ -525,4 +472,4 @@ def _no_budget(dataset_id: str, *, field: str = "dataset_id") -> ConflictError:
     )
 
 
-__all__ = ["DEFAULT_DELTA", "BudgetService"]
+__all__ = ["DEFAULT_DELTA", "SAMPLING_POLICIES", "BudgetService", "SamplingPolicy", "no_budget"]

@@ -31,6 +31,7 @@ from tg_tinker.types import OptimStepResponse
 from server.db.models import OperationRow, TrainingRunRow
 from server.db.session import Database
 from server.errors import EngineAheadError
+from server.services.admission import refuse_by_policy
 from server.services.budgets import BudgetService
 from server.services.ledger import charge_fields
 from server.services.operations import complete_operation
@@ -64,7 +65,9 @@ def charge_and_step(
         ValueError: the engine is not a DP engine (a non-DP step has nothing to charge).
         BudgetExceededError: the step would exceed the dataset's cap; the refusal
             was committed to the ledger and the engine was not touched.
-        ConflictError: the dataset has no budget and the server sets no default cap.
+        ConflictError: the dataset has no budget and the server sets no default cap; the
+            run declares its own sampling and the budget's policy is ``server-only``
+            (nothing is recorded, the engine untouched).
         EngineAheadError: the engine stepped but recording failed (see above).
     """
     if engine.dp is None:
@@ -79,6 +82,12 @@ def charge_and_step(
     try:
         with db.transaction() as session:
             row, budget = budgets.lock(session, tenant_id=tenant_id, dataset_id=dataset_id)
+            refuse_by_policy(
+                row.sampling_policy,
+                sampling="server" if sampling == "server-poisson" else "client",
+                dataset_id=dataset_id,
+                created=True,
+            )
             decision = budget.check_step(
                 run_id=run_id,
                 noise_multiplier=config.noise_multiplier,

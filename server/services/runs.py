@@ -21,6 +21,7 @@ from server.db.models import DatasetRow, OperationRow, TrainingRunRow, utcnow
 from server.db.session import Database
 from server.errors import ConflictError, NotFoundError, ValidationError
 from server.queue import OperationQueue, QueuedOperation
+from server.services.admission import admit_run
 from server.services.budgets import BudgetService
 from server.services.wire import DEFAULT_DATASET_ID, EngineSpec, engine_spec
 from server.settings import Settings
@@ -243,12 +244,14 @@ def _admit(budgets: BudgetService, *, tenant_id: str, spec: EngineSpec, dataset_
     ``target_delta`` ≥ 1/N fails :func:`engine_spec`, and the default is below it)."""
     sigma = spec.dp.noise_multiplier
     assert spec.dp.dataset_size is not None  # an enabled DPConfig has one
-    budgets.admit_run(
+    admit_run(
+        budgets,
         tenant_id=tenant_id,
         dataset_id=dataset_id,
         noise_multiplier=sigma,
         sample_rate=None if sigma is None else spec.dp.resolve().sample_rate,
         dataset_size=spec.dp.dataset_size,
+        sampling=spec.sampling or "client",
     )
 
 

@@ -6,7 +6,8 @@ The database keeps only ``HMAC-SHA256(pepper, key_id ":" secret)``; the pepper i
 a server secret outside the database (see :class:`server.settings.Settings`). The
 secret has 256 bits of entropy, so a fast keyed hash is enough — a slow password
 hash would only add latency to every request. Hashes are compared in constant
-time, and an unknown key id costs the same comparison as a known one.
+time, and an unknown key id costs the same comparison as a known one. Each key holds
+scopes (:mod:`server.services.scopes`); :func:`authenticate` returns them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hmac
 import os
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from server.db.models import ApiKey, Tenant, utcnow
 from server.errors import AuthenticationError, ConflictError, NotFoundError, ValidationError
+from server.services.scopes import TRAIN, Scope, decode_scopes, encode_scopes, normalize_scopes
 from server.settings import Settings
 
 HASH_SCHEME = "hmac-sha256-v1"
@@ -43,19 +46,22 @@ class IssuedKey:
     tenant_id: str
     key_id: str
     api_key: str
+    scopes: tuple[Scope, ...] = (TRAIN,)
 
     def __repr__(self) -> str:
         return (
-            f"IssuedKey(tenant_id={self.tenant_id!r}, key_id={self.key_id!r}, api_key=<redacted>)"
+            f"IssuedKey(tenant_id={self.tenant_id!r}, key_id={self.key_id!r}, "
+            f"scopes={self.scopes!r}, api_key=<redacted>)"
         )
 
 
 @dataclass(frozen=True)
 class AuthenticatedTenant:
-    """Who is calling: the tenant and the key it used."""
+    """Who is calling: the tenant, the key it used and that key's scopes."""
 
     tenant_id: str
     key_id: str
+    scopes: frozenset[Scope]
 
 
 class ApiKeyHasher:
@@ -125,13 +131,21 @@ def parse_api_key(api_key: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
-def create_tenant(session: Session, *, name: str, hasher: ApiKeyHasher) -> IssuedKey:
-    """Create a tenant and its first API key (flushed, not committed).
+def create_tenant(
+    session: Session,
+    *,
+    name: str,
+    hasher: ApiKeyHasher,
+    scopes: Iterable[Scope] = (TRAIN,),
+) -> IssuedKey:
+    """Create a tenant and its first API key, with ``scopes`` (flushed, not committed).
 
     Raises:
-        ValidationError: (``name``) empty, too long or with odd characters.
+        ValidationError: (``name``) empty, too long or with odd characters;
+            (``scopes``) empty or unknown.
         ConflictError: (``name``) a tenant with this name exists.
     """
+    scopes = normalize_scopes(scopes)
     if not _TENANT_NAME.fullmatch(name):
         raise ValidationError(
             "must be 1-200 characters: letters, digits, space, '_', '.', '@', '-'", field="name"
@@ -144,17 +158,25 @@ def create_tenant(session: Session, *, name: str, hasher: ApiKeyHasher) -> Issue
         session.flush()
     except SAIntegrityError:
         raise ConflictError(f"a tenant named {name!r} already exists", field="name") from None
-    return create_api_key(session, tenant_id=tenant.tenant_id, hasher=hasher)
+    return create_api_key(session, tenant_id=tenant.tenant_id, hasher=hasher, scopes=scopes)
 
 
 def create_api_key(
-    session: Session, *, tenant_id: str, hasher: ApiKeyHasher, label: str | None = None
+    session: Session,
+    *,
+    tenant_id: str,
+    hasher: ApiKeyHasher,
+    label: str | None = None,
+    scopes: Iterable[Scope] = (TRAIN,),
 ) -> IssuedKey:
-    """Issue another API key for an existing tenant (flushed, not committed).
+    """Issue another API key for an existing tenant, with ``scopes`` (flushed, not
+    committed).
 
     Raises:
+        ValidationError: (``scopes``) empty or unknown.
         NotFoundError: no such tenant.
     """
+    scopes = normalize_scopes(scopes)
     if session.get(Tenant, tenant_id) is None:
         raise NotFoundError(f"no tenant {tenant_id!r}", field="tenant_id")
     key_id = secrets.token_hex(_KEY_ID_HEX // 2)
@@ -166,11 +188,17 @@ def create_api_key(
             secret_hash=hasher.hash(key_id=key_id, secret=secret),
             hash_scheme=HASH_SCHEME,
             label=label,
+            scopes=encode_scopes(scopes),
             created_at=utcnow(),
         )
     )
     session.flush()
-    return IssuedKey(tenant_id=tenant_id, key_id=key_id, api_key=f"{KEY_PREFIX}{key_id}_{secret}")
+    return IssuedKey(
+        tenant_id=tenant_id,
+        key_id=key_id,
+        api_key=f"{KEY_PREFIX}{key_id}_{secret}",
+        scopes=tuple(scopes),
+    )
 
 
 def revoke_api_key(session: Session, *, key_id: str) -> None:
@@ -190,8 +218,21 @@ def list_tenants(session: Session) -> list[Tenant]:
     return list(session.scalars(select(Tenant).order_by(Tenant.created_at)))
 
 
+def list_api_keys(session: Session, *, tenant_id: str) -> list[ApiKey]:
+    """A tenant's API keys, revoked ones included, oldest first (no secrets: the rows
+    hold only hashes).
+
+    Raises:
+        NotFoundError: no such tenant.
+    """
+    if session.get(Tenant, tenant_id) is None:
+        raise NotFoundError(f"no tenant {tenant_id!r}", field="tenant_id")
+    query = select(ApiKey).where(ApiKey.tenant_id == tenant_id)
+    return list(session.scalars(query.order_by(ApiKey.created_at, ApiKey.key_id)))
+
+
 def authenticate(session: Session, *, api_key: str, hasher: ApiKeyHasher) -> AuthenticatedTenant:
-    """The tenant an API key belongs to.
+    """The tenant an API key belongs to, and the key's scopes.
 
     Raises:
         AuthenticationError: malformed, unknown or revoked key, or disabled tenant
@@ -206,7 +247,9 @@ def authenticate(session: Session, *, api_key: str, hasher: ApiKeyHasher) -> Aut
     tenant = session.get(Tenant, row.tenant_id)
     if tenant is None or tenant.disabled_at is not None:
         raise AuthenticationError("invalid or revoked API key")
-    return AuthenticatedTenant(tenant_id=row.tenant_id, key_id=key_id)
+    return AuthenticatedTenant(
+        tenant_id=row.tenant_id, key_id=key_id, scopes=decode_scopes(row.scopes)
+    )
 
 
 __all__ = [
@@ -218,6 +261,7 @@ __all__ = [
     "build_hasher",
     "create_api_key",
     "create_tenant",
+    "list_api_keys",
     "list_tenants",
     "load_or_create_pepper",
     "parse_api_key",

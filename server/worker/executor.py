@@ -22,36 +22,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy.orm import Session
 from tg_tinker.types import (
     DrawBatchRequest,
     ForwardBackwardRequest,
     GetInfoResponse,
-    LoadStateRequest,
-    LoadStateResponse,
     ModelData,
     OptimStepRequest,
-    SaveStateRequest,
-    SaveStateResponse,
-    SaveWeightsForSamplerRequest,
-    SaveWeightsForSamplerResponse,
     UnloadModelResponse,
 )
 
-from server.db.models import ArtifactRow, OperationRow, TrainingRunRow
+from server.db.models import OperationRow, TrainingRunRow
 from server.db.session import Database
 from server.errors import ConflictError, ServiceError, ValidationError, describe_error
 from server.queue import FutureNotifier, QueuedOperation
-from server.services import artifacts as artifact_service
-from server.services import drawn_batches, run_history
+from server.services import drawn_batches
+from server.services.admission import default_policy
 from server.services.budgets import BudgetService
 from server.services.dataset_reader import DatasetReader
 from server.services.datasets import DatasetService
+from server.services.declared_batches import example_digests
 from server.services.dp_step import charge_and_step
 from server.services.operations import (
     claim_operation,
@@ -59,7 +50,7 @@ from server.services.operations import (
     mark_failed,
     refuse_if_closed,
 )
-from server.services.runs import DEFAULT_DATASET_ID, LOAD_MODEL
+from server.services.runs import LOAD_MODEL
 from server.services.wire import (
     adam_params,
     engine_batch,
@@ -69,11 +60,13 @@ from server.services.wire import (
 )
 from server.settings import Settings
 from server.storage import ArtifactStore
-from server.worker import engine_checkpoints, server_sampling
+from server.worker import server_sampling
+from server.worker.checkpoint_ops import CheckpointOperations, charged_dataset
+from server.worker.outcomes import Outcome, Request
 from server.worker.runtimes import RunEngines, RunRuntime
 from tensafe import errors as ts
-from tensafe.artifacts import TenantKeyring, new_artifact_id
-from tensafe.engine import TrainingEngine
+from tensafe.artifacts import TenantKeyring
+from tensafe.engine import ForwardBackwardResult
 
 log = logging.getLogger("tensafe.server.worker")
 
@@ -93,23 +86,7 @@ def leaves_engine_unchanged(exc: BaseException) -> bool:
     return isinstance(exc, ts.TenSafeError) and exc.category == "user"
 
 
-Effects = Callable[[Session, TrainingRunRow], None]
-Request = dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a handler produced: the result, DB effects to commit with it, and
-    whether the engine changed (so a failed commit must discard it)."""
-
-    result: BaseModel
-    effects: Effects | None = None
-    engine_changed: bool = False
-    on_commit_failure: Callable[[], None] | None = None
-    committed: bool = False  # the handler already committed result and effects
-
-
-class OperationExecutor:
+class OperationExecutor(CheckpointOperations):
     """Executes operations for :class:`~server.queue.RunQueue` (its handler)."""
 
     def __init__(
@@ -127,7 +104,12 @@ class OperationExecutor:
         self.notifier = notifier
         self.settings = settings
         self.engines = RunEngines(db=db, store=store, keyring=keyring, settings=settings)
-        self.budgets = BudgetService(db, keyring, default_epsilon_cap=settings.default_epsilon_cap)
+        self.budgets = BudgetService(
+            db,
+            keyring,
+            default_epsilon_cap=settings.default_epsilon_cap,
+            default_sampling_policy=default_policy(settings),
+        )
         self.datasets = DatasetService(db, store, keyring)
         self._handlers: dict[str, Callable[[OperationRow, TrainingRunRow, Request], Outcome]] = {
             LOAD_MODEL: self._load_model,
@@ -281,17 +263,36 @@ class OperationExecutor:
                     field="drawn_batch_id",
                 )
             else:
-                result = runtime.engine.forward_backward(
-                    engine_batch(request),
-                    loss_fn=request.loss_fn,
-                    loss_fn_config=request.loss_fn_config,
-                )
+                result = self._declared_forward_backward(runtime, request)
         examples = int(result.metrics.get("num_examples:sum", 0))
 
         def effects(session: Session, row: TrainingRunRow) -> None:
             row.pending_examples += examples
 
         return Outcome(result=forward_output(result), effects=effects, engine_changed=True)
+
+    @staticmethod
+    def _declared_forward_backward(
+        runtime: RunRuntime, request: ForwardBackwardRequest
+    ) -> ForwardBackwardResult:
+        """A client-built batch: under DP it must look like the declared Poisson sample
+        (:mod:`server.services.declared_batches`)."""
+        batch = engine_batch(request)
+        digests: list[bytes] = []
+        if runtime.engine.dp is not None:
+            config = runtime.engine.dp.config
+            digests = example_digests(batch)
+            runtime.declared.check(
+                digests,
+                field_name="batch.input_ids" if request.batch is not None else "data",
+                dataset_size=config.dataset_size,
+                sample_rate=config.sample_rate,
+            )
+        result = runtime.engine.forward_backward(
+            batch, loss_fn=request.loss_fn, loss_fn_config=request.loss_fn_config
+        )
+        runtime.declared.add(digests)
+        return result
 
     def _optim_step(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
         runtime = self.engines.for_operation(op, run)
@@ -310,10 +311,11 @@ class OperationExecutor:
                 op=op,
                 engine=engine,
                 adam_params=adam_params(request),
-                dataset_id=_charged_dataset(runtime),
+                dataset_id=charged_dataset(runtime),
                 **self._labels(runtime, run),
             )
             runtime.used_groups.clear()  # the logical batch is consumed
+            runtime.declared.reset()
             return Outcome(result=response, committed=True, engine_changed=True)
         result = engine.optim_step(adam_params(request))  # no DP: nothing to account
 
@@ -345,185 +347,6 @@ class OperationExecutor:
             runtime, run, db=self.db, store=self.store, keyring=self.datasets.keyring
         )
 
-    def _ttl(self) -> timedelta | None:
-        ttl = self.settings.artifact_ttl_s
-        return None if ttl is None else timedelta(seconds=ttl)
-
-    def _store_artifact(
-        self,
-        op: OperationRow,
-        run: TrainingRunRow,
-        *,
-        kind: artifact_service.ArtifactKind,
-        name: str,
-        tensors: dict,
-        manifest: object,
-        include_optimizer: bool,
-        engine: TrainingEngine,
-    ) -> tuple[ArtifactRow, Callable[[], None]]:
-        path = artifact_service.artifact_path(run_id=run.run_id, kind=kind, name=name)
-        with self.db.sessions() as session:
-            if artifact_service.name_taken(session, path=path):
-                raise ConflictError(
-                    f"run {run.run_id} already has a checkpoint named {name!r} ({path})",
-                    field="name",
-                )
-            dp_seq = run_history.history_length(session, run.run_id)
-        artifact_id = new_artifact_id()
-        sealed = artifact_service.seal_into_store(
-            self.store,
-            tensors=tensors,
-            manifest=manifest,  # type: ignore[arg-type]
-            tenant_key=self.keyring.current_key(run.tenant_id),
-            artifact_id=artifact_id,
-            ttl=self._ttl(),
-        )
-        row = ArtifactRow(
-            artifact_id=artifact_id,
-            tenant_id=run.tenant_id,
-            run_id=run.run_id,
-            kind=kind,
-            name=name,
-            path=path,
-            storage_key=artifact_id,
-            size_bytes=sealed.stored.size_bytes,
-            content_hash=sealed.stored.content_hash,
-            step=sealed.manifest.step,
-            dp_seq=dp_seq,
-            base_model=engine.name,
-            shape_signature=engine_checkpoints.engine_signature(engine),
-            include_optimizer=include_optimizer,
-            user_metadata=dict(sealed.manifest.metadata),
-            key_id=sealed.key.key_id,
-            key_version=sealed.key.version,
-            future_id=op.future_id,
-            created_at=sealed.stored.created_at,
-            expires_at=sealed.stored.expires_at,
-        )
-
-        def discard_blob() -> None:
-            try:
-                self.store.delete(artifact_id)
-            except Exception:
-                log.exception("could not delete orphaned artifact %s", artifact_id)
-
-        return row, discard_blob
-
-    def _save_state(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
-        runtime = self.engines.for_operation(op, run)
-        engine = runtime.engine
-        request = SaveStateRequest.model_validate(payload or {})
-        tensors, manifest = engine_checkpoints.training_state_payload(
-            engine,
-            include_optimizer=request.include_optimizer,
-            metadata=request.metadata,
-            labels=self._labels(runtime, run),
-        )
-        name = request.name or f"step-{engine.step}-{op.seq}"
-        row, discard = self._store_artifact(
-            op,
-            run,
-            kind="training_state",
-            name=name,
-            tensors=tensors,
-            manifest=manifest,
-            include_optimizer=request.include_optimizer,
-            engine=engine,
-        )
-
-        def effects(session: Session, run_row: TrainingRunRow) -> None:
-            session.add(row)
-            session.flush()
-            run_row.last_checkpoint_artifact_id = row.artifact_id
-
-        result = SaveStateResponse(
-            artifact_id=row.artifact_id,
-            path=row.path,
-            size_bytes=row.size_bytes,
-            content_hash=row.content_hash,
-            metadata=row.user_metadata,
-            step=row.step,
-        )
-        return Outcome(result=result, effects=effects, on_commit_failure=discard)
-
-    def _save_weights_for_sampler(
-        self, op: OperationRow, run: TrainingRunRow, payload: Request
-    ) -> Outcome:
-        runtime = self.engines.for_operation(op, run)
-        engine = runtime.engine
-        request = SaveWeightsForSamplerRequest.model_validate(payload or {})
-        kind, tensors, manifest = engine_checkpoints.sampler_payload(
-            engine, metadata={}, labels=self._labels(runtime, run)
-        )
-        row, discard = self._store_artifact(
-            op,
-            run,
-            kind=kind,  # type: ignore[arg-type]
-            name=request.name,
-            tensors=tensors,
-            manifest=manifest,
-            include_optimizer=False,
-            engine=engine,
-        )
-
-        def effects(session: Session, run_row: TrainingRunRow) -> None:
-            session.add(row)
-
-        result = SaveWeightsForSamplerResponse(
-            artifact_id=row.artifact_id,
-            path=row.path,
-            size_bytes=row.size_bytes,
-            content_hash=row.content_hash,
-        )
-        return Outcome(result=result, effects=effects, on_commit_failure=discard)
-
-    def _load_state(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
-        runtime = self.engines.for_operation(op, run)
-        engine = runtime.engine
-        request = LoadStateRequest.model_validate(payload)
-        ref_field = "artifact_id" if request.artifact_id is not None else "path"
-        with self.db.sessions() as session:
-            artifact = artifact_service.resolve_reference(
-                session,
-                tenant_id=run.tenant_id,
-                artifact_id=request.artifact_id,
-                path=request.path,
-            )
-            source = session.get(TrainingRunRow, artifact.run_id)
-            assert source is not None
-            engine_checkpoints.check_compatible(artifact, source, run, engine, field=ref_field)
-            carried = []
-            if engine.dp is not None:
-                carried = run_history.steps_to_carry(
-                    session,
-                    source_run_id=artifact.run_id,
-                    upto=artifact.dp_seq,
-                    target_run_id=run.run_id,
-                )
-            own = run_history.accountant_history(session, run.run_id)
-            session.expunge(artifact)
-        opened = artifact_service.open_from_store(self.store, self.keyring, artifact)
-        history = own + [(c.noise_multiplier, c.sample_rate) for c in carried]
-        step = engine_checkpoints.restore_engine(
-            engine, tensors=opened.tensors, manifest=opened.manifest, history=history
-        )
-        runtime.needs_restore = None
-        runtime.lost_examples = 0
-        result = LoadStateResponse(
-            artifact_id=artifact.artifact_id, path=artifact.path, step=step, status="loaded"
-        )
-        run_history.record_load(
-            self.db,
-            self.budgets,
-            op=op,
-            engine=engine,
-            dataset_id=_charged_dataset(runtime) if engine.dp is not None else None,
-            carried=carried,
-            artifact_id=artifact.artifact_id,
-            result=result,
-        )
-        return Outcome(result=result, committed=True, engine_changed=True)
-
     def _unload(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
         self.evict(run.run_id)
 
@@ -531,11 +354,6 @@ class OperationExecutor:
             row.status = "TERMINATED"
 
         return Outcome(result=UnloadModelResponse(model_id=run.run_id), effects=effects)
-
-
-def _charged_dataset(runtime: RunRuntime) -> str:
-    """The dataset whose budget a DP run's steps are charged to."""
-    return runtime.spec.dataset_id or DEFAULT_DATASET_ID
 
 
 __all__ = ["OperationExecutor", "Outcome", "leaves_engine_unchanged"]

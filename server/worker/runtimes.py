@@ -33,6 +33,7 @@ from server.errors import ConflictError
 from server.services import artifacts as artifact_service
 from server.services import run_history
 from server.services.dataset_reader import DatasetReader
+from server.services.declared_batches import DeclaredBatchGuard
 from server.services.wire import EngineSpec, engine_spec
 from server.settings import Settings
 from server.storage import ArtifactStore
@@ -57,6 +58,8 @@ class RunRuntime:
     # batch that a forward_backward already used (reset with the accumulator)
     dataset: DatasetReader | None = field(default=None, repr=False)
     used_groups: set[int] = field(default_factory=set)
+    # runs that build their own batches: what the current logical batch holds
+    declared: DeclaredBatchGuard = field(default_factory=DeclaredBatchGuard)
 
 
 class RunEngines:

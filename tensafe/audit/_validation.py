@@ -55,6 +55,8 @@ OPTIONAL_RUN_FIELDS = (
     "sampling",
     "privacy_unit",
 )
+#: A budget's sampling policies.
+SAMPLING_POLICIES = ("server-only", "any")
 #: Values of the step rows' labels.
 LABELS = {
     "sampling": ("server-poisson", "client-declared"),
@@ -105,6 +107,9 @@ def validate_event(event: LedgerEvent) -> None:
         set_int(event, "origin_seq", minimum=1)
     if kind == "step_refused":
         set_float(event, "epsilon_requested", low=0.0, infinite=True)
+    policy = event.sampling_policy
+    if policy is not None and policy not in SAMPLING_POLICIES:
+        raise ConfigError("sampling_policy", f"must be one of {SAMPLING_POLICIES}, got {policy!r}")
     set_float(event, "delta", low=0.0, low_open=True, high=1.0, high_open=True)
     set_float(event, "epsilon_dataset_total", low=0.0)
     set_float(event, "cap", low=0.0)
@@ -121,6 +126,8 @@ def _check_presence(event: LedgerEvent, kind: str) -> None:
     else:  # budget rows have no run fields at all
         required = ()
         forbidden = OWN_STEP_FIELDS + OPTIONAL_RUN_FIELDS + ORIGIN_FIELDS
+    if kind in STEP_KINDS and event_has(event, "sampling_policy"):
+        raise ConfigError("sampling_policy", "only budget rows carry it; must be null")
     for name in required:
         if not event_has(event, name):
             raise ConfigError(name, f"required for kind {kind!r}")

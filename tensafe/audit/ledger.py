@@ -24,8 +24,8 @@ Canonical bytes (what an auditor reimplements)
 ``canonical_bytes(row)`` is the UTF-8 (in fact pure ASCII) encoding of one JSON
 object holding **every field except** ``link`` — and except each of the four
 *ledger format 2* fields (``model_step``, ``epsilon_run_exact``, ``run_delta``,
-``run_accountant``, ``origin_run_id``, ``origin_seq``, ``sampling``, ``privacy_unit``;
-:data:`FORMAT_2_FIELDS`) whose value is null. Every other field is
+``run_accountant``, ``origin_run_id``, ``origin_seq``, ``sampling``, ``privacy_unit``,
+``sampling_policy``; :data:`FORMAT_2_FIELDS`) whose value is null. Every other field is
 always present, ``null`` or not. So a row written before format 2 (those four
 fields null, or absent from the stored row) has the same bytes, and the same link,
 as before; a format-2 field that is set is authenticated like any other. The
@@ -97,6 +97,7 @@ FORMAT_2_FIELDS = (
     "origin_seq",
     "sampling",
     "privacy_unit",
+    "sampling_policy",
 )
 
 
@@ -184,6 +185,9 @@ class LedgerEvent:
             ``"client-declared"`` (the client built it and declared N and q).
         privacy_unit: (format 2, optional, step rows) what one contribution is:
             ``"record"``, or ``"unit"`` (all records of, e.g., one patient).
+        sampling_policy: (format 2, optional, budget rows) the budget's policy after
+            this row: ``"server-only"`` (only runs whose batches the server draws) or
+            ``"any"`` (client-declared runs allowed too).
         origin_run_id: (format 2, carried rows only) the run that took the step.
         origin_seq: (format 2, carried rows only) the step's ``seq`` in the origin
             run's chain; ``(origin_run_id, origin_seq)`` names a step globally.
@@ -223,6 +227,7 @@ class LedgerEvent:
     run_accountant: str | None = None
     sampling: str | None = None
     privacy_unit: str | None = None
+    sampling_policy: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(EventKind):

@@ -50,7 +50,9 @@ def render_html(report: AuditReport) -> str:
     return _page().substitute(
         title=_e(f"Privacy audit — dataset {report.dataset_id}"),
         css=_resource("report.css"),
-        dataset_id=_e(report.dataset_id),
+        dataset_id=_e(report.dataset_id)
+        if report.dataset_name is None
+        else f"{_e(report.dataset_name)}</code> <code>{_e(report.dataset_id)}",
         tenant_id=_e(report.tenant_id),
         generated_at=_e(_time(report.generated_at)),
         first_event_at=_e(_time(report.first_event_at)),
@@ -254,10 +256,18 @@ def _chain_section(report: AuditReport) -> str:
     return _section("chain", verdict=verdict, replay=replay_text)
 
 
+_POLICY_WORDS = {
+    "server-only": "server-drawn batches only",
+    "any": "client-declared batches allowed",
+}
+
+
 def _changes_section(report: AuditReport) -> str:
     rows = []
     for change in report.budget_changes:
         what = "Budget created" if change.kind == "budget_created" else "Cap changed"
+        if change.sampling_policy is not None:
+            what += f" · sampling: {_POLICY_WORDS.get(change.sampling_policy, '?')}"
         before = "—" if change.previous_cap is None else _num(change.previous_cap)
         rows.append(
             f"<tr><td class=num>{change.seq}</td><td>{_e(_time(change.created_at))}</td>"

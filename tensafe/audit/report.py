@@ -117,6 +117,8 @@ class BudgetChange:
         epsilon_spent: the dataset's ε at that moment.
         actor: who made the change, if recorded.
         reason: the reason given, if any.
+        sampling_policy: the sampling policy after the change (``"server-only"``,
+            ``"any"``), when the row records one.
     """
 
     seq: int
@@ -127,6 +129,7 @@ class BudgetChange:
     epsilon_spent: float
     actor: str | None
     reason: str | None
+    sampling_policy: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,6 +187,8 @@ class AuditReport:
         warnings: discrepancies found while building the report, in words.
         notices: what a reader must know that is no discrepancy, in words — e.g. that
             some runs built their own batches (client-declared sampling).
+        dataset_name: the dataset's name and version, when it is a server-held dataset
+            (display only).
     """
 
     format: int = REPORT_FORMAT
@@ -208,6 +213,7 @@ class AuditReport:
     library_versions: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     notices: tuple[str, ...] = ()
+    dataset_name: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "library_versions", MappingProxyType(dict(self.library_versions)))
@@ -313,6 +319,7 @@ def build_report(
     recompute: bool = True,
     replay: bool = True,
     generated_at: str | None = None,
+    dataset_name: str | None = None,
 ) -> AuditReport:
     """The audit report of ``dataset_id`` from ledger rows.
 
@@ -333,6 +340,8 @@ def build_report(
         replay: replay the recorded values of each run's last step and of every
             refusal through the service's schedule.
         generated_at: the report time (default now), as :func:`utc_timestamp`.
+        dataset_name: a human-readable name for the dataset (display only; the ledger
+            names datasets by id).
 
     Raises:
         ConfigError: the dataset has no rows, or no ``budget_created`` row.
@@ -390,6 +399,7 @@ def build_report(
         library_versions=last.library_versions,
         warnings=tuple(warnings),
         notices=_notices(runs),
+        dataset_name=dataset_name,
     )
 
 
@@ -477,6 +487,7 @@ def _budget_changes(rows: tuple[LedgerEvent, ...]) -> tuple[BudgetChange, ...]:
                     epsilon_spent=event.epsilon_dataset_total,
                     actor=event.actor,
                     reason=event.reason,
+                    sampling_policy=event.sampling_policy,
                 )
             )
         previous = event.cap

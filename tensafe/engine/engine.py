@@ -18,7 +18,9 @@ and non-sensitive data); a DP engine never falls back to that path.
 
 Every operation validates its input first and changes no state when it raises.
 The engine is not thread-safe: callers (the server's worker) serialise operations
-per run.
+per run. The operations that run the model or read/write its weights hold
+:func:`~tensafe.models.model_lock`, so generation (:mod:`tensafe.generation`) on
+another thread never interleaves with them.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from tensafe.engine.results import (
     LossFnOutput,
     OptimStepResult,
 )
-from tensafe.errors import EngineStateError, InvalidBatchError, PrivacyError
+from tensafe.errors import ConfigError, EngineStateError, InvalidBatchError, PrivacyError
 from tensafe.losses import (
     BatchLimits,
     Datum,
@@ -60,6 +62,7 @@ from tensafe.losses import (
     get_loss_function,
 )
 from tensafe.models import LoadedModel, LoRAConfig, apply_lora
+from tensafe.models.locking import holds_model_lock
 from tensafe.privacy.config import DPConfig
 
 BatchInput = TokenBatch | Sequence[Datum] | Mapping[str, Any]
@@ -200,6 +203,7 @@ class TrainingEngine:
         return out.logits
 
     # --------------------------------------------------------------- forward
+    @holds_model_lock
     def forward(
         self,
         batch: BatchInput,
@@ -220,22 +224,28 @@ class TrainingEngine:
             self.model.train(was_training)
         return self._result(fn.name, tb, out, grad_norm=None, extra={})
 
+    @holds_model_lock
     def forward_backward(
         self,
         batch: BatchInput,
         *,
         loss_fn: str = "cross_entropy",
         loss_fn_config: Mapping[str, float] | None = None,
+        groups: Sequence[int] | None = None,
     ) -> ForwardBackwardResult:
         """Accumulate this batch's gradient into the current logical batch.
 
         Under DP each example's gradient is clipped to ``max_grad_norm`` and only the
-        clipped sum is kept; no noise is added here. An example whose gradient is NaN
+        clipped sum is kept; no noise is added here. ``groups`` (DP only; one label per
+        example) makes the examples that share a label one contribution: their summed
+        gradient is clipped to ``max_grad_norm`` (a record's several completions, a
+        person's records). An example whose gradient is NaN
         or infinite contributes nothing (metric ``dp/nonfinite_examples:sum``). State
         changes only after the whole computation succeeded.
 
         Raises:
-            InvalidBatchError, ConfigError: bad input (nothing changed).
+            InvalidBatchError, ConfigError: bad input (nothing changed); ``groups`` without
+                DP (``groups``) or not one label per example.
             NonFiniteUpdateError: the batch's gradient sum is not finite (only
                 possible without DP, where one example's overflow reaches the sum);
                 nothing was accumulated.
@@ -244,8 +254,12 @@ class TrainingEngine:
         fn = get_loss_function(loss_fn)
         cfg = fn.resolve_config(loss_fn_config)
         tb = self.to_batch(batch, required_inputs=fn.required_inputs).to(self.device)
+        if groups is not None and self.dp is None:
+            raise ConfigError("groups", "groups clip units together: a DP run's option")
         if self.dp is not None:
-            out, sums, extra = self._clipped_backward(self.dp, tb, fn=fn, config=cfg)
+            out, sums, extra = self._clipped_backward(
+                self.dp, tb, fn=fn, config=cfg, groups=groups
+            )
         else:
             out, sums = self._plain_backward(tb, fn=fn, config=cfg)
             extra = {}
@@ -260,10 +274,17 @@ class TrainingEngine:
         return result
 
     def _clipped_backward(
-        self, dp: DPState, tb: TokenBatch, *, fn: LossFunction, config: Mapping[str, float]
+        self,
+        dp: DPState,
+        tb: TokenBatch,
+        *,
+        fn: LossFunction,
+        config: Mapping[str, float],
+        groups: Sequence[int] | None = None,
     ) -> tuple[LossOutput, dict[nn.Parameter, torch.Tensor], dict[str, float]]:
-        """Per-example gradients, each clipped to C, summed per parameter (DP path)."""
-        with dp.clipper.collect(batch_size=tb.batch_size) as collector:
+        """Per-example (per-unit, with ``groups``) gradients, each clipped to C, summed
+        per parameter (DP path)."""
+        with dp.clipper.collect(batch_size=tb.batch_size, groups=groups) as collector:
             out = compute_loss(self._logits(tb), tb, loss_fn=fn, config=config)
             out.per_example.sum().backward()
         # Per-example clipping sees only the hooked layers; a gradient that reached
@@ -333,6 +354,7 @@ class TrainingEngine:
             raise EngineStateError("this run does not use differential privacy")
         return self.dp.epsilon(delta)
 
+    @holds_model_lock
     def optim_step(self, adam_params: AdamParams | None = None) -> OptimStepResult:
         """Apply the logical batch: noise once (DP), scale, optimizer step, account.
 
@@ -446,6 +468,7 @@ class TrainingEngine:
             )
 
     # ----------------------------------------------------------------- state
+    @holds_model_lock
     def state_dict(self) -> dict[str, Any]:
         """Trainable weights (by parameter name), optimizer state, accountant
         history and step. Refuses while gradients are pending, so a checkpoint
@@ -462,6 +485,7 @@ class TrainingEngine:
             "noise": {} if self.dp is None else self.dp.noise.state_dict(),
         }
 
+    @holds_model_lock
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`. Everything is checked (names, shapes, DP
         mode) before anything is written; pending gradients are discarded.

@@ -8,6 +8,7 @@ Public API::
     build_tiny_llama(*, hidden_size=64, ..., seed=0, dtype=torch.float32) -> LoadedModel
     LoRAConfig(rank=16, alpha=32, ...), apply_lora(model, config) -> PeftModel
     model_info(model) -> ModelInfo
+    model_lock(model) -> threading.RLock  (shared by training and generation on one model)
 
 Names are imported lazily (on first attribute access), so importing
 ``tensafe.models.cli`` to register the CLI does not pull in torch or transformers.
@@ -43,12 +44,14 @@ _EXPORTS: dict[str, str] = {
     "ModelInfo": "tensafe.models.info",
     "model_info": "tensafe.models.info",
     "default_cache_dir": "tensafe.models.cache",
+    "model_lock": "tensafe.models.locking",
 }
 
 if TYPE_CHECKING:
     from tensafe.models.cache import default_cache_dir
     from tensafe.models.info import ModelInfo, model_info
     from tensafe.models.loaded import LoadedModel, ModelSource
+    from tensafe.models.locking import model_lock
     from tensafe.models.lora import LoRAConfig, apply_lora
     from tensafe.models.resolve import hub_offline, load_causal_lm
     from tensafe.models.smollm2 import (
@@ -89,6 +92,7 @@ __all__ = [
     "load_causal_lm",
     "load_smollm2_tokenizer",
     "model_info",
+    "model_lock",
     "prepare_default_model",
     "prepare_smollm2_tokenizer",
 ]

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,7 +57,8 @@ from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
 )
 from torch import nn
 
-from tensafe.errors import PrivacyError
+from tensafe.errors import ConfigError, PrivacyError
+from tensafe.privacy.groups import Grouping
 
 # RMSNorm implementations whose forward is exactly ``weight * (x * rsqrt(mean(x²) + eps))``
 # computed in fp32 and cast back (LLaMA-family). Others (e.g. Gemma's ``1 + weight``)
@@ -105,7 +106,10 @@ class _Site:
             raise PrivacyError(
                 "a backward pass ran through a DP-wrapped layer with no active clip collector"
             )
-        collector.add(self, inp.detach(), grad_out.detach())
+        inp, grad_out = inp.detach(), grad_out.detach()
+        if collector.grouping is not None:  # a unit's datums clipped as one contribution
+            inp, grad_out = collector.grouping.apply(inp), collector.grouping.apply(grad_out)
+        collector.add(self, inp, grad_out)
 
 
 class _LinearFn(torch.autograd.Function):
@@ -200,8 +204,10 @@ _FORWARDS = {
 class ClipCollector:
     """Gathers per-example contributions during one backward pass of a batch of ``B``."""
 
-    def __init__(self, batch_size: int) -> None:
-        self.batch_size = batch_size
+    def __init__(self, batch_size: int, grouping: Grouping | None = None) -> None:
+        self.batch_size = batch_size if grouping is None else grouping.num_groups
+        #: datums clipped together (per unit); ``batch_size`` then counts units
+        self.grouping = grouping
         self._per_sample: dict[nn.Parameter, torch.Tensor] = {}
         self._ghost: list[tuple[_Site, torch.Tensor, torch.Tensor]] = []
         self._ghost_sq: torch.Tensor | None = None
@@ -439,11 +445,26 @@ class PerExampleClipper:
         self.parameters = [p for p in model.parameters() if p.requires_grad]
 
     @contextlib.contextmanager
-    def collect(self, *, batch_size: int) -> Iterator[ClipCollector]:
-        """Activate a fresh collector for one forward/backward of ``batch_size`` examples."""
+    def collect(
+        self, *, batch_size: int, groups: Sequence[int] | None = None
+    ) -> Iterator[ClipCollector]:
+        """Activate a fresh collector for one forward/backward of ``batch_size`` examples.
+        With ``groups`` (a unit label per example), each unit's examples are clipped
+        together as one contribution (:class:`~tensafe.privacy.groups.Grouping`): the
+        result's norms and factors are then per unit.
+
+        Raises:
+            PrivacyError: a collector is already active.
+            ConfigError: (``groups``) not one label per example.
+        """
         if self._active is not None:
             raise PrivacyError("a clip collector is already active on this model")
-        collector = ClipCollector(batch_size)
+        grouping = None
+        if groups is not None:
+            if len(groups) != batch_size:
+                raise ConfigError("groups", f"{len(groups)} labels for {batch_size} examples")
+            grouping = Grouping.from_groups(groups)
+        collector = ClipCollector(batch_size, grouping)
         self._active = collector
         try:
             yield collector

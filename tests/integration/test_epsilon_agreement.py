@@ -3,7 +3,7 @@ audit report are the same number — after training, after a server restart, and
 after a ``load_state`` carries another run's history over (SQLite and PostgreSQL).
 
 The run declares N = 100 000, so its own δ (min(1e-5, N^-1.1) ≈ 3.2e-6) differs
-from the budget's (1e-5): the ledger must say which δ the reported ε is at.
+from the budget's (1e-6): the ledger must say which δ the reported ε is at.
 """
 
 from __future__ import annotations
@@ -72,7 +72,16 @@ def test_told_ledger_and_report_agree(
     server = fresh_server(backend)
     tenant = server.create_tenant()
     dataset = "agree-" + uuid.uuid4().hex[:6]
-    server.cli("admin", "create-budget", tenant["tenant_id"], dataset, "--epsilon-cap", "50")
+    server.cli(
+        "admin",
+        "create-budget",
+        tenant["tenant_id"],
+        dataset,
+        "--epsilon-cap",
+        "50",
+        "--delta",
+        "1e-6",
+    )  # δ < 1/N
     config = tiny_config(dp_config=dp_config(dataset_id=dataset, dataset_size=N,
                                              expected_batch_size=EBS))  # fmt: skip
 
@@ -88,7 +97,7 @@ def test_told_ledger_and_report_agree(
             assert (row["run_delta"], row["run_accountant"], row["delta"]) == (
                 pytest.approx(RUN_DELTA),
                 "prv",
-                1e-5,
+                1e-6,
             )
         assert _reported_in_audit(service, dataset, source) == told[-1]
         assert told[-1] == pytest.approx(_independent(3), rel=1e-9)

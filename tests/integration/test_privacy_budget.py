@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import create_engine, text
 from tg_tinker import ServiceClient
-from tg_tinker.errors import BudgetExceededError
+from tg_tinker.errors import BudgetExceededError, PermissionDeniedError
 
 from tensafe.privacy.budget import DatasetBudget
 from tests.integration.conftest import LiveServer
@@ -82,7 +82,8 @@ def test_exact_enforcement_leaves_the_model_unchanged(live_server: LiveServer) -
         assert [r["epsilon_dataset_total"] for r in rows] == [
             s.metrics["dp/epsilon_dataset"] for s in told
         ]
-        raised = service.raise_privacy_budget(dataset, epsilon_cap=cap_for(k + 1))
+        with ServiceClient(live_server.url, api_key=tenant["privacy_officer_api_key"]) as officer:
+            raised = officer.raise_privacy_budget(dataset, epsilon_cap=cap_for(k + 1))
         assert raised.epsilon_cap == cap_for(k + 1)
         tc.forward_backward(random_batch(k)).result(timeout=120)
         assert tc.optim_step().result(timeout=120).step == k + 1
@@ -95,12 +96,39 @@ def test_exact_enforcement_leaves_the_model_unchanged(live_server: LiveServer) -
     assert out["total_steps"] == k + 1 and len(out["refusals"]) == 1
 
 
+def test_only_the_privacy_officer_key_changes_budgets(live_server: LiveServer) -> None:
+    """Over HTTP with the keys ``tensafe admin create-tenant`` printed: the train key is
+    refused (403, nothing written), the privacy-officer key's changes name its key id."""
+    tenant = live_server.create_tenant()
+    dataset = "roles-" + uuid.uuid4().hex[:6]
+    with (
+        ServiceClient(live_server.url, api_key=tenant["api_key"], max_retries=0) as train,
+        ServiceClient(live_server.url, api_key=tenant["privacy_officer_api_key"]) as officer,
+    ):
+        with pytest.raises(PermissionDeniedError, match="'privacy-officer'") as refused:
+            train.create_privacy_budget(dataset, epsilon_cap=5.0)
+        assert refused.value.status_code == 403
+        assert tenant["api_key"] not in str(refused.value)
+        assert ledger(live_server, dataset) == []
+        officer.create_privacy_budget(dataset, epsilon_cap=5.0)
+        with pytest.raises(PermissionDeniedError):
+            train.raise_privacy_budget(dataset, epsilon_cap=50.0)
+        assert train.get_privacy_budget(dataset).epsilon_cap == 5.0  # train may read
+        assert officer.raise_privacy_budget(dataset, epsilon_cap=6.0).epsilon_cap == 6.0
+    rows = ledger(live_server, dataset)
+    assert [(r["kind"], r["actor"]) for r in rows] == [
+        ("budget_created", f"api:{tenant['privacy_officer_key_id']}"),
+        ("budget_changed", f"api:{tenant['privacy_officer_key_id']}"),
+    ]
+
+
 def test_racing_runs_never_exceed_the_cap(live_server: LiveServer) -> None:
     tenant = live_server.create_tenant()
     dataset = "race-" + uuid.uuid4().hex[:6]
     runs, steps, allowed = 8, 50, 100
+    with ServiceClient(live_server.url, api_key=tenant["privacy_officer_api_key"]) as officer:
+        officer.create_privacy_budget(dataset, epsilon_cap=cap_for(allowed))
     with ServiceClient(live_server.url, api_key=tenant["api_key"]) as service:
-        service.create_privacy_budget(dataset, epsilon_cap=cap_for(allowed))
         clients = [service.create_training_client(config(dataset, seed=i)) for i in range(runs)]
         told: list[tuple[int, float]] = []
         refused: list[str] = []

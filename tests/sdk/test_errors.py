@@ -14,6 +14,7 @@ from tg_tinker.types import ErrorBody
 ALL = [
     errors.TGTinkerError,
     errors.AuthenticationError,
+    errors.PermissionDeniedError,
     errors.NotFoundError,
     errors.ValidationError,
     errors.ConflictError,
@@ -76,6 +77,7 @@ def test_errors_also_are_the_stdlib_error_they_refine(cls, stdlib):
         ("ArtifactNotFoundError", errors.NotFoundError),
         ("EngineStateError", errors.ConflictError),
         ("AuthenticationError", errors.AuthenticationError),
+        ("PermissionDeniedError", errors.PermissionDeniedError),
         ("RateLimitError", errors.RateLimitError),
         ("ServerError", errors.ServerError),
         ("IntegrityError", errors.ArtifactIntegrityError),
@@ -115,3 +117,11 @@ def test_unknown_names_fall_back_on_the_status_code(status, expected):
 def test_without_status_the_category_decides():
     assert error_class("SomethingNew", None, "server") is errors.ServerError
     assert error_class("SomethingNew", None, "user") is errors.TGTinkerError
+
+
+def test_permission_denied_is_still_an_authentication_error():
+    """A 403 for a missing scope; existing ``except AuthenticationError`` and
+    ``except PermissionError`` still catch it."""
+    assert issubclass(errors.PermissionDeniedError, errors.AuthenticationError)
+    assert issubclass(errors.PermissionDeniedError, PermissionError)
+    assert tg_tinker.PermissionDeniedError is errors.PermissionDeniedError

@@ -10,9 +10,12 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from server.context import ServerContext
-from server.services.tenants import create_tenant
+from server.services.scopes import TRAIN, Scope
+from server.services.tenants import create_api_key, create_tenant
 
 VOCAB = 49152  # tiny-llama uses the SmolLM2 tokenizer
+# a key that both trains and manages budgets (tests that create or change budgets)
+TRAIN_AND_OFFICER = ("train", "privacy-officer")
 DP = {"noise_multiplier": 1.0, "dataset_size": 1000, "expected_batch_size": 4, "accountant": "rdp"}
 
 
@@ -39,15 +42,28 @@ class Harness:
         self.client = client
         self.context = context
 
-    def tenant(self) -> dict[str, str]:
-        """Headers of a fresh tenant's API key."""
+    def tenant(self, *, scopes: tuple[Scope, ...] = (TRAIN,)) -> dict[str, str]:
+        """Headers of a fresh tenant's API key with ``scopes`` (a training key unless
+        the test creates or changes budgets: :data:`TRAIN_AND_OFFICER`)."""
         with self.context.db.transaction() as session:
             issued = create_tenant(
-                session, name="t-" + uuid.uuid4().hex[:10], hasher=self.context.hasher
+                session,
+                name="t-" + uuid.uuid4().hex[:10],
+                hasher=self.context.hasher,
+                scopes=scopes,
             )
         self.last_key = issued.api_key
+        self.last_key_id = issued.key_id
         self.last_tenant_id = issued.tenant_id
         return {"Authorization": f"Bearer {issued.api_key}"}
+
+    def key(self, tenant_id: str, *, scopes: tuple[Scope, ...]) -> tuple[str, dict[str, str]]:
+        """``(key_id, headers)`` of another key of ``tenant_id`` with ``scopes``."""
+        with self.context.db.transaction() as session:
+            issued = create_api_key(
+                session, tenant_id=tenant_id, hasher=self.context.hasher, scopes=scopes
+            )
+        return issued.key_id, {"Authorization": f"Bearer {issued.api_key}"}
 
     def create_run(self, headers: dict[str, str], **overrides: Any) -> str:
         config = run_config(**overrides)

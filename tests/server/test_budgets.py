@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from server.db.models import LedgerEventRow, LedgerImmutableError
 from server.db.session import Database
-from server.services.audits import audit_report, first_broken, verify_chains
+from server.services.audits import audit_report, budget_summary, first_broken, verify_chains
 from server.services.budgets import BudgetService
 from server.services.keys import build_keyring
 from server.settings import Settings
@@ -84,7 +84,7 @@ def test_exact_enforcement_k_allowed_then_refused(database: Database, tmp_path: 
         charged_step(service, engine, tenant_id=tenant, dataset_id=dataset, run_id=run)
     called = engine.calls[k:]
     assert called == []  # refused before any noise could be drawn
-    summary = service.budget_summary(tenant_id=tenant, dataset_id=dataset)
+    summary = budget_summary(service, tenant_id=tenant, dataset_id=dataset)
     assert summary["total_steps"] == k and summary["refusals"] == 1
     assert summary["epsilon_spent"] <= summary["epsilon_cap"]
     with database.sessions() as session:
@@ -141,7 +141,7 @@ def test_racing_writers_never_exceed_the_cap(database: Database, tmp_path: Path)
         t.join()
     assert not errors, errors
     assert len(accepted) == cap_steps and len(refused) == 8 * 12 - cap_steps
-    summary = creator.budget_summary(tenant_id=tenant, dataset_id=dataset)
+    summary = budget_summary(creator, tenant_id=tenant, dataset_id=dataset)
     assert summary["epsilon_spent"] <= summary["epsilon_cap"]
     assert summary["total_steps"] == cap_steps and summary["refusals"] == len(refused)
     with database.sessions() as session:

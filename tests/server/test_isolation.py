@@ -13,7 +13,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from tests.server.harness import Harness, batch
+from tests.server.harness import TRAIN_AND_OFFICER, Harness, batch
+from tests.server.test_datasets import records, register
 
 BODIES: dict[str, dict[str, Any] | None] = {
     "forward": batch(),
@@ -25,6 +26,9 @@ BODIES: dict[str, dict[str, Any] | None] = {
     "heartbeat": None,
     "cancel": None,
     "{dataset_id}": {"epsilon_cap": 100.0},
+    "draw_batch": {},
+    "records": {"offset": 0, "records": [{"tokens": [1, 2]}]},
+    "commit": None,
 }
 
 
@@ -44,26 +48,27 @@ def api_routes(app: FastAPI) -> Iterator[tuple[str, set[str]]]:
 
 
 def test_every_id_route_is_404_for_another_tenant(api: Harness) -> None:
-    owner = api.tenant()
+    owner = api.tenant(scopes=TRAIN_AND_OFFICER)
     run_id = api.create_run(owner)
     api.call(owner, run_id, "forward_backward", batch())
     api.call(owner, run_id, "optim_step", {})
     saved = api.call(owner, run_id, "save_state", {"name": "mine"})
     future_id = api.submit(owner, run_id, "forward", batch(1))
     api.wait(owner, future_id)
+    dataset_id = register(api, owner, "iso", [records(2)])["dataset_id"]  # and its budget:
     budget = api.client.post(
-        "/v1/budgets", json={"dataset_id": "iso-ds", "epsilon_cap": 5.0}, headers=owner
+        "/v1/budgets", json={"dataset_id": dataset_id, "epsilon_cap": 5.0}, headers=owner
     )
     assert budget.status_code == 201, budget.text
     ids = {
         "run_id": run_id,
         "future_id": future_id,
         "artifact_id": saved["artifact_id"],
-        "dataset_id": "iso-ds",
+        "dataset_id": dataset_id,
     }
     BODIES["load_state"] = {"artifact_id": saved["artifact_id"]}
 
-    intruder = api.tenant()
+    intruder = api.tenant(scopes=TRAIN_AND_OFFICER)
     checked = []
     for path, methods in api_routes(api.client.app):  # type: ignore[arg-type]
         params = re.findall(r"{(\w+)}", path)

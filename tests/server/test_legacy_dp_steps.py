@@ -15,7 +15,7 @@ from sqlalchemy import inspect, select, text
 from server.db.migrate import upgrade_database
 from server.db.models import DPStepRow, LedgerEventRow, PrivacyBudgetRow, Tenant, TrainingRunRow
 from server.db.session import Database
-from server.services.audits import verify_chains
+from server.services.audits import budget_summary, verify_chains
 from server.services.budgets import BudgetService
 from server.services.keys import build_keyring
 from server.services.ledger import derive_ledger_key
@@ -163,7 +163,7 @@ def test_legacy_steps_move_into_the_ledger(old_database: Database, tmp_path: Pat
     # the early steps were charged, and the cap raised to what they spent (a ledger row)
     assert d_budget.epsilon_cap > cap_before and "budget_changed" in kinds
     assert other.epsilon_cap > 0
-    summary = budgets.budget_summary(tenant_id="t1", dataset_id="d")
+    summary = budget_summary(budgets, tenant_id="t1", dataset_id="d")
     assert summary["total_steps"] == 5 and summary["epsilon_spent"] <= summary["epsilon_cap"]
     assert [r.report.ok for r in verify_chains(budgets, tenant_id="t1")] == [True, True]
     budgets.close()

@@ -15,7 +15,7 @@ from server.context import build_context
 from server.services.runs import DEFAULT_DATASET_ID
 from server.settings import Settings
 from tensafe.privacy.delta import default_delta
-from tests.server.harness import DP, Harness, batch, run_config
+from tests.server.harness import DP, TRAIN_AND_OFFICER, Harness, batch, run_config
 
 
 def _dp(**extra: Any) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def test_a_dp_run_without_dataset_id_is_charged_to_the_default_budget(api: Harne
 
 
 def test_a_run_the_budget_cannot_afford_is_refused_at_creation(api: Harness) -> None:
-    headers = api.tenant()
+    headers = api.tenant(scopes=TRAIN_AND_OFFICER)
     dataset = "tiny-" + uuid.uuid4().hex[:6]
     created = api.client.post(
         "/v1/budgets", json={"dataset_id": dataset, "epsilon_cap": 1e-4}, headers=headers
@@ -61,7 +61,7 @@ def test_a_run_the_budget_cannot_afford_is_refused_at_creation(api: Harness) -> 
 
 
 def test_an_exhausted_budget_refuses_a_calibrated_run(api: Harness) -> None:
-    headers = api.tenant()
+    headers = api.tenant(scopes=TRAIN_AND_OFFICER)
     dataset = "spent-" + uuid.uuid4().hex[:6]
     api.client.post(
         "/v1/budgets", json={"dataset_id": dataset, "epsilon_cap": 0.0}, headers=headers
@@ -81,7 +81,7 @@ def test_an_exhausted_budget_refuses_a_calibrated_run(api: Harness) -> None:
 
 
 def test_an_affordable_run_is_created(api: Harness) -> None:
-    headers = api.tenant()
+    headers = api.tenant(scopes=TRAIN_AND_OFFICER)
     dataset = "ok-" + uuid.uuid4().hex[:6]
     api.client.post(
         "/v1/budgets", json={"dataset_id": dataset, "epsilon_cap": 5.0}, headers=headers
@@ -96,7 +96,7 @@ def test_no_budget_and_no_default_cap_refuses_creation_naming_the_field(
     context = build_context(settings)
     with TestClient(create_app(settings, context=context)) as client:
         harness = Harness(client, context)
-        headers = harness.tenant()
+        headers = harness.tenant(scopes=TRAIN_AND_OFFICER)
         response = client.post("/v1/training_runs", json=run_config(), headers=headers)
         assert response.status_code == 409, response.text
         body = response.json()
@@ -115,7 +115,7 @@ def test_no_budget_and_no_default_cap_refuses_creation_naming_the_field(
 
 
 def test_a_retried_creation_returns_its_run_even_after_the_budget_is_spent(api: Harness) -> None:
-    headers = api.tenant()
+    headers = api.tenant(scopes=TRAIN_AND_OFFICER)
     dataset = "retry-" + uuid.uuid4().hex[:6]
     api.client.post(
         "/v1/budgets", json={"dataset_id": dataset, "epsilon_cap": 5.0}, headers=headers
@@ -153,7 +153,7 @@ def _post_run(api: Harness, headers: dict[str, str], **dp: Any) -> Any:
 def test_a_budget_whose_delta_is_not_below_one_over_n_refuses_the_run(
     api: Harness, budget_delta: float | None, dataset_size: int
 ) -> None:
-    headers = api.tenant()
+    headers = api.tenant(scopes=TRAIN_AND_OFFICER)
     dataset = "delta-" + uuid.uuid4().hex[:6]
     body: dict[str, Any] = {"dataset_id": dataset, "epsilon_cap": 100.0}
     if budget_delta is not None:
@@ -189,7 +189,7 @@ def test_a_run_delta_at_or_above_one_over_n_is_422_naming_target_delta(api: Harn
 
 
 def test_a_budget_delta_no_dataset_could_use_is_refused_at_creation(api: Harness) -> None:
-    headers = api.tenant()
+    headers = api.tenant(scopes=TRAIN_AND_OFFICER)
     response = api.client.post(
         "/v1/budgets",
         json={"dataset_id": "typo", "epsilon_cap": 1.0, "delta": 0.09},

@@ -173,3 +173,94 @@ def test_the_ledger_manifest_and_report_say_who_drew_the_batches(
     assert "client-declared" in declared_report["notices"][0]
     page = api.client.get("/v1/audit/default/report", params={"format": "html"}, headers=headers)
     assert "Please note" in page.text and "built by the client" in page.text
+
+
+def test_a_server_only_budget_refuses_client_declared_runs(api: Harness) -> None:
+    from sqlalchemy import select
+
+    from server.db.models import LedgerEventRow
+    from server.services.admission import default_policy
+    from server.settings import Settings
+    from tests.server.harness import TRAIN_AND_OFFICER
+
+    assert default_policy(Settings(environment="production")) == "server-only"
+    assert default_policy(Settings(environment="development")) == "any"
+    headers = api.tenant(scopes=TRAIN_AND_OFFICER)
+    created = api.client.post("/v1/budgets", json={"dataset_id": "strict", "epsilon_cap": 50.0,
+                              "sampling_policy": "server-only"}, headers=headers)  # fmt: skip
+    assert created.status_code == 201 and created.json()["sampling_policy"] == "server-only"
+    declared = {"noise_multiplier": 1.0, "dataset_size": 1000, "expected_batch_size": 4,
+                "dataset_id": "strict"}  # fmt: skip
+    answer = api.client.post("/v1/training_runs", json={"model_ref": "tiny-llama",
+                             "dp_config": declared}, headers=headers)  # fmt: skip
+    assert answer.status_code == 409 and answer.json()["field"] == "dp_config.sampling"
+    opened = api.client.patch("/v1/budgets/strict", json={"sampling_policy": "any"},
+                              headers=headers)  # fmt: skip
+    assert opened.status_code == 200 and opened.json()["sampling_policy"] == "any"
+    run_id = api.create_run(headers, dp_config=declared)
+    api.call(headers, run_id, "forward_backward", {"batch": {"input_ids": [[1, 2, 3]],
+                                                             "labels": [[2, 3, 4]]}})  # fmt: skip
+    closed = api.client.patch("/v1/budgets/strict", json={"sampling_policy": "server-only",
+                              "reason": "production data"}, headers=headers)  # fmt: skip
+    assert closed.status_code == 200
+    refused = api.fail(headers, run_id, "optim_step", {})
+    assert refused["field"] == "dp_config.sampling" and "not taken" in refused["detail"]
+    with api.context.db.sessions() as session:
+        rows = list(session.scalars(select(LedgerEventRow).where(
+            LedgerEventRow.tenant_id == api.last_tenant_id,
+            LedgerEventRow.dataset_id == "strict").order_by(LedgerEventRow.seq)))  # fmt: skip
+    assert [(r.kind, r.sampling_policy) for r in rows] == [
+        ("budget_created", "server-only"),
+        ("budget_changed", "any"),
+        ("budget_changed", "server-only"),
+    ]  # the refused step left no row
+    report = api.client.get("/v1/audit/strict/report", params={"format": "html"}, headers=headers)
+    assert "server-drawn batches only" in report.text
+
+
+def test_user_level_draws_and_grouped_completions(api: Harness) -> None:
+    headers = api.tenant()
+    units = [["ann", "bob", "ann", "ann", "cy", "bob"]]
+    info = register(api, headers, "patients", [records(6)], units=units)
+    assert info["num_units"] == 3
+    run_id = server_run(api, headers, info["dataset_id"], sample_rate=1.0, max_records_per_unit=2)
+    dp = api.run(headers, run_id)["config"]["dp_config"]
+    assert (dp["dataset_size"], dp["max_records_per_unit"]) == (3, 2)  # N counts people
+    drawn = api.call(headers, run_id, "draw_batch", {"include_records": True})
+    per_unit: dict[int, list[int]] = {}
+    for record, unit in zip(drawn["record_ids"], drawn["units"], strict=True):
+        per_unit.setdefault(unit, []).append(record)
+    assert sorted(per_unit) == [0, 1, 2] and all(len(r) <= 2 for r in per_unit.values())
+    assert per_unit[0] == sorted(per_unit[0]) and set(per_unit[0]) <= {0, 2, 3}
+    out = api.call(headers, run_id, "forward_backward", {"drawn_batch_id": drawn["batch_id"]})
+    assert out["metrics"]["num_examples:sum"] == len(drawn["record_ids"])
+    step = api.call(headers, run_id, "optim_step", {})
+    assert step["dp_metrics"]["sample_rate"] == 1.0
+    with api.context.db.sessions() as session:
+        from sqlalchemy import select
+
+        from server.db.models import LedgerEventRow
+
+        row = session.scalars(select(LedgerEventRow).where(
+            LedgerEventRow.run_id == run_id, LedgerEventRow.kind == "dp_step")).one()  # fmt: skip
+    assert (row.sampling, row.privacy_unit, row.dataset_size) == ("server-poisson", "unit", 3)
+
+    # RL: two completions of one drawn prompt are one contribution
+    rl = register(api, headers, "prompts", [records(3, start=50)])["dataset_id"]
+    rl_run = server_run(api, headers, rl, sample_rate=1.0)
+    batch = api.call(headers, rl_run, "draw_batch", {"include_records": True})
+    prompt = batch["records"][0]["tokens"]
+
+    def completion(extra: list[int]) -> dict[str, Any]:
+        tokens = prompt + extra
+        target = {"data": tokens, "dtype": "int64", "shape": [len(tokens)]}
+        return {
+            "model_input": {"chunks": [{"tokens": tokens}]},
+            "record_id": batch["record_ids"][0],
+            "loss_fn_inputs": {"target_tokens": target},
+        }
+
+    two = {"data": [completion([1, 2]), completion([3, 4, 5])]}
+    out = api.call(headers, rl_run, "forward_backward", two)
+    assert out["metrics"]["num_examples:sum"] == 2
+    assert api.call(headers, rl_run, "optim_step", {})["step"] == 1
