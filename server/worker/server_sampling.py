@@ -17,7 +17,7 @@ from tg_tinker.types import DatasetRecord, DrawBatchRequest, DrawnBatch, Forward
 
 from server.db.models import TrainingRunRow
 from server.db.session import Database
-from server.errors import ConflictError, ValidationError
+from server.errors import ConflictError, EngineAheadError, ValidationError
 from server.services import drawn_batches
 from server.services.dataset_reader import DatasetReader
 from server.services.drawn_batches import PendingDraw
@@ -26,6 +26,7 @@ from server.storage import ArtifactStore
 from server.worker.runtimes import RunRuntime
 from tensafe.artifacts import TenantKeyring
 from tensafe.engine import ForwardBackwardResult
+from tensafe.losses import get_loss_function
 
 Effects = Callable[[Session, TrainingRunRow], None]
 
@@ -135,21 +136,62 @@ def drawn_forward_backward(
             loss_fn_outputs=[],
             metrics={"loss:mean": 0.0, "loss:sum": 0.0, "num_examples:sum": 0.0},
         )
-    if len(datums) > max_batch:
-        raise ValidationError(
-            f"{len(datums)} datums are more than one forward_backward takes ({max_batch}); "
-            "send the drawn records in parts (data with record_id), a unit whole in one part",
-            field="drawn_batch_id",
-        )
-    grouped = len(set(groups)) < len(groups)  # several datums of one unit: clip together
-    result = runtime.engine.forward_backward(
-        datums,
-        loss_fn=request.loss_fn,
-        loss_fn_config=request.loss_fn_config,
-        **({"groups": groups} if grouped else {}),
-    )
+    calls = drawn_batches.split_by_group(datums, groups, max_batch=max_batch)
+    required = get_loss_function(request.loss_fn).required_inputs
+    for part, _ in calls:  # bad records are refused before any gradient is accumulated
+        runtime.engine.to_batch(part, required_inputs=required)
+    results: list[ForwardBackwardResult] = []
+    try:
+        for part, part_groups in calls:
+            grouped = len(set(part_groups)) < len(part_groups)  # a unit's datums together
+            results.append(
+                runtime.engine.forward_backward(
+                    part,
+                    loss_fn=request.loss_fn,
+                    loss_fn_config=request.loss_fn_config,
+                    **({"groups": part_groups} if grouped else {}),
+                )
+            )
+    except BaseException as exc:
+        if results:  # part of the batch is accumulated: the engine must be discarded
+            raise EngineAheadError(
+                f"forward_backward of {run.run_id} failed after {len(results)} of "
+                f"{len(calls)} parts of the drawn batch"
+            ) from exc
+        raise
     runtime.used_groups |= drawn_batches.unique_groups(groups)
-    return result
+    return results[0] if len(results) == 1 else merge_results(results)
 
 
-__all__ = ["draw_batch", "drawn_forward_backward", "pending_draw", "reader"]
+def merge_results(results: list[ForwardBackwardResult]) -> ForwardBackwardResult:
+    """One result for a batch computed in parts: outputs in order, sums added, maxima
+    kept, the loss re-averaged over the token weights (``loss:sum ÷ loss:mean`` of each
+    part); the gradient norm of the whole is not known from the parts (``None``)."""
+    loss_sum = sum(r.metrics.get("loss:sum", 0.0) for r in results)
+    weight = sum(r.metrics["loss:sum"] / r.loss for r in results if r.loss)
+    metrics: dict[str, float] = {}
+    for r in results:
+        for key, value in r.metrics.items():
+            if key.endswith(":sum"):
+                metrics[key] = metrics.get(key, 0.0) + value
+            elif key.endswith(":max"):
+                metrics[key] = max(metrics.get(key, value), value)
+    examples = [r.metrics.get("num_examples:sum", 0.0) for r in results]
+    for key in {k for r in results for k in r.metrics if not k.endswith((":sum", ":max"))}:
+        pairs = [(r.metrics[key], n) for r, n in zip(results, examples, strict=True)
+                 if key in r.metrics]  # fmt: skip
+        total = sum(n for _, n in pairs)
+        metrics[key] = sum(v * n for v, n in pairs) / total if total else 0.0
+    loss = loss_sum / weight if weight else 0.0
+    metrics["loss:mean"] = loss
+    return ForwardBackwardResult(
+        loss=loss,
+        grad_norm=None,
+        tokens_processed=sum(r.tokens_processed for r in results),
+        loss_fn_output_type=results[0].loss_fn_output_type,
+        loss_fn_outputs=[o for r in results for o in r.loss_fn_outputs],
+        metrics=metrics,
+    )
+
+
+__all__ = ["draw_batch", "drawn_forward_backward", "merge_results", "pending_draw", "reader"]

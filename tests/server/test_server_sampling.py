@@ -264,3 +264,16 @@ def test_user_level_draws_and_grouped_completions(api: Harness) -> None:
     out = api.call(headers, rl_run, "forward_backward", two)
     assert out["metrics"]["num_examples:sum"] == 2
     assert api.call(headers, rl_run, "optim_step", {})["step"] == 1
+
+
+def test_a_drawn_batch_larger_than_one_call_is_computed_in_parts(
+    api: Harness, dataset: tuple[dict, str]
+) -> None:
+    headers, dataset_id = dataset  # 20 records; the harness takes 16 per forward_backward
+    run_id = server_run(api, headers, dataset_id, sample_rate=1.0)
+    drawn = api.call(headers, run_id, "draw_batch", {})
+    assert drawn["size"] == 20
+    out = api.call(headers, run_id, "forward_backward", {"drawn_batch_id": drawn["batch_id"]})
+    assert out["metrics"]["num_examples:sum"] == 20 and len(out["loss_fn_outputs"]) == 20
+    assert out["loss"] > 0 and out["tokens_processed"] == 60
+    assert api.call(headers, run_id, "optim_step", {})["step"] == 1
