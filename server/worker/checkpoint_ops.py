@@ -56,7 +56,7 @@ class CheckpointOperations:
     settings: Settings
     engines: RunEngines
     budgets: BudgetService
-    _labels: Callable[[RunRuntime, TrainingRunRow], dict[str, str]]
+    _labels: Callable[[RunRuntime, TrainingRunRow], dict[str, str]]  # a staticmethod
 
     def _ttl(self) -> timedelta | None:
         ttl = self.settings.artifact_ttl_s

@@ -335,11 +335,16 @@ class OperationExecutor(CheckpointOperations):
         )
         return Outcome(result=result, effects=effects)
 
-    def _labels(self, runtime: RunRuntime, run: TrainingRunRow) -> dict[str, str]:
-        """Who draws the run's batches and what one contribution is (ledger, manifest)."""
+    @staticmethod
+    def _labels(runtime: RunRuntime, run: TrainingRunRow) -> dict[str, str]:
+        """Who draws the run's batches and what one contribution is (ledger, manifest).
+        From the run's resolved config alone (a unit dataset is the one that set
+        ``max_records_per_unit``), so a checkpoint can be saved after the dataset was
+        deleted."""
         if runtime.spec.sampling != "server":
             return {"sampling": "client-declared", "privacy_unit": "record"}
-        unit = self._dataset(runtime, run).dataset.privacy_unit
+        dp = (run.config or {}).get("dp_config") or {}
+        unit = "unit" if dp.get("max_records_per_unit") is not None else "record"
         return {"sampling": "server-poisson", "privacy_unit": unit}
 
     def _dataset(self, runtime: RunRuntime, run: TrainingRunRow) -> DatasetReader:

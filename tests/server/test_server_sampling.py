@@ -277,3 +277,20 @@ def test_a_drawn_batch_larger_than_one_call_is_computed_in_parts(
     assert out["metrics"]["num_examples:sum"] == 20 and len(out["loss_fn_outputs"]) == 20
     assert out["loss"] > 0 and out["tokens_processed"] == 60
     assert api.call(headers, run_id, "optim_step", {})["step"] == 1
+
+
+def test_a_deleted_dataset_stops_draws_not_checkpoints(
+    api: Harness, dataset: tuple[dict, str]
+) -> None:
+    headers, dataset_id = dataset
+    run_id = server_run(api, headers, dataset_id)
+    api.call(headers, run_id, "draw_batch", {})
+    api.call(headers, run_id, "optim_step", {})
+    assert api.client.delete(f"/v1/datasets/{dataset_id}", headers=headers).status_code == 200
+    runtime = api.context.executor.runtime(run_id)
+    assert runtime is not None
+    runtime.dataset = None  # as after a rebuild: saving must not need the dataset
+    saved = api.call(headers, run_id, "save_state", {"name": "after-delete"})
+    assert saved["step"] == 1
+    refused = api.fail(headers, run_id, "draw_batch", {})
+    assert refused["error"] == "ConflictError" and "deleted" in refused["detail"]
