@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import create_engine, text
 from tg_tinker import ServiceClient
-from tg_tinker.errors import BudgetExceededError, PermissionDeniedError
+from tg_tinker.errors import BudgetExceededError, PermissionDeniedError, ValidationError
 
 from tensafe.privacy.budget import DatasetBudget
 from tests.integration.conftest import LiveServer
@@ -85,7 +85,11 @@ def test_exact_enforcement_leaves_the_model_unchanged(live_server: LiveServer) -
         with ServiceClient(live_server.url, api_key=tenant["privacy_officer_api_key"]) as officer:
             raised = officer.raise_privacy_budget(dataset, epsilon_cap=cap_for(k + 1))
         assert raised.epsilon_cap == cap_for(k + 1)
-        tc.forward_backward(random_batch(k)).result(timeout=120)
+        # the refusal changed nothing: the refused logical batch is still pending (sending
+        # it again would put each example in twice, which the server refuses), and the
+        # retried step applies it
+        with pytest.raises(ValidationError, match="already in the logical batch"):
+            tc.forward_backward(random_batch(k)).result(timeout=120)
         assert tc.optim_step().result(timeout=120).step == k + 1
         report = service.audit_report(dataset)
         assert isinstance(report, dict) and report["chain"]["ok"]
@@ -136,12 +140,16 @@ def test_racing_runs_never_exceed_the_cap(live_server: LiveServer) -> None:
 
         def train(i: int) -> None:
             tc = clients[i]
+            pending = False  # a refused step leaves its logical batch pending
             for s in range(steps):
                 try:
-                    tc.forward_backward(random_batch(100 * i + s, rows=2, length=8)).result(
-                        timeout=300
-                    )
+                    if not pending:
+                        tc.forward_backward(random_batch(100 * i + s, rows=2, length=8)).result(
+                            timeout=300
+                        )
+                    pending = True
                     out = tc.optim_step().result(timeout=300)
+                    pending = False
                     told.append(
                         (int(out.metrics["dp/ledger_seq"]), out.metrics["dp/epsilon_dataset"])
                     )
