@@ -16,6 +16,12 @@ without DP-SGD through :class:`tensafe.engine.TrainingEngine`.
     python bench/dp_overhead.py --json                 # tiny Llama, 8 × 128, CPU
     python bench/dp_overhead.py --model smollm2-135m-instruct --steps 5
 
+With ``--loss-chunks`` it compares, instead, a DP engine that builds the full
+``(B, T, V)`` logits (``loss_chunk_tokens=None``) with one that applies the output
+head ``--loss-chunk-tokens`` positions at a time (the default), same measurements:
+
+    python bench/dp_overhead.py --model smollm2-135m-instruct --loss-chunks --batch 4 --seq 1024
+
 The last line of output is one JSON object (with ``--json``).
 """
 
@@ -48,7 +54,14 @@ def _device(requested: str) -> str:
     return requested
 
 
-def _engine(args: argparse.Namespace, *, kind: str, dp: bool, device: str):
+def _engine(
+    args: argparse.Namespace,
+    *,
+    kind: str,
+    dp: bool,
+    device: str,
+    loss_chunk_tokens: int | None,
+):
     from tensafe.engine import OptimizerConfig, TrainingEngine
     from tensafe.models import LoRAConfig, build_tiny_llama, load_causal_lm
     from tensafe.privacy import DPConfig
@@ -74,6 +87,7 @@ def _engine(args: argparse.Namespace, *, kind: str, dp: bool, device: str):
         dp_config=dp_config,
         optimizer=OptimizerConfig(learning_rate=1e-4),
         device=device,
+        loss_chunk_tokens=loss_chunk_tokens,
     )
 
 
@@ -98,14 +112,33 @@ def _step(engine, batch, device: str) -> float:
     return time.perf_counter() - t0
 
 
+def _chunk_tokens(args: argparse.Namespace) -> int | None:
+    """The engines' ``loss_chunk_tokens``: ``--loss-chunk-tokens``, 0 meaning full
+    logits, the engine's default when not given."""
+    from tensafe.losses import DEFAULT_CHUNK_TOKENS
+
+    if args.loss_chunk_tokens is None:
+        return DEFAULT_CHUNK_TOKENS
+    return args.loss_chunk_tokens or None
+
+
 def time_kind(args: argparse.Namespace, kind: str) -> dict[str, float]:
     """Median step time of DP and non-DP engines stepping alternately."""
     device = _device(args.device)
-    engines = {
-        "dp": _engine(args, kind=kind, dp=True, device=device),
-        "nodp": _engine(args, kind=kind, dp=False, device=device),
-    }
-    batch = _batch(engines["dp"], args).to(device)
+    chunks = _chunk_tokens(args)
+    return _median_step_times(
+        args,
+        {
+            "dp": _engine(args, kind=kind, dp=True, device=device, loss_chunk_tokens=chunks),
+            "nodp": _engine(args, kind=kind, dp=False, device=device, loss_chunk_tokens=chunks),
+        },
+    )
+
+
+def _median_step_times(args: argparse.Namespace, engines: dict) -> dict[str, float]:
+    """Median step time of each engine, the engines stepping alternately on one batch."""
+    device = _device(args.device)
+    batch = _batch(next(iter(engines.values())), args).to(device)
     times: dict[str, list[float]] = {k: [] for k in engines}
     for i in range(args.warmup + args.steps):
         for name, engine in engines.items():
@@ -124,13 +157,83 @@ def memory_worker(args: argparse.Namespace) -> dict[str, float]:
     base = _rss_kib("VmRSS:")
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    engine = _engine(args, kind=kind, dp=mode == "dp", device=device)
+    engine = _engine(
+        args, kind=kind, dp=mode == "dp", device=device, loss_chunk_tokens=_chunk_tokens(args)
+    )
     batch = _batch(engine, args).to(device)
     for _ in range(2):
         _step(engine, batch, device)
     if device.startswith("cuda"):
         return {"mem_bytes": float(torch.cuda.max_memory_allocated())}
     return {"mem_bytes": float((_rss_kib("VmHWM:") - base) * 1024)}
+
+
+def _peak_memory(worker: str, passthrough: list[str]) -> float:
+    """Peak memory (bytes) of one configuration, measured by a fresh subprocess."""
+    out = subprocess.run(
+        [sys.executable, __file__, f"--worker={worker}", *passthrough],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["mem_bytes"]
+
+
+def _report_pair(
+    summary: dict[str, object],
+    kind: str,
+    *,
+    med: dict[str, float],
+    mem: dict[str, float],
+    new: str,
+    base: str,
+) -> None:
+    """Add ``new``'s and ``base``'s step time and peak memory and the ratios
+    ``{new}_{kind}_time_ratio`` / ``_mem_ratio`` to ``summary``; print one line."""
+    for mode in (new, base):
+        summary[f"{kind}_{mode}_step_ms"] = round(med[mode] * 1e3, 2)
+        summary[f"{kind}_{mode}_mem_mib"] = round(mem[mode] / 2**20, 1)
+    time_ratio = summary[f"{new}_{kind}_time_ratio"] = round(med[new] / med[base], 3)
+    mem_ratio = summary[f"{new}_{kind}_mem_ratio"] = round(mem[new] / mem[base], 3)
+    print(
+        f"{kind:5s} step: {new} {med[new] * 1e3:8.1f} ms, {base} {med[base] * 1e3:8.1f} ms "
+        f"(×{time_ratio}); peak memory: {new} {mem[new] / 2**20:7.1f} MiB, "
+        f"{base} {mem[base] / 2**20:7.1f} MiB (×{mem_ratio})",
+        file=sys.stderr,
+    )
+
+
+def compare_loss_chunks(args: argparse.Namespace, passthrough: list[str]) -> dict[str, object]:
+    """DP engines with full logits vs chunked logits: median step time (alternating,
+    one process) and peak memory (a fresh process each), for LoRA and full FT."""
+    device = _device(args.device)
+    chunked = _chunk_tokens(args)
+    if chunked is None:
+        raise SystemExit("--loss-chunks compares with chunked logits: --loss-chunk-tokens > 0")
+    modes = {"full_logits": None, "chunked": chunked}
+    summary: dict[str, object] = {
+        "model": args.model,
+        "batch": args.batch,
+        "seq": args.seq,
+        "device": device,
+        "steps": args.steps,
+        "loss_chunk_tokens": chunked,
+    }
+    for kind in KINDS:
+        med = _median_step_times(
+            args,
+            {
+                mode: _engine(args, kind=kind, dp=True, device=device, loss_chunk_tokens=tokens)
+                for mode, tokens in modes.items()
+            },
+        )
+        mem = {
+            mode: _peak_memory(f"{kind}-dp", [*passthrough, f"--loss-chunk-tokens={tokens or 0}"])
+            for mode, tokens in modes.items()
+        }
+        _report_pair(summary, kind, med=med, mem=mem, new="chunked", base="full_logits")
+    return summary
 
 
 def main() -> None:
@@ -142,6 +245,18 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--loss-chunk-tokens",
+        type=int,
+        default=None,
+        help="positions whose logits are held at once (0: the full B×T×V logits; "
+        "default: the engine's)",
+    )
+    p.add_argument(
+        "--loss-chunks",
+        action="store_true",
+        help="compare full logits with chunked ones (DP engines) instead of DP with non-DP",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -155,6 +270,15 @@ def main() -> None:
         f"--lora-rank={args.lora_rank}",
         f"--device={args.device}",
     ]
+    if args.loss_chunks:
+        summary = compare_loss_chunks(args, passthrough)
+        if not args.json:
+            for key, value in summary.items():
+                print(f"{key:32s} {value}")
+        print(json.dumps(summary))
+        return
+    if args.loss_chunk_tokens is not None:
+        passthrough.append(f"--loss-chunk-tokens={args.loss_chunk_tokens}")
     summary: dict[str, object] = {
         "model": args.model,
         "batch": args.batch,
@@ -164,27 +288,8 @@ def main() -> None:
     }
     for kind in KINDS:
         med = time_kind(args, kind)
-        mem = {}
-        for mode in ("dp", "nodp"):
-            out = subprocess.run(
-                [sys.executable, __file__, f"--worker={kind}-{mode}", *passthrough],
-                check=True,
-                capture_output=True,
-                text=True,
-                env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-            )
-            mem[mode] = json.loads(out.stdout.strip().splitlines()[-1])["mem_bytes"]
-        for mode in ("dp", "nodp"):
-            summary[f"{kind}_{mode}_step_ms"] = round(med[mode] * 1e3, 2)
-            summary[f"{kind}_{mode}_mem_mib"] = round(mem[mode] / 2**20, 1)
-        summary[f"dp_{kind}_time_ratio"] = round(med["dp"] / med["nodp"], 3)
-        summary[f"dp_{kind}_mem_ratio"] = round(mem["dp"] / mem["nodp"], 3)
-        print(
-            f"{kind:5s} step: DP {med['dp'] * 1e3:8.1f} ms, non-DP {med['nodp'] * 1e3:8.1f} ms "
-            f"(×{summary[f'dp_{kind}_time_ratio']}); peak memory: DP {mem['dp'] / 2**20:7.1f} MiB, "
-            f"non-DP {mem['nodp'] / 2**20:7.1f} MiB (×{summary[f'dp_{kind}_mem_ratio']})",
-            file=sys.stderr,
-        )
+        mem = {mode: _peak_memory(f"{kind}-{mode}", passthrough) for mode in ("dp", "nodp")}
+        _report_pair(summary, kind, med=med, mem=mem, new="dp", base="nodp")
     if not args.json:
         for key, value in summary.items():
             print(f"{key:24s} {value}")

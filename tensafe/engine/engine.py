@@ -50,6 +50,7 @@ from tensafe.engine.results import (
 )
 from tensafe.errors import ConfigError, EngineStateError, InvalidBatchError, PrivacyError
 from tensafe.losses import (
+    DEFAULT_CHUNK_TOKENS,
     BatchLimits,
     Datum,
     LossFunction,
@@ -57,12 +58,17 @@ from tensafe.losses import (
     TokenBatch,
     batch_from_arrays,
     batch_from_datums,
+    check_chunk_tokens,
     check_token_batch,
-    compute_loss,
+    chunked_token_logprobs,
     get_loss_function,
+    loss_from_logprobs,
+    num_chunks,
+    token_logprobs,
 )
 from tensafe.models import LoadedModel, LoRAConfig, apply_lora
 from tensafe.models.locking import holds_model_lock
+from tensafe.models.output_head import split_output_head
 from tensafe.privacy.config import DPConfig
 
 BatchInput = TokenBatch | Sequence[Datum] | Mapping[str, Any]
@@ -102,9 +108,19 @@ class TrainingEngine:
         device: where the model lives; the model is moved *before* LoRA wrapping
             and the optimizer is built last, so it holds the live parameters.
         limits: batch-size and sequence-length limits.
+        loss_chunk_tokens: how many positions (summed over the batch) get their
+            logits at once when losses and log-probabilities are computed: the
+            output head and log-softmax run over ``(B, w)`` slices with
+            ``B·w ≤ loss_chunk_tokens`` (at least one position per example), so
+            the ``(B, T, V)`` logits never exist; the backward pass recomputes each
+            slice. Equal results within float32 rounding. ``None`` computes the
+            full logits (the reference path). Architectures that post-process
+            their logits (see :func:`~tensafe.models.output_head.split_output_head`)
+            always take the full path.
 
     Raises:
-        ConfigError: invalid LoRA, optimizer or DP settings.
+        ConfigError: invalid LoRA, optimizer or DP settings, or ``loss_chunk_tokens``
+            not ``None`` or a positive integer.
         PrivacyError: DP requested on a model with trainable layers whose
             per-example gradients cannot be computed.
     """
@@ -120,7 +136,11 @@ class TrainingEngine:
         noise_seed: int | None = None,
         device: str | torch.device = "cpu",
         limits: BatchLimits = BatchLimits(),
+        loss_chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS,
     ) -> None:
+        if loss_chunk_tokens is not None:
+            check_chunk_tokens(loss_chunk_tokens, field="loss_chunk_tokens")
+        self.loss_chunk_tokens = loss_chunk_tokens
         self.device = torch.device(device)
         self.name = model.name
         self.arch = model.arch
@@ -140,6 +160,7 @@ class TrainingEngine:
                     p.requires_grad_(True)
         net.train()
         self.model = net
+        self._split = split_output_head(net) if loss_chunk_tokens is not None else None
         self.params: list[nn.Parameter] = [p for p in net.parameters() if p.requires_grad]
         if not self.params:
             raise PrivacyError("the model has no trainable parameters")
@@ -192,15 +213,46 @@ class TrainingEngine:
             limits=self.limits,
         )
 
-    def _logits(self, batch: TokenBatch) -> torch.Tensor:
+    def _model_inputs(self, batch: TokenBatch) -> dict[str, Any]:
         positions = torch.arange(batch.input_ids.shape[1], device=self.device)
-        out = self.model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=positions.unsqueeze(0).expand_as(batch.input_ids),
-            use_cache=False,
+        return {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "position_ids": positions.unsqueeze(0).expand_as(batch.input_ids),
+            "use_cache": False,
+        }
+
+    def _logits(self, batch: TokenBatch) -> torch.Tensor:
+        """The full ``(B, T, V)`` logits (the reference path)."""
+        return self.model(**self._model_inputs(batch)).logits
+
+    def _token_logprobs(self, batch: TokenBatch) -> torch.Tensor:
+        """``(B, T)`` float32 ``log p(target)``: the output head applied chunk by chunk
+        (``loss_chunk_tokens``) where the architecture allows, else from full logits."""
+        if self._split is None or self.loss_chunk_tokens is None:
+            return token_logprobs(self._logits(batch), batch.targets)
+        hidden = self._split.body(**self._model_inputs(batch)).last_hidden_state
+        return chunked_token_logprobs(
+            hidden,
+            head=self._split.head,
+            targets=batch.targets,
+            chunk_tokens=self.loss_chunk_tokens,
         )
-        return out.logits
+
+    def _repeated_modules(self, batch: TokenBatch) -> tuple[nn.Module, ...]:
+        """The modules :meth:`_token_logprobs` calls more than once for ``batch``
+        (the output head and its LoRA parts, when the positions span several chunks)."""
+        if self._split is None or self.loss_chunk_tokens is None:
+            return ()
+        batch_size, seq_len = batch.input_ids.shape
+        if num_chunks(batch_size, seq_len, chunk_tokens=self.loss_chunk_tokens) == 1:
+            return ()
+        return tuple(self._split.head.modules())
+
+    def _loss(
+        self, batch: TokenBatch, *, fn: LossFunction, config: Mapping[str, float]
+    ) -> LossOutput:
+        return loss_from_logprobs(self._token_logprobs(batch), batch, loss_fn=fn, config=config)
 
     # --------------------------------------------------------------- forward
     @holds_model_lock
@@ -219,7 +271,7 @@ class TrainingEngine:
         self.model.eval()
         try:
             with torch.no_grad():
-                out = compute_loss(self._logits(tb), tb, loss_fn=fn, config=cfg)
+                out = self._loss(tb, fn=fn, config=cfg)
         finally:
             self.model.train(was_training)
         return self._result(fn.name, tb, out, grad_norm=None, extra={})
@@ -257,9 +309,7 @@ class TrainingEngine:
         if groups is not None and self.dp is None:
             raise ConfigError("groups", "groups clip units together: a DP run's option")
         if self.dp is not None:
-            out, sums, extra = self._clipped_backward(
-                self.dp, tb, fn=fn, config=cfg, groups=groups
-            )
+            out, sums, extra = self._clipped_backward(self.dp, tb, fn=fn, config=cfg, groups=groups)
         else:
             out, sums = self._plain_backward(tb, fn=fn, config=cfg)
             extra = {}
@@ -284,8 +334,10 @@ class TrainingEngine:
     ) -> tuple[LossOutput, dict[nn.Parameter, torch.Tensor], dict[str, float]]:
         """Per-example (per-unit, with ``groups``) gradients, each clipped to C, summed
         per parameter (DP path)."""
-        with dp.clipper.collect(batch_size=tb.batch_size, groups=groups) as collector:
-            out = compute_loss(self._logits(tb), tb, loss_fn=fn, config=config)
+        with dp.clipper.collect(
+            batch_size=tb.batch_size, groups=groups, repeated=self._repeated_modules(tb)
+        ) as collector:
+            out = self._loss(tb, fn=fn, config=config)
             out.per_example.sum().backward()
         # Per-example clipping sees only the hooked layers; a gradient that reached
         # .grad went around it and would be unclipped.
@@ -303,7 +355,7 @@ class TrainingEngine:
         self, tb: TokenBatch, *, fn: LossFunction, config: Mapping[str, float]
     ) -> tuple[LossOutput, dict[nn.Parameter, torch.Tensor]]:
         """The summed gradient of the batch per parameter (non-DP path)."""
-        out = compute_loss(self._logits(tb), tb, loss_fn=fn, config=config)
+        out = self._loss(tb, fn=fn, config=config)
         grads = torch.autograd.grad(out.per_example.sum(), self.params, allow_unused=True)
         return out, {p: g for p, g in zip(self.params, grads, strict=True) if g is not None}
 

@@ -126,8 +126,24 @@ def compute_loss(
     loss_fn: LossFunction,
     config: Mapping[str, float],
 ) -> LossOutput:
-    """Evaluate ``loss_fn`` and reduce it per example (weighted token mean)."""
-    logprobs = token_logprobs(logits, batch.targets)
+    """Evaluate ``loss_fn`` on full ``(B, T, V)`` logits and reduce it per example
+    (weighted token mean); :func:`loss_from_logprobs` of :func:`token_logprobs`."""
+    return loss_from_logprobs(
+        token_logprobs(logits, batch.targets), batch, loss_fn=loss_fn, config=config
+    )
+
+
+def loss_from_logprobs(
+    logprobs: torch.Tensor,
+    batch: TokenBatch,
+    *,
+    loss_fn: LossFunction,
+    config: Mapping[str, float],
+) -> LossOutput:
+    """Evaluate ``loss_fn`` on the ``(B, T)`` target-token log-probabilities and reduce
+    it per example (weighted token mean). The logits never appear here, so the
+    caller may compute ``logprobs`` chunk by chunk
+    (:func:`~tensafe.losses.chunked.chunked_token_logprobs`)."""
     weights = batch.weights.to(logprobs.dtype)
     token_loss = loss_fn.token_loss(logprobs, batch, config)
     weighted = token_loss * weights
@@ -151,5 +167,6 @@ __all__ = [
     "LossOutput",
     "compute_loss",
     "get_loss_function",
+    "loss_from_logprobs",
     "token_logprobs",
 ]

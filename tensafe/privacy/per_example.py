@@ -16,6 +16,11 @@ Opacus' per-layer samplers:
   forward, only the per-example norm is computed from activation and gradient Gram
   matrices; the clipped sum is formed afterwards as one matmul of the stored
   activations and re-weighted output gradients (``2T² < in·out``, Bu et al.).
+  A layer the forward calls several times on purpose — the output head applied a
+  chunk of positions at a time (:mod:`tensafe.losses.chunked`) — is named in
+  ``collect(repeated=...)`` and instantiated instead: its per-example gradient is
+  summed over the calls (memory ``B × out × in``, independent of the sequence
+  length), where a ghost norm would need every call's output gradients at once.
 
 After the backward pass, :meth:`ClipCollector.clip` computes the per-example
 global norms, the clip factors ``min(1, C / (‖g_i‖ + 1e-6))`` (Opacus' formula),
@@ -46,7 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -204,10 +209,17 @@ _FORWARDS = {
 class ClipCollector:
     """Gathers per-example contributions during one backward pass of a batch of ``B``."""
 
-    def __init__(self, batch_size: int, grouping: Grouping | None = None) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        grouping: Grouping | None = None,
+        repeated: Collection[nn.Module] = (),
+    ) -> None:
         self.batch_size = batch_size if grouping is None else grouping.num_groups
         #: datums clipped together (per unit); ``batch_size`` then counts units
         self.grouping = grouping
+        #: ids of the modules called several times per forward (never ghost-clipped)
+        self.repeated = frozenset(id(m) for m in repeated)
         self._per_sample: dict[nn.Parameter, torch.Tensor] = {}
         self._ghost: list[tuple[_Site, torch.Tensor, torch.Tensor]] = []
         self._ghost_sq: torch.Tensor | None = None
@@ -231,7 +243,8 @@ class ClipCollector:
         if site.kind == "linear":
             seq = inp.shape[1] if inp.dim() == 3 else 1
             big = 2 * seq * seq < module.in_features * module.out_features
-            if big and not site.shared and id(module) not in self._ghost_seen:
+            once = not site.shared and id(module) not in self.repeated
+            if big and once and id(module) not in self._ghost_seen:
                 self._ghost_seen.add(id(module))
                 sampler = GradSampleModuleFastGradientClipping.NORM_SAMPLERS[nn.Linear]
                 exact = compute_dtype(grad_out.dtype)  # Gram matrices in bf16 misjudge norms
@@ -446,12 +459,19 @@ class PerExampleClipper:
 
     @contextlib.contextmanager
     def collect(
-        self, *, batch_size: int, groups: Sequence[int] | None = None
+        self,
+        *,
+        batch_size: int,
+        groups: Sequence[int] | None = None,
+        repeated: Collection[nn.Module] = (),
     ) -> Iterator[ClipCollector]:
         """Activate a fresh collector for one forward/backward of ``batch_size`` examples.
         With ``groups`` (a unit label per example), each unit's examples are clipped
         together as one contribution (:class:`~tensafe.privacy.groups.Grouping`): the
-        result's norms and factors are then per unit.
+        result's norms and factors are then per unit. ``repeated`` names modules the
+        forward calls more than once (an output head applied chunk by chunk): their
+        per-example gradients are instantiated and summed over the calls (a module
+        called twice without being named here is refused if it was ghost-clipped).
 
         Raises:
             PrivacyError: a collector is already active.
@@ -464,7 +484,7 @@ class PerExampleClipper:
             if len(groups) != batch_size:
                 raise ConfigError("groups", f"{len(groups)} labels for {batch_size} examples")
             grouping = Grouping.from_groups(groups)
-        collector = ClipCollector(batch_size, grouping)
+        collector = ClipCollector(batch_size, grouping, repeated)
         self._active = collector
         try:
             yield collector
