@@ -112,6 +112,14 @@ def _step(engine, batch, device: str) -> float:
     return time.perf_counter() - t0
 
 
+def _kinds(args: argparse.Namespace) -> list[str]:
+    kinds = [k for k in args.kinds.split(",") if k]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise SystemExit(f"--kinds: {unknown or 'none'} not in {','.join(KINDS)}")
+    return kinds
+
+
 def _chunk_tokens(args: argparse.Namespace) -> int | None:
     """The engines' ``loss_chunk_tokens``: ``--loss-chunk-tokens``, 0 meaning full
     logits, the engine's default when not given."""
@@ -161,7 +169,7 @@ def memory_worker(args: argparse.Namespace) -> dict[str, float]:
         args, kind=kind, dp=mode == "dp", device=device, loss_chunk_tokens=_chunk_tokens(args)
     )
     batch = _batch(engine, args).to(device)
-    for _ in range(2):
+    for _ in range(args.memory_steps):
         _step(engine, batch, device)
     if device.startswith("cuda"):
         return {"mem_bytes": float(torch.cuda.max_memory_allocated())}
@@ -220,7 +228,7 @@ def compare_loss_chunks(args: argparse.Namespace, passthrough: list[str]) -> dic
         "steps": args.steps,
         "loss_chunk_tokens": chunked,
     }
-    for kind in KINDS:
+    for kind in _kinds(args):
         med = _median_step_times(
             args,
             {
@@ -245,6 +253,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument("--kinds", default=",".join(KINDS), help="lora,full or one of them")
+    p.add_argument("--memory-steps", type=int, default=2, help="steps of each peak-memory process")
     p.add_argument(
         "--loss-chunk-tokens",
         type=int,
@@ -269,6 +279,7 @@ def main() -> None:
         f"--seq={args.seq}",
         f"--lora-rank={args.lora_rank}",
         f"--device={args.device}",
+        f"--memory-steps={args.memory_steps}",
     ]
     if args.loss_chunks:
         summary = compare_loss_chunks(args, passthrough)
@@ -286,7 +297,7 @@ def main() -> None:
         "device": _device(args.device),
         "steps": args.steps,
     }
-    for kind in KINDS:
+    for kind in _kinds(args):
         med = time_kind(args, kind)
         mem = {mode: _peak_memory(f"{kind}-{mode}", passthrough) for mode in ("dp", "nodp")}
         _report_pair(summary, kind, med=med, mem=mem, new="dp", base="nodp")
