@@ -231,6 +231,19 @@ class ClipCollector:
         prev = self._per_sample.get(param)
         self._per_sample[param] = grad_sample if prev is None else prev.add_(grad_sample)
 
+    def _add_linear_in_place(
+        self, module: nn.Linear, inp: torch.Tensor, grad_out: torch.Tensor
+    ) -> None:
+        """Add one call's per-example ``grad_outᵀ · inp`` (and bias gradient) to the
+        existing ``(B, out, in)`` buffer in place — what Opacus' linear sampler computes,
+        without a second buffer-sized temporary (a head called once per chunk would
+        otherwise allocate one per call)."""
+        buf = self._per_sample[module.weight]
+        g = grad_out.reshape(self.batch_size, -1, grad_out.shape[-1]).to(buf.dtype)
+        buf.baddbmm_(g.transpose(1, 2), inp.reshape(self.batch_size, -1, inp.shape[-1]).to(g))
+        if module.bias is not None and module.bias.requires_grad:
+            self._accumulate(module.bias, g.sum(dim=1))
+
     def add(self, site: _Site, inp: torch.Tensor, grad_out: torch.Tensor) -> None:
         """Record one layer call's activations and output gradients."""
         if inp.shape[0] != self.batch_size or grad_out.shape[0] != self.batch_size:
@@ -259,9 +272,12 @@ class ClipCollector:
                     f"{type(module).__name__} was used twice in one forward pass after ghost "
                     "clipping was chosen for it; this model is not supported"
                 )
-            sampler = GradSampleModule.GRAD_SAMPLERS[nn.Linear]
-            for param, gs in sampler(module, [inp], grad_out).items():
-                self._accumulate(param, gs)
+            if module.weight in self._per_sample:  # a repeated call or a tied weight's other use
+                self._add_linear_in_place(module, inp, grad_out)
+            else:
+                sampler = GradSampleModule.GRAD_SAMPLERS[nn.Linear]
+                for param, gs in sampler(module, [inp], grad_out).items():
+                    self._accumulate(param, gs)
             self.strategy_counts["instantiate"] += 1
         elif site.kind == "embedding":
             if not module.weight.requires_grad:
