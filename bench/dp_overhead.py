@@ -169,11 +169,12 @@ def memory_worker(args: argparse.Namespace) -> dict[str, float]:
         args, kind=kind, dp=mode == "dp", device=device, loss_chunk_tokens=_chunk_tokens(args)
     )
     batch = _batch(engine, args).to(device)
-    for _ in range(args.memory_steps):
-        _step(engine, batch, device)
+    # the step times are a by-product (a process of its own, not alternating): the
+    # side-by-side figures come from time_kind / _median_step_times
+    step_s = statistics.median(_step(engine, batch, device) for _ in range(args.memory_steps))
     if device.startswith("cuda"):
-        return {"mem_bytes": float(torch.cuda.max_memory_allocated())}
-    return {"mem_bytes": float((_rss_kib("VmHWM:") - base) * 1024)}
+        return {"mem_bytes": float(torch.cuda.max_memory_allocated()), "step_s": step_s}
+    return {"mem_bytes": float((_rss_kib("VmHWM:") - base) * 1024), "step_s": step_s}
 
 
 def _peak_memory(worker: str, passthrough: list[str]) -> float:
