@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from tensafe.audit.ledger import LedgerEvent
 from tensafe.audit.one_run_bound import epsilon_lower_bound
 from tensafe.errors import ConfigError
 
@@ -88,7 +89,7 @@ class CanaryAuditResult:
     Attributes:
         method: ``"gradient-canaries"`` (white-box Dirac gradient canaries).
         run_id: the audited run (the audit's own run for ``tensafe audit canaries``).
-        model: the model trained.
+        model: the model trained (``None`` when read back from the ledger).
         canaries: m.
         steps: noisy steps taken.
         noise_multiplier: σ the accountant was told.
@@ -97,7 +98,8 @@ class CanaryAuditResult:
         dataset_size: N, the real records besides the canaries.
         delta: δ of both ε.
         accountant: what computed ``epsilon_upper``.
-        canary_norm: each canary gradient's norm before clipping, in units of C.
+        canary_norm: each canary gradient's norm before clipping, in units of C
+            (``None`` when read back from the ledger).
         confidence: of the lower bound (e.g. 0.95).
         guesses: r of the best guess set.
         correct: v of them right.
@@ -113,7 +115,7 @@ class CanaryAuditResult:
 
     method: str = "gradient-canaries"
     run_id: str
-    model: str
+    model: str | None
     canaries: int
     steps: int
     noise_multiplier: float
@@ -122,7 +124,7 @@ class CanaryAuditResult:
     dataset_size: int
     delta: float
     accountant: str
-    canary_norm: float
+    canary_norm: float | None
     confidence: float
     guesses: int
     correct: int
@@ -189,6 +191,72 @@ class CanaryAuditResult:
             raise ConfigError("audit", f"malformed canary audit result: {exc}") from None
 
 
+def privacy_audit_fields(result: CanaryAuditResult) -> dict[str, object]:
+    """The fields of the ``privacy_audit`` ledger row recording ``result``: kind, the
+    audited run and its parameters, ε_upper (``epsilon_run_exact`` at ``run_delta`` by
+    ``run_accountant``), the guesses, ε_lb and every score. The caller adds the chain's
+    fields (tenant, dataset, the budget's δ and accountant, the dataset's unchanged ε
+    and cap, library versions, time)."""
+    return {
+        "kind": "privacy_audit",
+        "run_id": result.run_id,
+        "noise_multiplier": result.noise_multiplier,
+        "sample_rate": result.sample_rate,
+        "max_grad_norm": result.max_grad_norm,
+        "dataset_size": result.dataset_size,
+        "model_step": result.steps,
+        "epsilon_run_exact": result.epsilon_upper,
+        "run_delta": result.delta,
+        "run_accountant": result.accountant,
+        "audit_method": result.method,
+        "audit_canaries": result.canaries,
+        "audit_guesses": result.guesses,
+        "audit_correct": result.correct,
+        "audit_confidence": result.confidence,
+        "epsilon_lower_bound": result.epsilon_lower_bound,
+        "audit_scores": {
+            "included": list(result.included_scores),
+            "excluded": list(result.excluded_scores),
+        },
+        "audit_test_fault": result.test_fault,
+    }
+
+
+def result_from_event(event: LedgerEvent) -> CanaryAuditResult:
+    """The audit a ``privacy_audit`` ledger row records (the model, canary norm and
+    wall time are not in the ledger: ``None``, ``None`` and 0).
+
+    Raises:
+        ConfigError: (``kind``) not a ``privacy_audit`` row.
+    """
+    if event.kind != "privacy_audit":
+        raise ConfigError("kind", f"not a privacy_audit row: {event.kind!r}")
+    scores = event.audit_scores or {}
+    return CanaryAuditResult(
+        method=event.audit_method,  # type: ignore[arg-type]
+        run_id=event.run_id,  # type: ignore[arg-type]
+        model=None,
+        canaries=event.audit_canaries,  # type: ignore[arg-type]
+        steps=event.model_step,  # type: ignore[arg-type]
+        noise_multiplier=event.noise_multiplier,  # type: ignore[arg-type]
+        sample_rate=event.sample_rate,  # type: ignore[arg-type]
+        max_grad_norm=event.max_grad_norm,  # type: ignore[arg-type]
+        dataset_size=event.dataset_size,  # type: ignore[arg-type]
+        delta=event.run_delta if event.run_delta is not None else event.delta,
+        accountant=event.run_accountant or event.accountant,
+        canary_norm=None,
+        confidence=event.audit_confidence,  # type: ignore[arg-type]
+        guesses=event.audit_guesses,  # type: ignore[arg-type]
+        correct=event.audit_correct,  # type: ignore[arg-type]
+        epsilon_lower_bound=event.epsilon_lower_bound,  # type: ignore[arg-type]
+        epsilon_upper=event.epsilon_run_exact,  # type: ignore[arg-type]
+        included_scores=tuple(scores.get("included", ())),
+        excluded_scores=tuple(scores.get("excluded", ())),
+        test_fault=event.audit_test_fault,
+        created_at=event.created_at,
+    )
+
+
 def _fmt(value: float) -> str:
     return "∞" if math.isinf(value) else f"{value:.3g}"
 
@@ -199,4 +267,6 @@ __all__ = [
     "CanaryAuditResult",
     "GuessOutcome",
     "best_guess",
+    "privacy_audit_fields",
+    "result_from_event",
 ]
