@@ -326,6 +326,15 @@ class LedgerEventRow(Base):
     sampling: Mapped[str | None] = mapped_column(String(16))  # migration 0005
     privacy_unit: Mapped[str | None] = mapped_column(String(16))
     sampling_policy: Mapped[str | None] = mapped_column(String(16))
+    # ledger format 3 (migration 0007): privacy_audit rows only
+    audit_method: Mapped[str | None] = mapped_column(String(32))
+    audit_canaries: Mapped[int | None] = mapped_column(BigInteger)
+    audit_guesses: Mapped[int | None] = mapped_column(BigInteger)
+    audit_correct: Mapped[int | None] = mapped_column(BigInteger)
+    audit_confidence: Mapped[float | None] = mapped_column(Double)
+    epsilon_lower_bound: Mapped[float | None] = mapped_column(Double)
+    audit_scores: Mapped[dict[str, Any] | None]
+    audit_test_fault: Mapped[str | None] = mapped_column(String(16))
     actor: Mapped[str | None] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
     library_versions: Mapped[dict[str, Any]]
