@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from server.canary_cli import ServerCommands, register_canaries
+from server.evidence_cli import register_evidence
 
 _SETTINGS_FLAGS = ("data_dir", "database_url", "environment", "log_level")
 
@@ -519,6 +520,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             resolve_tenant=_resolve_tenant,
         ),
     )
+    register_evidence(subparsers)
 
 
 __all__ = ["register"]
