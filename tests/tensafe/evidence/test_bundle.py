@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -207,3 +208,25 @@ def test_evidence_is_validated(change, field) -> None:
     with pytest.raises(ConfigError) as err:
         evidence_for(b"", **change)
     assert err.value.field == field
+
+
+def test_signing_keys_live_in_the_keyring_and_rotate(tmp_path: Path) -> None:
+    from tensafe.artifacts import LocalKeyring, TenantKeyring
+    from tensafe.artifacts.keystore import FileTenantKeyStore
+    from tensafe.evidence.keys import published_keys, rotate_signing_key, signing_key
+
+    keyring = TenantKeyring(LocalKeyring(tmp_path / "kek"), FileTenantKeyStore(tmp_path / "t"))
+    first = signing_key(keyring)
+    assert signing_key(keyring).public_key() == first.public_key()  # stable
+    artifact = os.urandom(64)
+    old_bundle = sign_statement(statement_for(evidence_for(artifact)), first)
+    new = rotate_signing_key(keyring)
+    keys = published_keys(keyring)
+    assert [(k.version, k.current) for k in keys] == [(1, False), (2, True)]
+    assert keys[1].keyid == new.keyid != keys[0].keyid == key_id(first.public_key())
+    # an old bundle still verifies with the old published key, not with the new one
+    old_pem = keys[0].public_key_pem.encode()
+    assert sdk.verify_bundle(old_bundle, artifact=artifact, public_key=old_pem)
+    with pytest.raises(EvidenceError, match="no signature by this key"):
+        sdk.verify_bundle(old_bundle, artifact=artifact, public_key=new.public_key_pem.encode())
+    assert "PRIVATE" not in "".join(k.public_key_pem for k in keys)
