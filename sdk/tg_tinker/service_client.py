@@ -631,5 +631,23 @@ class ServiceClient:
             return response.text
         return dict(json.loads(response.content))
 
+    def pull_evidence(self, artifact_id: str) -> bytes:
+        """The artifact's signed evidence bundle (DSSE envelope JSON), byte for byte as the
+        server signed it when the checkpoint was saved. Verify it offline, beside the
+        pulled artifact, with :func:`tg_tinker.evidence.verify_bundle`.
+
+        Raises:
+            NotFoundError: no such artifact for this tenant, or it has no bundle.
+        """
+        path = f"/v1/artifacts/{quote(artifact_id, safe='')}/evidence"
+        return self._http.send(RawRequest("GET", path)).content
+
+    def evidence_public_keys(self) -> list[dict[str, object]]:
+        """The server's evidence public keys, old versions too (``version``, ``keyid``,
+        ``public_key_pem``, ``current``): from its well-known route. Keep the one that
+        signed your bundles; a rotation never removes it."""
+        response = self._http.send(RawRequest("GET", "/.well-known/tensafe-evidence-keys"))
+        return list(json.loads(response.content)["keys"])
+
 
 __all__ = ["ENV_API_KEY", "ENV_BASE_URL", "ServiceClient"]

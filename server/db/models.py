@@ -216,6 +216,8 @@ class ArtifactRow(Base):
     future_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    # the signed evidence bundle (DSSE envelope JSON), migration 0008
+    evidence: Mapped[str | None] = mapped_column(Text)
 
 
 class DatasetRow(Base):
