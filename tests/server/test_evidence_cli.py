@@ -39,3 +39,21 @@ def test_cli_verifies_and_names_the_failure(
     assert main(args) == 1
     assert "NOT VERIFIED: the artifact does not match" in capsys.readouterr().err
     assert main([*args[:-1], str(tmp_path / "missing.pem")]) == 2
+
+
+def test_operator_rotates_the_evidence_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = ["--data-dir", str(tmp_path / "data")]
+    assert main(["keys", "evidence-keys", "--json", *data]) == 0
+    (first,) = json.loads(capsys.readouterr().out)
+    assert first["version"] == 1 and first["current"]
+    assert main(["keys", "rotate-evidence", *data]) == 0
+    assert "rotated to version 2" in capsys.readouterr().out
+    assert main(["keys", "evidence-keys", "--json", *data]) == 0
+    old, new = json.loads(capsys.readouterr().out)
+    assert old == {**first, "current": False}  # the old public key is still published
+    assert new["current"] and new["keyid"] != old["keyid"]
+    assert main(["keys", "evidence-keys", *data]) == 0
+    text = capsys.readouterr().out
+    assert "version 2 (current)" in text and "PRIVATE" not in text
