@@ -12,6 +12,7 @@ beside the artifact; the public keys, old ones included, at a well-known route.
 from __future__ import annotations
 
 import math
+import weakref
 from datetime import datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -24,6 +25,7 @@ from tensafe.artifacts import TenantKey, TenantKeyring
 from tensafe.artifacts.manifest import library_versions
 from tensafe.engine import TrainingEngine
 from tensafe.evidence import CheckpointEvidence, sign_statement, statement_for
+from tensafe.evidence.weights import frozen_weights_sha256
 from tensafe.privacy import compute_epsilon
 
 
@@ -81,6 +83,7 @@ def checkpoint_bundle(
         content_sha256=content_sha256,
         plaintext_sha256=plaintext_sha256,
         base_model=engine.name,
+        base_model_sha256=_base_weights_sha256(engine),
         dataset_id=dataset_id,
         dataset_version=None if dataset is None else dataset.version,
         dataset_commitment=None if dataset is None else dataset.commitment,
@@ -97,6 +100,16 @@ def checkpoint_bundle(
         **fields,  # type: ignore[arg-type]
     )
     return sign_statement(statement_for(evidence), private_key)
+
+
+_BASE_HASHES: weakref.WeakKeyDictionary[TrainingEngine, str | None] = weakref.WeakKeyDictionary()
+
+
+def _base_weights_sha256(engine: TrainingEngine) -> str | None:
+    """The frozen base weights' hash, computed once per engine (they never change)."""
+    if engine not in _BASE_HASHES:
+        _BASE_HASHES[engine] = frozen_weights_sha256(engine.model)
+    return _BASE_HASHES[engine]
 
 
 def _pld(history: tuple[tuple[float, float, int], ...], delta: float) -> float | None:

@@ -43,6 +43,7 @@ def test_checkpoint_bundles_verify_offline(live_server: LiveServer, tmp_path) ->
     assert predicate["keys"]["tenant_id"] == tenant["tenant_id"] and predicate["keys"]["kek_id"]
     assert predicate["ledger_head"]["seq"] >= 3 and len(predicate["ledger_head"]["link"]) == 64
     assert predicate["base_model"]["name"] and predicate["sampling"] == "client-declared"
+    assert len(predicate["base_model"]["sha256"]) == 64
     # the plaintext subject is what the tenant key decrypts to
     opened = decrypt(artifact, load_key_file(key_file), expected_content_hash=saved.content_hash)
     assert result.plaintext_sha256 == opened.manifest["plaintext_sha256"]

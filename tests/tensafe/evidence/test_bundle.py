@@ -230,3 +230,28 @@ def test_signing_keys_live_in_the_keyring_and_rotate(tmp_path: Path) -> None:
     with pytest.raises(EvidenceError, match="no signature by this key"):
         sdk.verify_bundle(old_bundle, artifact=artifact, public_key=new.public_key_pem.encode())
     assert "PRIVATE" not in "".join(k.public_key_pem for k in keys)
+
+
+def test_frozen_weights_hash_matches_the_bare_model(tiny_llama) -> None:
+    from tensafe.engine import TrainingEngine
+    from tensafe.evidence.weights import frozen_weights_sha256
+    from tensafe.models import LoRAConfig
+    from tensafe.privacy import DPConfig
+
+    bare = tiny_llama().model
+    for p in bare.parameters():
+        p.requires_grad_(False)
+    expected = frozen_weights_sha256(bare)
+    engine = TrainingEngine(
+        model=tiny_llama(),
+        lora_config=LoRAConfig(rank=2),
+        dp_config=DPConfig(noise_multiplier=1.0, dataset_size=10, sample_rate=1.0),
+    )
+    assert frozen_weights_sha256(engine.model) == expected  # LoRA names map back to HF's
+    other = tiny_llama(seed=1).model
+    for p in other.parameters():
+        p.requires_grad_(False)
+    assert frozen_weights_sha256(other) != expected
+    for p in bare.parameters():
+        p.requires_grad_(True)
+    assert frozen_weights_sha256(bare) is None
