@@ -4,6 +4,8 @@ another tenant's requests fail."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from tg_tinker import NotFoundError, ServiceClient
 from tg_tinker.artifacts import decrypt, load_key_file
@@ -30,6 +32,8 @@ def test_checkpoint_bundles_verify_offline(live_server: LiveServer, tmp_path) ->
         keys = service.evidence_public_keys()
         key_file = service.export_tenant_key(tmp_path / "tenant.key")
         assert service.pull_evidence(state.artifact_id) != bundle  # one bundle per checkpoint
+        assert asyncio.run(service.pull_evidence_async(saved.artifact_id)) == bundle
+        assert asyncio.run(service.evidence_public_keys_async()) == keys
     (current,) = [k for k in keys if k["current"]]
     public = str(current["public_key_pem"]).encode()
 
