@@ -62,18 +62,14 @@ def _audit_the_step(env: dict[str, str], tenant_id: str, report: Path) -> None:
     if not runs:
         return
     run = runs[-1]
-    sigma, q, _ = run["history"][-1]
     print(
-        f"empirical privacy audit of the DP step (σ = {sigma:g}, q = {q:.4g}, {run['steps']} "
-        "steps; 1000 gradient canaries, tiny model) ...",
+        f"empirical privacy audit of the DP step at run {run['run_id']}'s σ, q and steps "
+        "(1000 gradient canaries, tiny model) ...",
         flush=True,
     )
     audit = subprocess.run(
-        [*cli, "canaries", *where, "--noise-multiplier", str(sigma), "--sample-rate", str(q),
-         "--steps", str(run["steps"]), "--delta", str(json.loads(summary.stdout)["delta"]),
-         "--run-id", f"audit-of-{run['run_id']}"],
-        env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        [*cli, "canaries", "--run", run["run_id"]], env=env, capture_output=True, text=True
+    )
     print(audit.stdout.strip() or audit.stderr.strip()[-2000:])
     subprocess.run(
         [*cli, "report", *where, "--format", "html", "-o", str(report)],

@@ -3,13 +3,17 @@
     tensafe audit canaries [--canaries M] [--steps T] [--noise-multiplier S]
         [--sample-rate Q] [--dataset-size N] [--max-grad-norm C] [--delta D]
         [--accountant prv|rdp] [--seed S] [--test-fault sigma/10|no-clipping]
-        [-o RESULT.json] [--html PAGE.html] [--dataset D [--tenant T]]
+        [-o RESULT.json] [--html PAGE.html] [--dataset D [--tenant T]] [--run RUN_ID]
 
 Trains the tiny model with the production engine and m gradient canaries
 (:mod:`tensafe.audit.canary_audit`), prints ε_lb beside ε, writes the result as JSON
 and/or an HTML page with the score histograms, and with ``--dataset`` records it in
 that dataset's ledger (a ``privacy_audit`` row: the dataset's audit report then shows
-it). Exit status: 0 the audit passed (ε_lb ≤ ε), 1 it failed, 2 bad input.
+it). ``--run RUN_ID`` takes σ, q, C, steps and δ from that run's ledger rows and files
+the audit under the run (its checkpoints' evidence bundles then carry the ε_lb): an audit
+of the DP step *at the run's setting*, on the tiny model with synthetic records — not of
+the run's own updates. Exit status: 0 the audit passed (ε_lb ≤ ε), 1 it failed, 2 bad
+input.
 
 ``--test-fault`` deliberately breaks the engine, to see the audit fail; recording such
 an audit in a ledger is refused outside ``--environment development``.
@@ -39,7 +43,7 @@ class ServerCommands:
 
 def _audit_canaries(server: ServerCommands, args: argparse.Namespace) -> int:
     from server.errors import ValidationError
-    from server.services.privacy_audits import record_privacy_audit
+    from server.services.privacy_audits import audited_run, record_privacy_audit
     from tensafe.audit.canary_audit import run_canary_audit
     from tensafe.audit.canary_render import render_canary_html
     from tensafe.errors import ConfigError
@@ -49,6 +53,19 @@ def _audit_canaries(server: ServerCommands, args: argparse.Namespace) -> int:
             "an audit of a deliberately broken engine (--test-fault) is recorded in a ledger "
             "only with --environment development",
             field="test_fault",
+        )
+    if args.run:  # audit the step at a run's own parameters, filed under its id
+        if args.test_fault:
+            raise ValidationError("--run audits a real run's setting: no --test-fault", field="run")
+        with server.budget_service(args) as service:
+            run = audited_run(service, run_id=args.run)
+        args.noise_multiplier, args.sample_rate = run.noise_multiplier, run.sample_rate
+        args.max_grad_norm, args.steps, args.delta = run.max_grad_norm, run.steps, run.delta
+        args.accountant, args.run_id = run.accountant, args.run
+        args.dataset, args.tenant = run.dataset_id, run.tenant_id
+        args.reason = args.reason or (
+            "the DP step audited at this run's σ, q, C, steps and δ (the production engine on "
+            "the tiny model with synthetic records), not inside the run itself"
         )
     tenant_id = None
     if args.dataset:  # before the audit runs: an unknown dataset is refused at once
@@ -129,6 +146,11 @@ def register_canaries(
         help="deliberately break the engine (to see the audit fail)",
     )
     parser.add_argument("--run-id", default="canary-audit", help="the audited run's name")
+    parser.add_argument(
+        "--run",
+        help="audit the DP step at this training run's σ, q, C, steps and δ (from its ledger "
+        "rows) and record the audit under the run, in its dataset's ledger",
+    )
     parser.add_argument("-o", "--output", help="write the result as JSON to FILE")
     parser.add_argument("--html", help="write an HTML page with the score plot to FILE")
     parser.add_argument("--dataset", help="record the audit in this dataset's ledger")

@@ -22,7 +22,8 @@ def ledger(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[list[str
     data = ["--data-dir", str(tmp_path / "data")]
     assert main(["admin", "create-tenant", "lab", "--json", *data]) == 0
     tenant = json.loads(capsys.readouterr().out)["tenant_id"]
-    assert main(["admin", "create-budget", tenant, "ds", "--epsilon-cap", "5", *data]) == 0
+    budget = ["admin", "create-budget", tenant, "ds", "--epsilon-cap", "5", "--sampling-policy"]
+    assert main([*budget, "any", *data]) == 0
     capsys.readouterr()
     return data, tenant
 
@@ -90,3 +91,34 @@ def test_an_unknown_dataset_is_refused(
 ) -> None:
     data, _ = ledger
     assert main(["audit", "canaries", *QUICK, "--dataset", "nope", *data]) == 2
+
+
+def test_audit_at_a_runs_own_setting(
+    tmp_path: Path, ledger: tuple[list[str], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from server.cli import _budget_service
+    from tests.server.budget_steps import SIGMA, Q, RecordingEngine
+    from tests.server.budget_steps import step as charged_step
+
+    data, tenant = ledger
+    args = argparse.Namespace(data_dir=data[1], database_url=None, environment=None,
+                              log_level=None)  # fmt: skip
+    engine = RecordingEngine()
+    with _budget_service(args) as service:
+        for _ in range(3):
+            charged_step(service, engine, tenant_id=tenant, dataset_id="ds", run_id="run_a")
+    assert main(["audit", "canaries", "--run", "run_a", "--canaries", "1000", "--seed", "2",
+                 *data]) == 0  # fmt: skip
+    said = capsys.readouterr().out
+    assert f"recorded in the ledger of {tenant}/ds" in said
+    assert main(["audit", "report", "--dataset", "ds", *data]) == 0
+    (audit,) = json.loads(capsys.readouterr().out)["privacy_audits"]
+    assert audit["run_id"] == "run_a" and audit["steps"] == 3
+    assert (audit["noise_multiplier"], audit["sample_rate"]) == (SIGMA, Q)
+    assert audit["epsilon_upper"] == pytest.approx(engine.engine.epsilon(), rel=1e-6)
+    assert audit["passed"]
+    # a run with no step, and a broken engine at a real run's setting, are refused
+    assert main(["audit", "canaries", "--run", "run_none", *data]) == 2
+    assert main(["audit", "canaries", "--run", "run_a", "--test-fault", "sigma/10", *data]) == 2
