@@ -25,8 +25,10 @@ def test_checkpoint_bundles_verify_offline(live_server: LiveServer, tmp_path) ->
         for seed in range(2):
             tc.forward_backward(random_batch(seed)).result(timeout=120)
             step = tc.optim_step().result(timeout=120)
-        saved = tc.save_weights_for_sampler("final").result(timeout=120)
         state = tc.save_state().result(timeout=120)
+        said = live_server.cli("audit", "canaries", "--run", tc.run_id, "--seed", "1")
+        assert "passed" in said  # the step audited at this run's setting, filed under it
+        saved = tc.save_weights_for_sampler("final").result(timeout=120)
         artifact = service.pull_artifact(saved.artifact_id, expected_sha256=saved.content_hash)
         bundle = service.pull_evidence(saved.artifact_id)
         keys = service.evidence_public_keys()
@@ -44,6 +46,7 @@ def test_checkpoint_bundles_verify_offline(live_server: LiveServer, tmp_path) ->
     assert predicate["epsilon"]["reported"] == pytest.approx(step.dp_metrics.epsilon_spent)
     assert predicate["epsilon"]["pld"] == pytest.approx(predicate["epsilon"]["prv"], rel=0.02)
     assert "agrees" in result.epsilon_check
+    assert 0 <= predicate["epsilon_lower_bound"] <= predicate["epsilon"]["reported"]
     assert predicate["keys"]["tenant_id"] == tenant["tenant_id"] and predicate["keys"]["kek_id"]
     assert predicate["ledger_head"]["seq"] >= 3 and len(predicate["ledger_head"]["link"]) == 64
     assert predicate["base_model"]["name"] and predicate["sampling"] == "client-declared"
