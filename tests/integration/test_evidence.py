@@ -5,6 +5,8 @@ another tenant's requests fail."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 from tg_tinker import NotFoundError, ServiceClient
@@ -26,8 +28,12 @@ def test_checkpoint_bundles_verify_offline(live_server: LiveServer, tmp_path) ->
             tc.forward_backward(random_batch(seed)).result(timeout=120)
             step = tc.optim_step().result(timeout=120)
         state = tc.save_state().result(timeout=120)
-        said = live_server.cli("audit", "canaries", "--run", tc.run_id, "--seed", "1")
-        assert "passed" in said  # the step audited at this run's setting, filed under it
+        audit = subprocess.run(  # live_server.cli, with room for a loaded machine
+            [sys.executable, "-m", "tensafe.cli", "audit", "canaries", "--run", tc.run_id,
+             "--seed", "1", "--data-dir", str(live_server.data_dir)],
+            env=live_server.env(), capture_output=True, text=True, check=True, timeout=500,
+        )  # fmt: skip
+        assert "passed" in audit.stdout  # the step audited at this run's setting, filed under it
         saved = tc.save_weights_for_sampler("final").result(timeout=120)
         artifact = service.pull_artifact(saved.artifact_id, expected_sha256=saved.content_hash)
         bundle = service.pull_evidence(saved.artifact_id)
