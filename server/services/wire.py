@@ -285,7 +285,11 @@ def validate_batch_request(
             tb = batch_from_arrays(**batch, vocab_size=vocab, limits=limits)
         else:
             tb = batch_from_datums(
-                batch, vocab_size=vocab, required_inputs=fn.required_inputs, limits=limits
+                batch,
+                vocab_size=vocab,
+                required_inputs=fn.required_inputs,
+                limits=limits,
+                signed_weights=fn.signed_weights,
             )
     return tb.batch_size
 

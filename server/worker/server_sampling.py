@@ -137,9 +137,11 @@ def drawn_forward_backward(
             metrics={"loss:mean": 0.0, "loss:sum": 0.0, "num_examples:sum": 0.0},
         )
     calls = drawn_batches.split_by_group(datums, groups, max_batch=max_batch)
-    required = get_loss_function(request.loss_fn).required_inputs
+    fn = get_loss_function(request.loss_fn)
     for part, _ in calls:  # bad records are refused before any gradient is accumulated
-        runtime.engine.to_batch(part, required_inputs=required)
+        runtime.engine.to_batch(
+            part, required_inputs=fn.required_inputs, signed_weights=fn.signed_weights
+        )
     results: list[ForwardBackwardResult] = []
     try:
         for part, part_groups in calls:
