@@ -94,6 +94,9 @@ class Settings(BaseSettings):
             it later is 410. Requests are never stored with their training data. In the
             environment, ``none`` unsets this (and any other optional setting).
         sweep_interval_s: how often expired artifacts and old results are purged.
+        tinker_tokenizer_id: what ``get_info`` on the Tinker protocol (``/api/v1``) tells
+            clients to load the tokenizer from: a hub id, or a directory on the clients'
+            machines (offline). Default: the hub id of the model's tokenizer.
         log_level, log_json: logging (JSON lines by default).
         host, port: where ``tensafe serve`` listens.
     """
@@ -129,6 +132,7 @@ class Settings(BaseSettings):
     long_poll_max_s: float = Field(30.0, ge=0, le=600)
     worker_threads: int = Field(2, ge=1, le=64)
     device: str = "cpu"
+    tinker_tokenizer_id: str | None = None
     model_cache_dir: Path | None = None
 
     artifact_ttl_s: float | None = Field(None, gt=0)

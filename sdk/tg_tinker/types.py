@@ -294,10 +294,12 @@ class SaveStateRequest(_Wire):
 
 
 class LoadStateRequest(_Wire):
-    """Exactly one of ``artifact_id`` or ``path`` (``tensafe://{run_id}/weights/{name}``)."""
+    """Exactly one of ``artifact_id`` or ``path`` (``tensafe://{run_id}/weights/{name}``).
+    ``include_optimizer=False`` loads the weights only (a fresh optimizer)."""
 
     artifact_id: str | None = None
     path: str | None = None
+    include_optimizer: bool = True
 
     @model_validator(mode="after")
     def _one_ref(self) -> LoadStateRequest:

@@ -21,6 +21,9 @@ Tables (see ``docs/operations.md`` for what each keeps across restarts):
   (tenant, dataset); see :mod:`server.services.ledger`): the one record of every
   noisy step, refusal and budget change. Updates and deletes are refused by database
   triggers (migration 0002) and by :func:`_refuse_ledger_changes`.
+* ``tinker_sessions`` — sessions of clients speaking the Tinker protocol (``/api/v1``,
+  migration 0009): owner, tags, user metadata (which may carry ``tensafe.*`` DP
+  settings), heartbeat. Their models are ordinary training runs.
 * ``dp_steps`` — a read-only *view* of the ledger's noisy steps per run
   (:class:`DPStepRow`, migration 0004), for operators' queries.
 
@@ -247,6 +250,25 @@ class DatasetRow(Base):
     deleted_at: Mapped[datetime | None]
 
 
+class TinkerSessionRow(Base):
+    """A Tinker-protocol client session: the models it creates are training runs whose
+    idempotency key is ``tinker:{session_id}:train:{seq}`` (the model id)."""
+
+    __tablename__ = "tinker_sessions"
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.tenant_id", ondelete="CASCADE"), index=True
+    )
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    user_metadata: Mapped[dict[str, Any]] = mapped_column(JSON)
+    sdk_version: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_heartbeat_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+
+
 class DatasetShardRow(Base):
     """One sealed shard of a dataset: records ``first_record …`` (``index`` −1 holds the
     privacy-unit index of a dataset with units)."""
@@ -411,6 +433,7 @@ __all__ = [
     "PrivacyBudgetRow",
     "Tenant",
     "TenantKeyRow",
+    "TinkerSessionRow",
     "TrainingRunRow",
     "UTCDateTime",
     "ViewBase",
