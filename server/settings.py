@@ -97,6 +97,9 @@ class Settings(BaseSettings):
         tinker_tokenizer_id: what ``get_info`` on the Tinker protocol (``/api/v1``) tells
             clients to load the tokenizer from: a hub id, or a directory on the clients'
             machines (offline). Default: the hub id of the model's tokenizer.
+        tinker_fwdbwd_max_chunk_len: Tinker clients split a forward_backward of more
+            datums than this into chunks (each its own submission; the gradients add up
+            in the same logical batch).
         log_level, log_json: logging (JSON lines by default).
         host, port: where ``tensafe serve`` listens.
     """
@@ -133,6 +136,7 @@ class Settings(BaseSettings):
     worker_threads: int = Field(2, ge=1, le=64)
     device: str = "cpu"
     tinker_tokenizer_id: str | None = None
+    tinker_fwdbwd_max_chunk_len: int = Field(1024, gt=0)
     model_cache_dir: Path | None = None
 
     artifact_ttl_s: float | None = Field(None, gt=0)

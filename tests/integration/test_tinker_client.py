@@ -5,6 +5,7 @@ RestClient, isolation between tenants, and refusals the client surfaces clearly.
 
 from __future__ import annotations
 
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from tinker import types as tt
 
 from tensafe.models.smollm2 import prepare_smollm2_tokenizer
+from tensafe.privacy.budget import DatasetBudget
 from tests.integration.conftest import LiveServer
 
 pytestmark = pytest.mark.integration
@@ -35,7 +37,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     live = LiveServer(
         data_dir,
         f"sqlite:///{data_dir / 'tensafe.db'}",
-        extra_env={"TENSAFE_TINKER_TOKENIZER_ID": str(prepare_smollm2_tokenizer())},
+        extra_env={
+            "TENSAFE_TINKER_TOKENIZER_ID": str(prepare_smollm2_tokenizer()),
+            # batches of more than 3 datums are sent as chunks (several submissions)
+            "TENSAFE_TINKER_FWDBWD_MAX_CHUNK_LEN": "3",
+        },
     )
     live.start()
     yield live
@@ -70,7 +76,7 @@ def test_sl_loop_with_dp_checkpoints_and_rest_client(server: LiveServer) -> None
     tokenizer = tc.get_tokenizer()
     assert len(tokenizer.encode("hello world")) > 0
 
-    batch = [_datum(i) for i in range(4)]
+    batch = [_datum(i) for i in range(4)]  # two chunks: 3 + 1 datums
     forward = tc.forward(batch, "cross_entropy").result(timeout=120)
     assert len(forward.loss_fn_outputs) == 4
     assert forward.loss_fn_outputs[0]["logprobs"].shape == [12]
@@ -169,6 +175,36 @@ def test_rl_losses_and_forward_backward_custom(server: LiveServer) -> None:
     assert custom.metrics["dp/clip_fraction:mean"] == 1.0
     step = tc.optim_step(tt.AdamParams(learning_rate=1e-3)).result(timeout=120)
     assert step.metrics is not None and step.metrics["dp/epsilon:max"] > 0
+    service.close("success").result(timeout=60)
+
+
+def test_a_step_over_the_budget_is_a_failed_future_a_person_understands(
+    server: LiveServer,
+) -> None:
+    tenant = server.create_tenant()
+    dataset = "tinker-" + uuid.uuid4().hex[:6]
+    probe = DatasetBudget(dataset_id="probe", epsilon_cap=1e9, delta=1e-5, accountant="prv")
+    probe.record_step(run_id="r", noise_multiplier=1.0, sample_rate=4 / 1000)
+    server.cli(
+        "admin",
+        "create-budget",
+        tenant["tenant_id"],
+        dataset,
+        "--epsilon-cap",
+        repr(probe.epsilon()),
+    )
+    service = _client(server, tenant["api_key"], **{"tensafe.dp.dataset_id": dataset})
+    tc = service.create_lora_training_client(base_model="tiny-llama", rank=2).result(timeout=120)
+    tc.forward_backward([_datum(1)], "cross_entropy").result(timeout=120)
+    first = tc.optim_step(tt.AdamParams(learning_rate=1e-3)).result(timeout=120)
+    assert first.metrics is not None and first.metrics["step:max"] == 1
+    tc.forward_backward([_datum(2)], "cross_entropy").result(timeout=120)
+    with pytest.raises(tinker.RequestFailedError, match="budget exceeded") as refused:
+        tc.optim_step(tt.AdamParams(learning_rate=1e-3)).result(timeout=120)
+    assert refused.value.category == "user"
+    # another model on the spent budget is refused at creation, not retried for minutes
+    with pytest.raises(Exception, match="budget"):
+        service.create_lora_training_client(base_model="tiny-llama", rank=2).result(timeout=120)
     service.close("success").result(timeout=60)
 
 

@@ -57,15 +57,20 @@ def decode_forward_backward(
     encoding = (content_encoding or "identity").strip().lower()
     if encoding == "zstd":
         try:
-            reader = zstandard.ZstdDecompressor().stream_reader(body)
-            body = reader.read(max_bytes + 1)
-        except zstandard.ZstdError as exc:
-            raise ValidationError(f"not a valid zstd frame ({exc})", field="body") from None
-        if len(body) > max_bytes:
+            declared = zstandard.frame_content_size(body)
+        except zstandard.ZstdError:
+            declared = -1  # not even a frame header: decompress() names the problem
+        if declared > max_bytes:
             raise PayloadTooLargeError(
                 f"the decompressed body is above the server's limit of {max_bytes} bytes",
                 field="body",
             )
+        try:
+            body = zstandard.ZstdDecompressor().decompress(body, max_output_size=max_bytes)
+        except zstandard.ZstdError as exc:
+            raise ValidationError(
+                f"not a complete zstd frame of at most {max_bytes} bytes ({exc})", field="body"
+            ) from None
     elif encoding != "identity":
         raise ValidationError(
             f"unsupported Content-Encoding {content_encoding!r}; send zstd or none",

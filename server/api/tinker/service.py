@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 from tinker import types as tt
 
-from server.api.deps import DatabaseDep
+from server.api.deps import DatabaseDep, SettingsDep
 from server.api.tinker.deps import TinkerTenant
 from server.services import tinker_models as models
 
@@ -40,9 +40,9 @@ class _FinishRequest(BaseModel):
 
 
 @router.post("/client/config")
-def client_config(body: _ClientConfigRequest) -> dict[str, Any]:
+def client_config(body: _ClientConfigRequest, settings: SettingsDep) -> dict[str, Any]:
     """Transport settings for the client (no authentication: sent before any key use)."""
-    return dict(CLIENT_CONFIG)
+    return {**CLIENT_CONFIG, "fwdbwd_max_chunk_len": settings.tinker_fwdbwd_max_chunk_len}
 
 
 @router.get("/healthz")
