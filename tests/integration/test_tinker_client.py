@@ -18,8 +18,8 @@ import torch
 from tinker import types as tt
 
 from tensafe.models.smollm2 import prepare_smollm2_tokenizer
-from tensafe.privacy.budget import DatasetBudget
 from tests.integration.conftest import LiveServer
+from tests.integration.test_privacy_budget import cap_for
 
 pytestmark = pytest.mark.integration
 
@@ -183,16 +183,8 @@ def test_a_step_over_the_budget_is_a_failed_future_a_person_understands(
 ) -> None:
     tenant = server.create_tenant()
     dataset = "tinker-" + uuid.uuid4().hex[:6]
-    probe = DatasetBudget(dataset_id="probe", epsilon_cap=1e9, delta=1e-5, accountant="prv")
-    probe.record_step(run_id="r", noise_multiplier=1.0, sample_rate=4 / 1000)
-    server.cli(
-        "admin",
-        "create-budget",
-        tenant["tenant_id"],
-        dataset,
-        "--epsilon-cap",
-        repr(probe.epsilon()),
-    )
+    cap = repr(cap_for(1))  # σ = 1, q = 4/1000 as in DP: room for exactly one step
+    server.cli("admin", "create-budget", tenant["tenant_id"], dataset, "--epsilon-cap", cap)
     service = _client(server, tenant["api_key"], **{"tensafe.dp.dataset_id": dataset})
     tc = service.create_lora_training_client(base_model="tiny-llama", rank=2).result(timeout=120)
     tc.forward_backward([_datum(1)], "cross_entropy").result(timeout=120)
