@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from tg_tinker.types import ErrorBody
 
-from server.api import artifacts, budgets, datasets, futures, keys, runs, tinker
+from server.api import artifacts, budgets, datasets, futures, keys, runs, samplers, tinker
 from server.api.deps import ApiResources
 from server.context import ServerContext, build_context
 from server.errors import ServiceError, describe_error
@@ -117,6 +117,8 @@ def api_resources(ctx: ServerContext) -> ApiResources:
         keyring=ctx.keyring,
         store=ctx.store,
         tokenizers=ctx.executor,
+        sampling=ctx.sampling,
+        sample_futures=ctx.sample_futures,
     )
 
 
@@ -161,7 +163,7 @@ def create_app(settings: Settings, *, context: ServerContext | None = None) -> F
         """Liveness: ``{"status": "ok"}`` (no authentication)."""
         return {"status": "ok"}
 
-    routers = (runs, futures, artifacts, keys, budgets, datasets, tinker)
+    routers = (runs, futures, artifacts, keys, budgets, datasets, samplers, tinker)
     for module in routers:
         app.include_router(module.router)
     return app

@@ -21,10 +21,12 @@ from server.services.datasets import abandon_uploads
 from server.services.keys import build_keyring
 from server.services.legacy_dp_steps import carry_over_legacy_dp_steps
 from server.services.operations import fail_interrupted, purge_results
+from server.services.sample_futures import SampleFutures
 from server.services.tenants import ApiKeyHasher, build_hasher
 from server.settings import Settings
 from server.storage import ArtifactStore, LocalArtifactStore, S3ArtifactStore
 from server.worker.executor import OperationExecutor
+from server.worker.sampling_backend import SamplingWorker
 from tensafe.artifacts import TenantKeyring
 
 log = logging.getLogger("tensafe.server")
@@ -55,6 +57,8 @@ class ServerContext:
     notifier: FutureNotifier
     executor: OperationExecutor
     queue: RunQueue
+    sampling: SamplingWorker
+    sample_futures: SampleFutures
     _stop_sweeper: threading.Event = field(default_factory=threading.Event)
     _sweeper: threading.Thread | None = None
     started: bool = False
@@ -88,6 +92,7 @@ class ServerContext:
         """Stop the sweeper and the worker (running operations finish first)."""
         self._stop_sweeper.set()
         self.queue.stop(timeout=timeout)
+        self.sampling.stop()
         if self._sweeper is not None:
             self._sweeper.join(timeout)
         self.db.dispose()
@@ -135,6 +140,10 @@ def build_context(settings: Settings) -> ServerContext:
         db=db, store=store, keyring=keyring, notifier=notifier, settings=settings
     )
     queue = RunQueue(handler=executor.execute, threads=settings.worker_threads)
+    sampling = SamplingWorker(
+        engines=executor.engines, db=db, store=store, keyring=keyring, settings=settings
+    )
+    retention = settings.result_ttl_s if settings.result_ttl_s is not None else 3600.0
     return ServerContext(
         settings=settings,
         db=db,
@@ -144,6 +153,8 @@ def build_context(settings: Settings) -> ServerContext:
         notifier=notifier,
         executor=executor,
         queue=queue,
+        sampling=sampling,
+        sample_futures=SampleFutures(notifier=notifier, retention_s=min(retention, 3600.0)),
     )
 
 

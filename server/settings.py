@@ -87,6 +87,14 @@ class Settings(BaseSettings):
         worker_threads: training runs executing concurrently (operations of one run
             always run one at a time, in submission order).
         device: torch device for models (``cpu``, ``cuda``, ``cuda:1``).
+        sampling_threads: threads that prepare sampling operations (resolve the
+            sampler's model, decrypt and load a checkpoint's adapter); generation itself
+            runs batched, one batch at a time per model, never in a run's training queue.
+        sampling_batch_window_s: how long the first of several concurrent sample requests
+            for one model waits for the others, so they run as one batch.
+        max_num_samples: most ``num_samples`` one sample request may ask for.
+        max_sampler_base_models: base models kept in memory for samplers of checkpoints
+            and base models (beyond it the least recently used idle one is dropped).
         model_cache_dir: where models are prepared/cached (default: tensafe's cache).
         artifact_ttl_s: artifacts expire this many seconds after creation (``None``: never).
         result_ttl_s: a completed operation's result (losses, per-token values, metrics)
@@ -138,6 +146,10 @@ class Settings(BaseSettings):
     tinker_tokenizer_id: str | None = None
     tinker_fwdbwd_max_chunk_len: int = Field(1024, gt=0)
     model_cache_dir: Path | None = None
+    sampling_threads: int = Field(4, ge=1, le=64)
+    sampling_batch_window_s: float = Field(0.02, ge=0, le=1)
+    max_num_samples: int = Field(64, ge=1, le=1024)
+    max_sampler_base_models: int = Field(2, ge=1, le=16)
 
     artifact_ttl_s: float | None = Field(None, gt=0)
     result_ttl_s: float | None = Field(7 * 24 * 3600.0, gt=0)

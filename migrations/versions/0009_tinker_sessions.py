@@ -1,7 +1,7 @@
 """Sessions of clients speaking the Tinker protocol (``/api/v1``).
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0010
 Create Date: 2026-12-04 19:00:00.000000
 
 ``tinker_sessions`` holds one row per ``create_session`` of an official ``tinker``
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | None = "0006"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -24,6 +24,8 @@ Tables (see ``docs/operations.md`` for what each keeps across restarts):
 * ``tinker_sessions`` — sessions of clients speaking the Tinker protocol (``/api/v1``,
   migration 0009): owner, tags, user metadata (which may carry ``tensafe.*`` DP
   settings), heartbeat. Their models are ordinary training runs.
+* ``samplers`` — what each sampler samples from (a run, a checkpoint, a base model;
+  migration 0010). Samples are never stored.
 * ``dp_steps`` — a read-only *view* of the ledger's noisy steps per run
   (:class:`DPStepRow`, migration 0004), for operators' queries.
 
@@ -356,6 +358,27 @@ class LedgerEventRow(Base):
     link: Mapped[str] = mapped_column(String(64))
 
 
+class SamplerRow(Base):
+    """A sampler a tenant created (migration 0010): what it samples from — a run's
+    current weights (``run``), a saved sampler checkpoint (``checkpoint``) or a base
+    model (``base``). Samples are never stored."""
+
+    __tablename__ = "samplers"
+
+    sampler_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.tenant_id", ondelete="CASCADE"), index=True
+    )
+    source: Mapped[str] = mapped_column(String(16))  # run | checkpoint | base
+    base_model: Mapped[str] = mapped_column(String(500))
+    run_id: Mapped[str | None] = mapped_column(
+        ForeignKey("training_runs.run_id", ondelete="CASCADE")
+    )
+    artifact_id: Mapped[str | None] = mapped_column(String(64))
+    model_path: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ViewBase(DeclarativeBase):
     """Read-only classes mapped onto SQL views (kept out of ``Base.metadata``: the
     migrations create the views, and autogenerate must not see them as tables)."""
@@ -431,6 +454,7 @@ __all__ = [
     "LedgerImmutableError",
     "OperationRow",
     "PrivacyBudgetRow",
+    "SamplerRow",
     "Tenant",
     "TenantKeyRow",
     "TinkerSessionRow",

@@ -29,6 +29,8 @@ BODIES: dict[str, dict[str, Any] | None] = {
     "draw_batch": {},
     "records": {"offset": 0, "records": [{"tokens": [1, 2]}]},
     "commit": None,
+    "sample": {"prompt": {"chunks": [{"tokens": [1, 2]}]}},
+    "compute_logprobs": {"prompt": {"chunks": [{"tokens": [1, 2]}]}},
 }
 
 
@@ -60,11 +62,14 @@ def test_every_id_route_is_404_for_another_tenant(api: Harness) -> None:
         "/v1/budgets", json={"dataset_id": dataset_id, "epsilon_cap": 5.0}, headers=owner
     )
     assert budget.status_code == 201, budget.text
+    sampler = api.client.post("/v1/samplers", json={"run_id": run_id}, headers=owner)
+    assert sampler.status_code == 201, sampler.text
     ids = {
         "run_id": run_id,
         "future_id": future_id,
         "artifact_id": saved["artifact_id"],
         "dataset_id": dataset_id,
+        "sampler_id": sampler.json()["sampler_id"],
     }
     BODIES["load_state"] = {"artifact_id": saved["artifact_id"]}
 
@@ -107,5 +112,26 @@ def test_every_id_route_is_404_for_another_tenant(api: Harness) -> None:
         f"/v1/training_runs/{own_run}/load_state", json={"path": saved["path"]}, headers=intruder
     )
     assert response.status_code == 404
+    # nor sampled: not by run, checkpoint path or id; and a sampling future is unknown
+    sampler_weights = api.call(owner, run_id, "save_weights_for_sampler", {"name": "mine"})
+    for source in (
+        {"run_id": run_id},
+        {"model_path": sampler_weights["path"]},
+        {"artifact_id": sampler_weights["artifact_id"]},
+    ):
+        response = api.client.post("/v1/samplers", json=source, headers=intruder)
+        assert response.status_code == 404, (source, response.text)
+        assert response.json()["error"] == "NotFoundError"
+    sample = api.client.post(
+        f"/v1/samplers/{ids['sampler_id']}/sample", json=BODIES["sample"], headers=owner
+    )
+    assert sample.status_code == 202
+    sample_future = sample.json()["future_id"]
+    assert api.wait(owner, sample_future)["status"] == "completed"
+    for request in (
+        api.client.get(f"/v1/futures/{sample_future}", headers=intruder),
+        api.client.post(f"/v1/futures/{sample_future}/cancel", headers=intruder),
+    ):
+        assert request.status_code == 404, request.text
     # and nothing the intruder tried changed the owner's run
     assert api.run(owner, run_id)["step"] == 1
