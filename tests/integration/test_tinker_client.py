@@ -200,6 +200,46 @@ def test_a_step_over_the_budget_is_a_failed_future_a_person_understands(
     service.close("success").result(timeout=60)
 
 
+def test_sampling_after_training(server: LiveServer) -> None:
+    tenant, other = server.create_tenant(), server.create_tenant()
+    service = _client(server, tenant["api_key"])
+    tc = service.create_lora_training_client(base_model="tiny-llama", rank=2).result(timeout=120)
+    tc.forward_backward([_datum(1), _datum(2)], "cross_entropy").result(timeout=120)
+    tc.optim_step(tt.AdamParams(learning_rate=1e-2)).result(timeout=120)
+
+    sampler = tc.save_weights_and_get_sampling_client().result(timeout=120)
+    prompt = tt.ModelInput.from_ints([5, 6, 7, 8])
+    params = tt.SamplingParams(max_tokens=4, temperature=1.0, seed=3)
+    out = sampler.sample(prompt, num_samples=2, sampling_params=params).result(timeout=120)
+    assert len(out.sequences) == 2
+    assert all(len(s.tokens) == 4 and s.stop_reason == "length" for s in out.sequences)
+    assert all(s.logprobs is not None and len(s.logprobs) == 4 for s in out.sequences)
+    assert len({s.sequence_id for s in out.sequences}) == 2  # the client's ids, one per sample
+    logprobs = sampler.compute_logprobs(prompt).result(timeout=120)
+    assert len(logprobs) == 4 and logprobs[0] is None
+    assert all(lp is not None and lp < 0 for lp in logprobs[1:])
+
+    # a named sampler checkpoint, sampled by path: the same logprobs as the snapshot
+    # taken at the same step
+    named = tc.save_weights_for_sampler("after-one-step").result(timeout=120)
+    by_path = service.create_sampling_client(model_path=named.path).result(timeout=120)
+    assert by_path.compute_logprobs(prompt).result(timeout=120) == pytest.approx(logprobs)
+    with httpx.Client(base_url=server.url + "/api/v1") as http:
+        intruder = {"X-API-Key": "tml-" + other["api_key"]}
+        session = http.post(
+            "/create_session",
+            json={"tags": [], "sdk_version": "0.38.0", "user_metadata": {}},
+            headers=intruder,
+        ).json()["session_id"]
+        stolen = http.post(
+            "/create_sampling_session",
+            json={"session_id": session, "sampling_session_seq_id": 0, "model_path": named.path},
+            headers=intruder,
+        )
+        assert stolen.status_code == 404
+    service.close("success").result(timeout=60)
+
+
 def test_isolation_between_tenants(server: LiveServer) -> None:
     owner, other = server.create_tenant(), server.create_tenant()
     service = _client(server, owner["api_key"])

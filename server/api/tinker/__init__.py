@@ -4,10 +4,10 @@ API key and gets DP, encrypted checkpoints and the ledger. See ``docs/tinker.md`
 
 from fastapi import APIRouter
 
-from server.api.tinker import futures, rest, service, training
+from server.api.tinker import futures, rest, sampling, service, training
 
 router = APIRouter(prefix="/api/v1")
-for _module in (service, training, futures, rest):
+for _module in (service, training, sampling, futures, rest):
     router.include_router(_module.router)
 
 __all__ = ["router"]

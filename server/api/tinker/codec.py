@@ -8,7 +8,9 @@
   convention ``_sum`` twins; a ``tensafe_record_id`` input names a drawn record);
 * :func:`encode_forward_backward_output` — a native forward/forward_backward result as
   a ``tinker_public.ForwardBackwardOutput`` (per-datum ``logprobs`` and
-  ``elementwise_loss``, metrics ``name:reduction``).
+  ``elementwise_loss``, metrics ``name:reduction``);
+* :func:`encode_sample_response` — a native sample result as a
+  ``tinker_public.SampleResponse``.
 
 Every refusal is a :class:`~server.errors.ValidationError` naming the field
 (``data[2].loss_fn_inputs.weights``), so a bad request is a 422 before anything is queued.
@@ -244,7 +246,45 @@ __all__ = [
     "SUPPORTED_LOSSES",
     "decode_forward_backward",
     "encode_forward_backward_output",
+    "encode_sample_response",
     "native_batch_request",
     "native_loss_name",
     "tinker_metrics",
 ]
+
+
+_STOP = {"stop": pb.STOP_REASON_STOP, "length": pb.STOP_REASON_LENGTH}
+#: How Tinker marks an empty top-k cell (fewer than k alternatives).
+_EMPTY_TOPK = (0, -99999.0)
+
+
+def _topk(rows: list[Any]) -> pb.TopkLogprobs:
+    k = max((len(r) for r in rows if r), default=0)
+    ids = np.full((len(rows), k), _EMPTY_TOPK[0], dtype="<i4")
+    logprobs = np.full((len(rows), k), _EMPTY_TOPK[1], dtype="<f4")
+    for i, row in enumerate(rows):
+        for j, (token, logprob) in enumerate(row or []):
+            ids[i, j], logprobs[i, j] = token, logprob
+    return pb.TopkLogprobs(
+        token_ids=ids.tobytes(), logprobs=logprobs.tobytes(), k=k, length=len(rows)
+    )
+
+
+def encode_sample_response(result: Mapping[str, Any]) -> bytes:
+    """A native ``SampleResponse`` (JSON) as a Tinker ``SampleResponse`` protobuf:
+    tokens int32, log-probabilities float32, NaN where a prompt position has none."""
+    message = pb.SampleResponse()
+    for seq in result.get("sequences") or []:
+        message.sequences.add(
+            stop_reason=_STOP[seq["stop_reason"]],
+            tokens=np.asarray(seq["tokens"], dtype="<i4").tobytes(),
+            logprobs=np.asarray(seq["logprobs"], dtype="<f4").tobytes(),
+        )
+    prompt = result.get("prompt_logprobs")
+    if prompt is not None:
+        values = [np.nan if v is None else v for v in prompt]
+        message.prompt_logprobs = np.asarray(values, dtype="<f4").tobytes()
+    topk = result.get("topk_prompt_logprobs")
+    if topk:
+        message.topk_prompt_logprobs.CopyFrom(_topk(topk))
+    return message.SerializeToString()

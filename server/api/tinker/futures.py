@@ -10,7 +10,10 @@ retry). A completed one is translated from the native result:
   protobuf ``ForwardBackwardOutput``; ``optim_step`` → ``OptimStepResponse`` (metrics
   ``name:reduction``, with ``dp/epsilon:max`` and ``dp/delta:max`` for DP runs);
   ``save_state`` / ``save_weights_for_sampler`` / ``load_state`` → their responses
-  with ``tinker://`` paths.
+  with ``tinker://`` paths; an unnamed ``save_weights_for_sampler``
+  (``save_weights_and_get_sampling_client``) also carries the ``sampling_session_id``
+  of a sampler of that snapshot;
+* ``sample`` (kept in memory, not in the database) → protobuf ``SampleResponse``.
 """
 
 from __future__ import annotations
@@ -23,14 +26,24 @@ from starlette.concurrency import run_in_threadpool
 from tg_tinker.types import FutureState
 from tinker import types as tt
 
-from server.api.deps import DatabaseDep, NotifierDep, SettingsDep
-from server.api.tinker.codec import PROTOBUF, encode_forward_backward_output, tinker_metrics
+from server.api.deps import DatabaseDep, NotifierDep, SampleFuturesDep, SettingsDep
+from server.api.tinker.codec import (
+    PROTOBUF,
+    encode_forward_backward_output,
+    encode_sample_response,
+    tinker_metrics,
+)
 from server.api.tinker.deps import TinkerTenant
+from server.api.tinker.sampling import sampler_of_checkpoint
 from server.db.models import TrainingRunRow
 from server.db.session import Database
 from server.services import tinker_models as models
 from server.services.artifacts import PATH_SCHEME
 from server.services.operations import FINAL_STATUSES, read_future
+from server.settings import Settings
+
+#: Name prefix of the sampler checkpoints behind ``save_weights_and_get_sampling_client``.
+EPHEMERAL_PREFIX = "tinker-ephemeral-"
 
 router = APIRouter(tags=["tinker: futures"])
 
@@ -63,11 +76,15 @@ def optim_metrics(result: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def completed_result(db: Database, state: FutureState) -> Response:
+def completed_result(
+    db: Database, settings: Settings, *, tenant_id: str, state: FutureState
+) -> Response:
     """The Tinker answer for a completed native operation."""
     result = state.result or {}
     if state.operation in ("forward", "forward_backward"):
         return Response(content=encode_forward_backward_output(result), media_type=PROTOBUF)
+    if state.operation == "sample":
+        return Response(content=encode_sample_response(result), media_type=PROTOBUF)
     body: dict[str, Any]
     if state.operation == "load_model":
         with db.sessions() as session:
@@ -80,6 +97,10 @@ def completed_result(db: Database, state: FutureState) -> Response:
         body = {"path": _tinker_path_of(db, result["path"]), "type": "save_weights"}
     elif state.operation == "save_weights_for_sampler":
         body = {"path": _tinker_path_of(db, result["path"]), "type": "save_weights_for_sampler"}
+        if result["path"].rsplit("/", 1)[-1].startswith(EPHEMERAL_PREFIX):
+            body["sampling_session_id"] = sampler_of_checkpoint(
+                db, settings, tenant_id=tenant_id, native_path=result["path"]
+            )
     elif state.operation == "load_state":
         body = {"path": _tinker_path_of(db, result["path"]), "type": "load_weights"}
     else:
@@ -87,9 +108,9 @@ def completed_result(db: Database, state: FutureState) -> Response:
     return JSONResponse(body)
 
 
-def _answer(db: Database, state: FutureState) -> Response:
+def _answer(db: Database, settings: Settings, *, tenant_id: str, state: FutureState) -> Response:
     if state.status == "completed":
-        return completed_result(db, state)
+        return completed_result(db, settings, tenant_id=tenant_id, state=state)
     if state.status in ("failed", "cancelled"):
         error = state.error
         detail = error.detail if error is not None else f"the operation was {state.status}"
@@ -108,22 +129,25 @@ async def retrieve_future(
     db: DatabaseDep,
     notifier: NotifierDep,
     settings: SettingsDep,
+    sample_futures: SampleFuturesDep,
 ) -> Response:
     """The submission's result, its error, or (after a wait) 408 ``try_again``."""
     wait = min(LONG_POLL_S, settings.long_poll_max_s)
+    tenant_id = tenant.tenant_id
+
+    def read() -> FutureState:
+        state = sample_futures.read(tenant_id=tenant_id, future_id=body.request_id)
+        return state or read_future(db, tenant_id=tenant_id, future_id=body.request_id)
+
     waiter = notifier.register(body.request_id)  # before reading: no missed wake-up
     try:
-        state = await run_in_threadpool(
-            read_future, db, tenant_id=tenant.tenant_id, future_id=body.request_id
-        )
+        state = await run_in_threadpool(read)
         if state.status not in FINAL_STATUSES and wait > 0:
             await waiter.wait(wait)
-            state = await run_in_threadpool(
-                read_future, db, tenant_id=tenant.tenant_id, future_id=body.request_id
-            )
+            state = await run_in_threadpool(read)
     finally:
         notifier.unregister(waiter)
-    return await run_in_threadpool(_answer, db, state)
+    return await run_in_threadpool(_answer, db, settings, tenant_id=tenant_id, state=state)
 
 
-__all__ = ["LONG_POLL_S", "completed_result", "optim_metrics", "router"]
+__all__ = ["EPHEMERAL_PREFIX", "LONG_POLL_S", "completed_result", "optim_metrics", "router"]

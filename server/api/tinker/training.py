@@ -14,6 +14,7 @@ it is refused (the client's retries send a fresh ``X-Idempotency-Key`` each time
 from __future__ import annotations
 
 import re
+import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -35,6 +36,7 @@ from server.api.tinker.codec import (
     native_batch_request,
 )
 from server.api.tinker.deps import TinkerTenant, refusals_are_final
+from server.api.tinker.futures import EPHEMERAL_PREFIX
 from server.errors import ValidationError
 from server.services import runs
 from server.services import tinker_models as models
@@ -251,19 +253,19 @@ def save_weights(body: tt.SaveWeightsRequest, submit: Submit) -> dict[str, Any]:
 def save_weights_for_sampler(
     body: tt.SaveWeightsForSamplerRequest, submit: Submit
 ) -> dict[str, Any]:
-    """Encrypted LoRA adapter → ``{"path": "tinker://…/sampler_weights/…"}``."""
+    """Encrypted LoRA adapter → ``{"path": "tinker://…/sampler_weights/…"}``. Without
+    a name (``save_weights_and_get_sampling_client``) the snapshot is saved as the
+    sampler checkpoint ``tinker-ephemeral-<seq_id>`` and the result also names a
+    sampling session on it."""
     if body.path is None:
-        raise ValidationError(
-            "sampling sessions are not available on this server yet: save with a name "
-            "(save_weights_for_sampler(name)) instead of save_weights_and_get_sampling_client",
-            field="path",
-        )
-    return submit(
-        body.model_id,
-        body.seq_id,
-        "save_weights_for_sampler",
-        SaveWeightsForSamplerRequest(name=_checkpoint_name(body.path)),
-    )
+        suffix = str(body.seq_id) if body.seq_id is not None else secrets.token_hex(6)
+        name = EPHEMERAL_PREFIX + suffix
+    else:
+        name = _checkpoint_name(body.path)
+        if name.startswith(EPHEMERAL_PREFIX):
+            raise ValidationError(f"names starting {EPHEMERAL_PREFIX!r} are reserved", field="path")
+    request = SaveWeightsForSamplerRequest(name=name)
+    return submit(body.model_id, body.seq_id, "save_weights_for_sampler", request)
 
 
 @router.post("/load_weights")
