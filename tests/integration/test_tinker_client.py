@@ -5,18 +5,23 @@ RestClient, isolation between tenants, and refusals the client surfaces clearly.
 
 from __future__ import annotations
 
+import io
+import json
 import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import tinker
 import torch
+from tg_tinker import ServiceClient
 from tinker import types as tt
 
+from tensafe.artifacts import decrypt_to_directory, read_key_file
 from tensafe.models.smollm2 import prepare_smollm2_tokenizer
 from tests.integration.conftest import LiveServer
 from tests.integration.test_privacy_budget import cap_for
@@ -66,7 +71,7 @@ def _datum(seed: int, length: int = 12, **extra: np.ndarray) -> tt.Datum:
     )
 
 
-def test_sl_loop_with_dp_checkpoints_and_rest_client(server: LiveServer) -> None:
+def test_sl_loop_with_dp_checkpoints_and_rest_client(server: LiveServer, tmp_path: Path) -> None:
     tenant = server.create_tenant()
     service = _client(server, tenant["api_key"])
     tc = service.create_lora_training_client(base_model="tiny-llama", rank=4).result(timeout=120)
@@ -131,11 +136,24 @@ def test_sl_loop_with_dp_checkpoints_and_rest_client(server: LiveServer) -> None
     runs = rest.list_training_runs().result(timeout=60)
     assert {r.training_run_id for r in runs.training_runs} >= {info.model_id}
 
-    # the checkpoint is the same encrypted artifact a native client pulls
-    with httpx.Client(base_url=server.url) as http:
-        headers = {"Authorization": f"Bearer {tenant['api_key']}"}
-        artifacts = http.get("/v1/artifacts", headers=headers).json()["artifacts"]
-    assert any(a["kind"] == "training_state" and a["name"] == "first" for a in artifacts)
+    # the sampler checkpoint is the same encrypted artifact a native client pulls and
+    # decrypts locally: a peft adapter of rank 4
+    adapter = ids["sampler_weights/first-sampler"].user_metadata or {}
+    with ServiceClient(server.url, api_key=tenant["api_key"]) as native:
+        ciphertext = native.pull_artifact(
+            adapter["tensafe.artifact_id"], expected_sha256=adapter["tensafe.content_hash"]
+        )
+        key = read_key_file(native.export_tenant_key(tmp_path / "tenant.key"))
+    decrypted = decrypt_to_directory(
+        io.BytesIO(ciphertext),
+        tmp_path / "adapter",
+        keys=key,
+        tenant_id=key.tenant_id,
+        artifact_id=adapter["tensafe.artifact_id"],
+        expected_content_hash=adapter["tensafe.content_hash"],
+    )
+    assert decrypted.manifest.kind == "lora_adapter"
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == 4
     service.close("success").result(timeout=60)
 
 
@@ -237,6 +255,65 @@ def test_sampling_after_training(server: LiveServer) -> None:
             headers=intruder,
         )
         assert stolen.status_code == 404
+    service.close("success").result(timeout=60)
+
+
+def _retrieve(http: httpx.Client, headers: dict[str, str], request_id: str) -> dict[str, Any]:
+    while True:
+        answer = http.post("/retrieve_future", json={"request_id": request_id}, headers=headers)
+        if answer.status_code != 408:
+            assert answer.status_code == 200, answer.text
+            return dict(answer.json())
+
+
+def test_a_run_on_a_server_held_dataset_names_the_drawn_records(server: LiveServer) -> None:
+    tenant = server.create_tenant()
+    records = [([5, 6, 7, 8], [9, 10]), ([11, 12, 13], [14, 15, 16])] * 8
+    with ServiceClient(server.url, api_key=tenant["api_key"]) as native:
+        dataset = native.create_dataset("tinker-notes", records, progress=False)
+    metadata = {
+        "tensafe.dp.dataset_id": dataset.dataset_id,
+        "tensafe.dp.noise_multiplier": "1.0",
+        "tensafe.dp.sample_rate": "0.5",
+    }
+    service = tinker.ServiceClient(
+        user_metadata=metadata, base_url=server.url, api_key="tml-" + tenant["api_key"]
+    )
+    tc = service.create_lora_training_client(base_model="tiny-llama", rank=2).result(timeout=120)
+    model_id = tc.get_info().model_id
+    headers = {"X-API-Key": "tml-" + tenant["api_key"]}
+    with httpx.Client(base_url=server.url + "/api/v1", timeout=60) as http:
+        submitted = http.post(
+            "/tensafe/draw_batch", json={"model_id": model_id}, headers=headers
+        ).json()
+        drawn = _retrieve(http, headers, submitted["request_id"])
+    assert drawn["size"] == len(drawn["record_ids"]) > 0
+    batch = [
+        tt.Datum(
+            model_input=tt.ModelInput.from_ints(record["tokens"]),
+            loss_fn_inputs={
+                "target_tokens": np.asarray(record["fields"]["target_tokens"], dtype=np.int64),
+                "weights": np.asarray(record["fields"]["weights"], dtype=np.float32),
+                "tensafe_record_id": np.full(len(record["tokens"]), rid, dtype=np.int64),
+            },
+        )
+        for rid, record in zip(drawn["record_ids"], drawn["records"], strict=True)
+    ]
+    # a record that was not drawn for this step is refused (nothing is accumulated)
+    tokens = drawn["records"][0]["tokens"]
+    stray = tt.Datum(
+        model_input=tt.ModelInput.from_ints(tokens),
+        loss_fn_inputs={
+            "target_tokens": np.asarray(drawn["records"][0]["fields"]["target_tokens"]),
+            "tensafe_record_id": np.full(len(tokens), 10_000, dtype=np.int64),
+        },
+    )
+    with pytest.raises(tinker.RequestFailedError, match="10000") as refused:
+        tc.forward_backward([stray], "cross_entropy").result(timeout=120)
+    assert refused.value.category == "user"
+    tc.forward_backward(batch, "cross_entropy").result(timeout=120)
+    step = tc.optim_step(tt.AdamParams(learning_rate=1e-3)).result(timeout=120)
+    assert step.metrics is not None and step.metrics["dp/sample_rate:max"] == 0.5
     service.close("success").result(timeout=60)
 
 

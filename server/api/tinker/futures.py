@@ -103,8 +103,8 @@ def completed_result(
             )
     elif state.operation == "load_state":
         body = {"path": _tinker_path_of(db, result["path"]), "type": "load_weights"}
-    else:
-        body = {}
+    else:  # draw_batch (a TenSafe extension), unload: the native result as it is
+        body = dict(result)
     return JSONResponse(body)
 
 

@@ -32,7 +32,12 @@ def _checkpoint(model_id: str, row: ArtifactRow) -> dict[str, Any]:
         "tinker_path": path,
         "size_bytes": row.size_bytes,
         "public": False,
-        "user_metadata": {str(k): str(v) for k, v in (row.user_metadata or {}).items()},
+        # the artifact's id and ciphertext hash: what pull_artifact (tg_tinker, /v1) takes
+        "user_metadata": {
+            **{str(k): str(v) for k, v in (row.user_metadata or {}).items()},
+            "tensafe.artifact_id": row.artifact_id,
+            "tensafe.content_hash": row.content_hash,
+        },
         "expires_at": None if row.expires_at is None else row.expires_at.isoformat(),
     }
 

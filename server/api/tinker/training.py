@@ -18,9 +18,11 @@ import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
+from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 from tg_tinker.types import (
     AdamParams,
+    DrawBatchRequest,
     LoadStateRequest,
     OptimStepRequest,
     SaveStateRequest,
@@ -266,6 +268,26 @@ def save_weights_for_sampler(
             raise ValidationError(f"names starting {EPHEMERAL_PREFIX!r} are reserved", field="path")
     request = SaveWeightsForSamplerRequest(name=name)
     return submit(body.model_id, body.seq_id, "save_weights_for_sampler", request)
+
+
+class DrawBatchBody(BaseModel):
+    """``POST /api/v1/tensafe/draw_batch`` (a TenSafe extension, not in the Tinker SDK)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model_id: str
+    include_records: bool = True
+
+
+@router.post("/tensafe/draw_batch")
+def draw_batch(body: DrawBatchBody, submit: Submit) -> dict[str, Any]:
+    """For a model on a server-held dataset (``tensafe.dp.dataset_id`` = ``ds_…``): the
+    server draws the next logical batch (Poisson, from its CSPRNG) → the native
+    ``DrawnBatch`` (JSON: ``record_ids`` and, with ``include_records``, the records).
+    Datums built from a drawn record name it with a ``tensafe_record_id`` input; the
+    next ``optim_step`` consumes the draw."""
+    return submit(
+        body.model_id, None, "draw_batch", DrawBatchRequest(include_records=body.include_records)
+    )
 
 
 @router.post("/load_weights")
