@@ -118,6 +118,12 @@ def test_sl_loop_with_dp_checkpoints_and_rest_client(server: LiveServer, tmp_pat
     assert resumed_info.model_id.endswith(":train:1") and resumed_info.lora_rank == 4
     same = resumed.forward(batch, "cross_entropy").result(timeout=120)
     assert same.metrics["loss:sum"] == pytest.approx(again.metrics["loss:sum"], rel=1e-5)
+    # the checkpoint's two noisy steps count against the new run's ε too
+    resumed.forward_backward([_datum(50)], "cross_entropy").result(timeout=120)
+    carried = resumed.optim_step(tt.AdamParams(learning_rate=1e-3)).result(timeout=120)
+    assert carried.metrics is not None and carried.metrics["dp/steps:max"] == 3
+    with pytest.raises(tinker.BadRequestError, match="already has a checkpoint named"):
+        tc.save_state("first").result(timeout=60)  # refused at once, not retried
     weights_only = service.create_training_client_from_state(saved.path).result(timeout=120)
     assert weights_only.get_info().model_id.endswith(":train:2")
 
