@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server_overhead import _Server
+from server_overhead import _Server, step_arguments
 
 VOCAB = 49152
 
@@ -41,15 +41,7 @@ def _rows(args: argparse.Namespace, seed: int) -> list[list[int]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny-llama")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--lora-rank", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10, help="measured steps of each kind")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--json", action="store_true", help="last line: one JSON object")
-    args = parser.parse_args()
+    args = step_arguments(__doc__.splitlines()[0]).parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import tinker
