@@ -59,6 +59,12 @@ def _client(server: LiveServer, key: str, **metadata: str) -> tinker.ServiceClie
     )
 
 
+def _submissions(server: LiveServer, route: str) -> int:
+    """How many ``POST /api/v1/<route>`` the server has logged."""
+    path = f'"path": "/api/v1/{route}"'
+    return sum(path in line for line in server.log_path.read_text().splitlines())
+
+
 def _datum(seed: int, length: int = 12, **extra: np.ndarray) -> tt.Datum:
     tokens = np.random.default_rng(seed).integers(10, 49000, size=length + 1)
     return tt.Datum(
@@ -81,8 +87,10 @@ def test_sl_loop_with_dp_checkpoints_and_rest_client(server: LiveServer, tmp_pat
     tokenizer = tc.get_tokenizer()
     assert len(tokenizer.encode("hello world")) > 0
 
-    batch = [_datum(i) for i in range(4)]  # two chunks: 3 + 1 datums
+    batch = [_datum(i) for i in range(4)]
+    sent = _submissions(server, "forward_backward")
     forward = tc.forward(batch, "cross_entropy").result(timeout=120)
+    assert _submissions(server, "forward_backward") - sent == 2  # chunks of 3 + 1 datums
     assert len(forward.loss_fn_outputs) == 4
     assert forward.loss_fn_outputs[0]["logprobs"].shape == [12]
     losses = []
@@ -348,6 +356,11 @@ def test_isolation_between_tenants(server: LiveServer) -> None:
         assert http.post("/optim_step", json=steal, headers=headers).status_code == 404
         others_runs = http.get("/training_runs", headers=headers).json()
         assert others_runs["training_runs"] == []
+        session_id = model_id.split(":train:")[0]
+        beat = {"session_id": session_id, "type": "session_heartbeat"}
+        assert http.post("/session_heartbeat", json=beat, headers=headers).status_code == 404
+        mine = {"X-API-Key": "tml-" + owner["api_key"]}
+        assert http.post("/session_heartbeat", json=beat, headers=mine).status_code == 200
     intruder = _client(server, other["api_key"])
     with pytest.raises(Exception):  # noqa: B017 - the client wraps the 404 in its own type
         intruder.create_training_client_from_state(saved.path).result(timeout=60)

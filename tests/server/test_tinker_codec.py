@@ -9,11 +9,15 @@ import zstandard
 from tinker import types as tt
 from tinker.proto import tinker_public_pb2 as pb
 from tinker.proto.request_conv import forward_backward_request_to_proto
-from tinker.proto.response_conv import deserialize_forward_backward_output
+from tinker.proto.response_conv import (
+    deserialize_forward_backward_output,
+    deserialize_sample_response,
+)
 
 from server.api.tinker.codec import (
     decode_forward_backward,
     encode_forward_backward_output,
+    encode_sample_response,
     native_batch_request,
     tinker_metrics,
 )
@@ -191,3 +195,30 @@ def test_tinker_paths_map_to_the_native_ones() -> None:
         with pytest.raises(ValidationError):
             models.parse_tinker_path(bad)
     assert models.model_id_for(session_id="ses_1", seq=2) == "ses_1:train:2"
+
+
+def test_sample_results_decode_with_the_clients_own_decoder() -> None:
+    native = {
+        "sequences": [
+            {
+                "tokens": [4, 5],
+                "logprobs": [-0.5, -1.5],
+                "model_logprobs": [],
+                "stop_reason": "length",
+            },
+            {"tokens": [6], "logprobs": [-0.25], "model_logprobs": [], "stop_reason": "stop"},
+        ],
+        "prompt_logprobs": [None, -2.0, -3.0],
+        "topk_prompt_logprobs": [None, [[7, -0.1], [8, -0.2]], [[9, -0.3]]],
+    }
+    out = deserialize_sample_response(encode_sample_response(native))
+    assert [s.tokens for s in out.sequences] == [[4, 5], [6]]
+    assert [s.stop_reason for s in out.sequences] == ["length", "stop"]
+    assert out.sequences[0].logprobs == pytest.approx([-0.5, -1.5])
+    assert out.prompt_logprobs is not None
+    assert out.prompt_logprobs[0] is None and out.prompt_logprobs[1:] == pytest.approx([-2, -3])
+    topk = out.topk_prompt_logprobs
+    assert topk is not None
+    assert [t for t, _ in topk[1]] == [7, 8]
+    assert [lp for _, lp in topk[1]] == pytest.approx([-0.1, -0.2])
+    assert topk[2] is not None and [t for t, _ in topk[2]] == [9]  # the empty cell is dropped
