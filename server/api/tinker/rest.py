@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
+from sqlalchemy import func, select
 from tg_tinker.types import TrainingConfig
 from tinker import types as tt
 
@@ -82,18 +82,21 @@ def list_training_runs(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
     """The tenant's Tinker models, newest first."""
-    runs = session.scalars(
+    mine = (
+        TrainingRunRow.tenant_id == tenant.tenant_id,
+        TrainingRunRow.idempotency_key.like(models.MODEL_KEY_PREFIX + "%"),
+    )
+    total = session.scalar(select(func.count()).select_from(TrainingRunRow).where(*mine)) or 0
+    page = session.scalars(
         select(TrainingRunRow)
-        .where(
-            TrainingRunRow.tenant_id == tenant.tenant_id,
-            TrainingRunRow.idempotency_key.like(models.MODEL_KEY_PREFIX + "%"),
-        )
-        .order_by(TrainingRunRow.created_at.desc())
+        .where(*mine)
+        .order_by(TrainingRunRow.created_at.desc(), TrainingRunRow.run_id)
+        .offset(offset)
+        .limit(limit)
     ).all()
-    page = runs[offset : offset + limit]
     return {
         "training_runs": [_training_run(session, tenant.tenant_id, r) for r in page],
-        "cursor": {"offset": offset, "limit": limit, "total_count": len(runs)},
+        "cursor": {"offset": offset, "limit": limit, "total_count": total},
     }
 
 

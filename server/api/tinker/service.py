@@ -85,7 +85,7 @@ def finish_session(
 
 
 @router.post("/telemetry")
-def telemetry(body: dict[str, Any]) -> dict[str, str]:
+def telemetry(body: dict[str, Any], tenant: TinkerTenant) -> dict[str, str]:
     """Accepted and dropped: nothing the client reports is stored or logged."""
     return {"status": "accepted"}
 

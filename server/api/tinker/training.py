@@ -123,6 +123,12 @@ def create_model(
     ``tensafe.dp.*`` metadata. → ``CreateModelResponse`` once the model is loaded."""
     if body.lora_config is None:
         raise ValidationError("give a lora_config (rank)", field="lora_config")
+    if body.optimizer_config.type != "adamw":
+        raise ValidationError(
+            f"optimizer {body.optimizer_config.type!r} is not offered; this server trains with "
+            "AdamW",
+            field="optimizer_config.type",
+        )
     with db.sessions() as session:
         with refusals_are_final():
             owner = models.open_session(
