@@ -1,5 +1,5 @@
 """The official ``tinker==0.38.0`` client, unmodified, against a live TenSafe server
-(``/api/v1``) on the tiny model: a DP training loop, forward and RL losses,
+(``/api/v1``, SQLite and PostgreSQL) on the tiny model: a DP training loop, forward and RL losses,
 forward_backward_custom, checkpoints (save, load, create-from-state), sampler weights,
 RestClient, isolation between tenants, and refusals the client surfaces clearly."""
 
@@ -36,12 +36,18 @@ DP = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    data_dir = tmp_path_factory.mktemp("tinker-live")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    data_dir = tmp_path_factory.mktemp(f"tinker-{request.param}")
+    if request.param == "sqlite":
+        url = f"sqlite:///{data_dir / 'tensafe.db'}"
+    else:
+        url = str(request.getfixturevalue("postgres_session_url"))
     live = LiveServer(
         data_dir,
-        f"sqlite:///{data_dir / 'tensafe.db'}",
+        url,
         extra_env={
             "TENSAFE_TINKER_TOKENIZER_ID": str(prepare_smollm2_tokenizer()),
             # batches of more than 3 datums are sent as chunks (several submissions)
