@@ -1,7 +1,9 @@
 """The same DP-LoRA step through the Tinker protocol (official ``tinker`` 0.38 client,
 ``/api/v1``) vs the native protocol (``tg_tinker``, ``/v1``), on one live server.
 
-Two runs of the same config on one ``tensafe serve`` subprocess (SQLite, local store),
+Two runs of the same config (LoRA on attention and MLP; the Tinker client is told
+``train_unembed=False``, its default being True) on one ``tensafe serve`` subprocess
+(SQLite, local store),
 both charged to one dataset budget: each step is ``forward_backward(datums)`` then
 ``optim_step``, awaited in turn. The native step sends JSON datums and reads JSON
 results; the Tinker step sends a zstd-compressed protobuf batch, reads a protobuf
@@ -74,8 +76,10 @@ def main() -> int:
                 base_url=server.url,
                 api_key="tml-" + keys["api_key"],
             )
+            # the native run's LoRA layers (Tinker's default also trains the unembedding,
+            # a far heavier per-example gradient: not a protocol cost)
             ttc = service.create_lora_training_client(
-                base_model=args.model, rank=args.lora_rank
+                base_model=args.model, rank=args.lora_rank, train_unembed=False
             ).result()
 
             def step_native(rows: list[list[int]]) -> float:
