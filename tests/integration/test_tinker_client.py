@@ -432,3 +432,10 @@ def test_refusals_are_clear_and_never_500(server: LiveServer, tmp_path: Path) ->
         assert future.status_code == 404
         telemetry = http.post("/telemetry", json={"events": []}, headers=headers)
         assert telemetry.json() == {"status": "accepted"}
+        finished = http.post(
+            f"/sessions/{session_id}/finish", json={"reason": {"type": "success"}}, headers=headers
+        )
+        assert finished.status_code == 200
+        create["user_metadata"] = {"tensafe.dp.noise_multiplier": "1", **DP}
+        closed = http.post("/create_model", json=create, headers=headers)
+        assert closed.status_code == 400 and "closed" in closed.json()["detail"]

@@ -21,6 +21,7 @@ from server.api.tinker.codec import (
     native_batch_request,
     tinker_metrics,
 )
+from server.api.tinker.futures import optim_metrics
 from server.errors import PayloadTooLargeError, ValidationError
 from server.services import tinker_models as models
 
@@ -222,3 +223,27 @@ def test_sample_results_decode_with_the_clients_own_decoder() -> None:
     assert [t for t, _ in topk[1]] == [7, 8]
     assert [lp for _, lp in topk[1]] == pytest.approx([-0.1, -0.2])
     assert topk[2] is not None and [t for t, _ in topk[2]] == [9]  # the empty cell is dropped
+
+
+def test_optim_step_metrics_carry_the_dp_figures() -> None:
+    native = {
+        "step": 3,
+        "learning_rate": 1e-4,
+        "metrics": {"grad_norm:mean": 0.5, "dp/clip_fraction": 1.0},
+        "dp_metrics": {
+            "epsilon_spent": 0.7,
+            "delta": 1e-5,
+            "noise_multiplier": 1.1,
+            "sample_rate": 0.004,
+            "max_grad_norm": 1.0,
+            "expected_batch_size": 4.0,
+            "accountant": "prv",
+            "steps": 3,
+        },
+    }
+    metrics = optim_metrics(native)
+    assert all(key.count(":") == 1 for key in metrics)
+    assert metrics["dp/epsilon:max"] == 0.7 and metrics["dp/delta:max"] == 1e-5
+    assert metrics["dp/steps:max"] == 3 and metrics["step:max"] == 3
+    assert metrics["dp/clip_fraction:mean"] == 1.0 and "loss:sum" not in metrics
+    assert "dp/epsilon:max" not in optim_metrics({**native, "dp_metrics": None})
