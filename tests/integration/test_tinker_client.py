@@ -430,6 +430,8 @@ def test_refusals_are_clear_and_never_500(server: LiveServer, tmp_path: Path) ->
         assert ghost.status_code == 404
         future = http.post("/retrieve_future", json={"request_id": "fut_nope"}, headers=headers)
         assert future.status_code == 404
+        export = http.post("/save_weights_external", json={"model_id": "m"}, headers=headers)
+        assert export.status_code == 400 and "encrypted" in export.json()["detail"]
         telemetry = http.post("/telemetry", json={"events": []}, headers=headers)
         assert telemetry.json() == {"status": "accepted"}
         finished = http.post(

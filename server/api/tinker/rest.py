@@ -12,7 +12,7 @@ from tg_tinker.types import TrainingConfig
 from tinker import types as tt
 
 from server.api.deps import SessionDep
-from server.api.tinker.deps import TinkerTenant
+from server.api.tinker.deps import RefusedError, TinkerTenant
 from server.db.models import ArtifactRow, TrainingRunRow
 from server.services import artifacts as artifact_service
 from server.services import tinker_models as models
@@ -127,3 +127,48 @@ def weights_info(body: dict[str, Any], tenant: TinkerTenant, session: SessionDep
 
 
 __all__ = ["router"]
+
+
+# ---------------------------------------------------------------- refused
+# Routes of the 0.38 client this server refuses on purpose, with a message instead of a
+# bare 404 (400: the client does not retry it). A model id is looked up first, so
+# another tenant's is still a 404.
+_PLAINTEXT = (
+    "plaintext weight export is not offered: TenSafe artifacts leave the server only "
+    "encrypted; find the checkpoint's tensafe.artifact_id in list_checkpoints and use "
+    "pull_artifact (tg_tinker) to download and decrypt it locally"
+)
+
+
+def _refuse(detail: str, field: str | None = None) -> None:
+    raise RefusedError(detail, field=field)
+
+
+@router.post("/save_weights_external")
+def save_weights_external(tenant: TinkerTenant) -> None:
+    _refuse(_PLAINTEXT)
+
+
+@router.post("/copy_weights")
+def copy_weights(tenant: TinkerTenant) -> None:
+    _refuse("copying checkpoints between projects is not offered by this server")
+
+
+@router.post("/create_custom_loss")
+def create_custom_loss(tenant: TinkerTenant) -> None:
+    _refuse(
+        "server-side custom losses are not offered; forward_backward_custom runs the loss "
+        "on the client (custom_loss_server_side is false)"
+    )
+
+
+@router.delete("/training_runs/{model_id}/checkpoints/{checkpoint_id:path}")
+def delete_checkpoint(
+    model_id: str, checkpoint_id: str, tenant: TinkerTenant, session: SessionDep
+) -> None:
+    models.run_for_model(session, tenant_id=tenant.tenant_id, model_id=model_id)
+    _refuse(
+        "checkpoints are not deleted on request here; they expire after the server's "
+        "ARTIFACT_TTL_S, and deleting the tenant's keys crypto-shreds them all",
+        field="checkpoint_id",
+    )
