@@ -181,3 +181,12 @@ def test_sampling_charges_no_privacy_budget(api: Harness, trained: dict[str, Any
     after = api.client.get("/v1/budgets", headers=owner).json()
     assert before == after
     assert before["budgets"] and before["budgets"][0]["total_steps"] == 1
+
+
+def test_a_new_runs_sampler_waits_for_its_model(api: Harness) -> None:
+    owner = api.tenant()
+    run_id = api.create_run(owner, model_ref="tiny-llama:seed=3")  # not loaded anywhere yet
+    sampler = create(api, owner, run_id=run_id)
+    params = {"max_tokens": 3, "temperature": 0.0, "stop": []}
+    result = sample(api, owner, sampler["sampler_id"], num_samples=2, sampling_params=params)
+    assert [len(s["tokens"]) for s in result["sequences"]] == [3, 3]
