@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server_overhead import _Server, step_arguments
+from _live_server import LiveServer
+from server_overhead import step_arguments
 
 VOCAB = 49152
 
@@ -53,7 +54,7 @@ def main() -> int:
 
     dp = {"noise_multiplier": 1.0, "dataset_size": 100_000, "expected_batch_size": args.batch}
     with tempfile.TemporaryDirectory(prefix="tensafe-bench-") as tmp:
-        server = _Server(Path(tmp))
+        server = LiveServer(Path(tmp))
         keys = json.loads(server.tensafe("admin", "create-tenant", "bench", "--json"))
         server.start()
         native_times: list[float] = []

@@ -15,6 +15,7 @@ through the :class:`~server.queue.FutureNotifier` like training futures.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -31,6 +32,8 @@ from server.db.models import utcnow
 from server.errors import ServiceUnavailableError, describe_error
 from server.queue import FutureNotifier
 
+log = logging.getLogger("tensafe.server.sampling")
+
 
 @dataclass
 class _Entry:
@@ -42,7 +45,7 @@ class _Entry:
     error: ErrorBody | None = None
     completed_at: datetime | None = None
     finished_mono: float | None = None
-    work: Future[Any] | None = field(default=None, repr=False)
+    work: Future[BaseModel] | None = field(default=None, repr=False)
 
 
 class SampleFutures:
@@ -52,7 +55,7 @@ class SampleFutures:
 
         futures = SampleFutures(notifier=notifier)
         ref = futures.track(tenant_id="t1", owner_id="smp_1", operation="sample",
-                            work=executor_future, to_result=to_wire)
+                            work=future_of_a_wire_response)
         futures.read(tenant_id="t1", future_id=ref.future_id)   # FutureState or None
 
     Args:
@@ -78,11 +81,10 @@ class SampleFutures:
         tenant_id: str,
         owner_id: str,
         operation: str,
-        work: Future[Any],
-        to_result: Any,
+        work: Future[BaseModel],
     ) -> FutureRef:
-        """Register ``work`` (a running or queued concurrent future) as a new future of
-        ``owner_id`` (a sampler); ``to_result`` turns its value into the wire result.
+        """Register ``work`` (a running or queued concurrent future of a wire response)
+        as a new future of ``owner_id`` (a sampler).
 
         Raises:
             ServiceUnavailableError: ``max_entries`` futures are still unfinished.
@@ -105,7 +107,7 @@ class SampleFutures:
             )
             entry = _Entry(tenant_id=tenant_id, ref=ref, created_at=utcnow(), work=work)
             self._entries[ref.future_id] = entry
-        work.add_done_callback(lambda done: self._finish(entry, done, to_result))
+        work.add_done_callback(lambda done: self._finish(entry, done))
         return ref
 
     def read(self, *, tenant_id: str, future_id: str) -> FutureState | None:
@@ -146,20 +148,19 @@ class SampleFutures:
             return len(self._entries)
 
     # ------------------------------------------------------------------ helpers
-    def _finish(self, entry: _Entry, done: Future[Any], to_result: Any) -> None:
+    def _finish(self, entry: _Entry, done: Future[BaseModel]) -> None:
         result = error = None
+        exc = None if done.cancelled() else done.exception()
         if done.cancelled():
             status = "cancelled"
-        elif done.exception() is not None:
+        elif exc is not None:
+            code, error = describe_error(exc)
             status = "failed"
-            error = describe_error(done.exception())[1]  # type: ignore[arg-type]
+            if code >= 500:
+                log.error("sampling operation %s failed", entry.ref.future_id, exc_info=exc)
         else:
-            try:
-                value: BaseModel = to_result(done.result())
-                result = value.model_dump(mode="json")
-                status = "completed"
-            except Exception as exc:
-                status, error = "failed", describe_error(exc)[1]
+            result = done.result().model_dump(mode="json")
+            status = "completed"
         with self._lock:
             entry.status = status
             entry.result = result

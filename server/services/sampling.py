@@ -370,9 +370,7 @@ def submit_sample(
     work = start_sample(
         db, backend, settings, tenant_id=tenant_id, sampler_id=sampler_id, request=request
     )
-    return futures.track(
-        tenant_id=tenant_id, owner_id=sampler_id, operation="sample", work=work, to_result=_same
-    )
+    return futures.track(tenant_id=tenant_id, owner_id=sampler_id, operation="sample", work=work)
 
 
 def submit_compute_logprobs(
@@ -389,11 +387,7 @@ def submit_compute_logprobs(
         db, backend, tenant_id=tenant_id, sampler_id=sampler_id, request=request
     )
     return futures.track(
-        tenant_id=tenant_id,
-        owner_id=sampler_id,
-        operation="compute_logprobs",
-        work=work,
-        to_result=_same,
+        tenant_id=tenant_id, owner_id=sampler_id, operation="compute_logprobs", work=work
     )
 
 
@@ -437,10 +431,6 @@ def _topk(
     if topk is None:
         return None
     return [None if row is None else [(int(t), float(lp)) for t, lp in row] for row in topk]
-
-
-def _same(value: object) -> object:
-    return value
 
 
 def _checked(call: Callable[[], T]) -> T:

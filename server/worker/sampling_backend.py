@@ -237,6 +237,9 @@ class SamplingWorker:
                 status = None if run is None else run.status
             if status is None:
                 raise NotFoundError(f"no training run {run_id!r}", field="sampler_id")
+            # the engine is registered before the run turns READY: look again after the read
+            if self.engines.get(run_id) is not None:
+                continue
             if status != "INITIALIZING" or time.monotonic() > deadline:
                 raise ConflictError(
                     f"training run {run_id}'s weights are not in memory (the server "

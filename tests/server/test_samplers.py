@@ -149,6 +149,7 @@ def test_bad_input_is_refused_naming_the_field(api: Harness, trained: dict[str, 
         ({"prompt": {"chunks": []}}, "prompt"),
         ({"prompt": {"chunks": [{"tokens": [1] * 300}]}}, "prompt"),  # beyond the context
         ({"prompt": {"chunks": [{"tokens": [10**6]}]}}, "prompt"),  # outside the vocabulary
+        ({"prompt": {"chunks": [{"tokens": [1] * 32769}]}}, "prompt"),  # above the wire cap
         ({"prompt": PROMPT, "topk_prompt_logprobs": 21}, "topk_prompt_logprobs"),
     ]
     for body, field in cases:
@@ -181,3 +182,54 @@ def test_sampling_charges_no_privacy_budget(api: Harness, trained: dict[str, Any
     after = api.client.get("/v1/budgets", headers=owner).json()
     assert before == after
     assert before["budgets"] and before["budgets"][0]["total_steps"] == 1
+
+
+def test_a_new_runs_sampler_waits_for_its_model(api: Harness) -> None:
+    owner = api.tenant()
+    run_id = api.create_run(owner, model_ref="tiny-llama:seed=3")  # not loaded anywhere yet
+    sampler = create(api, owner, run_id=run_id)
+    params = {"max_tokens": 3, "temperature": 0.0, "stop": []}
+    result = sample(api, owner, sampler["sampler_id"], num_samples=2, sampling_params=params)
+    assert [len(s["tokens"]) for s in result["sequences"]] == [3, 3]
+
+
+def test_sampling_does_not_wait_in_the_runs_training_queue(
+    api: Harness, trained: dict[str, Any]
+) -> None:
+    """With the training queue's threads stopped, a training operation of the run stays
+    pending — and a sample from the same run's weights still completes."""
+    owner, run_id = trained["owner"], trained["run_id"]
+    sid = create(api, owner, run_id=run_id)["sampler_id"]
+    queue = api.context.queue
+    queue.stop()
+    try:
+        pending = api.submit(owner, run_id, "forward", batch(3))
+        result = sample(api, owner, sid, sampling_params={"max_tokens": 4, "seed": 2})
+        assert len(result["sequences"][0]["tokens"]) <= 4
+        state = api.client.get(f"/v1/futures/{pending}", headers=owner).json()
+        assert state["status"] == "pending"
+    finally:
+        queue.start()
+    assert api.wait(owner, pending)["status"] == "completed"
+
+
+def test_a_queued_sample_can_be_cancelled_and_other_tenants_cannot(
+    api: Harness, trained: dict[str, Any]
+) -> None:
+    owner = trained["owner"]
+    sid = create(api, owner, run_id=trained["run_id"])["sampler_id"]
+    refs = [
+        api.client.post(
+            f"/v1/samplers/{sid}/sample",
+            json={"prompt": PROMPT, "num_samples": 8, "sampling_params": {"max_tokens": 32}},
+            headers=owner,
+        ).json()
+        for _ in range(12)
+    ]
+    intruder = api.tenant()
+    last = refs[-1]["future_id"]
+    assert api.client.post(f"/v1/futures/{last}/cancel", headers=intruder).status_code == 404
+    answer = api.client.post(f"/v1/futures/{last}/cancel", headers=owner).json()
+    final = [api.wait(owner, r["future_id"])["status"] for r in refs]
+    assert set(final) <= {"completed", "cancelled"}
+    assert (answer["cancelled"] and final[-1] == "cancelled") or final[-1] == "completed"
