@@ -105,6 +105,9 @@ class Settings(BaseSettings):
         tinker_tokenizer_id: what ``get_info`` on the Tinker protocol (``/api/v1``) tells
             clients to load the tokenizer from: a hub id, or a directory on the clients'
             machines (offline). Default: the hub id of the model's tokenizer.
+        tinker_default_dp: DP settings (fields of ``DPConfig``, as JSON) for Tinker-protocol
+            models whose metadata names none, so unmodified Tinker scripts train under DP;
+            a client's ``tensafe.dp.*`` keys override them field by field.
         tinker_fwdbwd_max_chunk_len: Tinker clients split a forward_backward of more
             datums than this into chunks (each its own submission; the gradients add up
             in the same logical batch).
@@ -144,6 +147,7 @@ class Settings(BaseSettings):
     worker_threads: int = Field(2, ge=1, le=64)
     device: str = "cpu"
     tinker_tokenizer_id: str | None = None
+    tinker_default_dp: dict[str, float | int | str] | None = None
     tinker_fwdbwd_max_chunk_len: int = Field(1024, gt=0)
     model_cache_dir: Path | None = None
     sampling_threads: int = Field(4, ge=1, le=64)
@@ -159,6 +163,17 @@ class Settings(BaseSettings):
     log_json: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+
+    @field_validator("tinker_default_dp")
+    @classmethod
+    def _dp_fields(
+        cls, value: dict[str, float | int | str] | None
+    ) -> dict[str, float | int | str] | None:
+        if value is not None:
+            from tg_tinker.types import DPConfig
+
+            DPConfig.model_validate(value)  # a bad default fails at start, naming the field
+        return value
 
     @field_validator("data_dir", "artifact_dir", "keyring_path", "model_cache_dir")
     @classmethod

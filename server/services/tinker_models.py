@@ -221,14 +221,21 @@ def dp_settings(metadata: Mapping[str, Any]) -> DPConfig | None:
         ) from None
 
 
-def merged_dp(session_metadata: Mapping[str, Any], model_metadata: Mapping[str, Any]) -> DPConfig:
-    """The DP config of a new model: the session's ``tensafe.dp.*`` keys overlaid by the
-    model's (``enabled=False`` when ``tensafe.dp`` is ``off``).
+def merged_dp(
+    session_metadata: Mapping[str, Any],
+    model_metadata: Mapping[str, Any],
+    *,
+    defaults: Mapping[str, Any] | None = None,
+) -> DPConfig:
+    """The DP config of a new model: the server's ``defaults`` (``DPConfig`` fields,
+    the ``tinker_default_dp`` setting) overlaid by the session's ``tensafe.dp.*`` keys,
+    overlaid by the model's (``enabled=False`` when ``tensafe.dp`` is ``off``).
 
     Raises:
         ValidationError: as :func:`dp_settings`; no DP settings at all (naming the keys).
     """
-    merged = {**session_metadata, **model_metadata}
+    server = {DP_PREFIX + key: value for key, value in (defaults or {}).items()}
+    merged = {**server, **session_metadata, **model_metadata}
     dp = dp_settings(merged)
     if dp is None:
         raise ValidationError(

@@ -3,9 +3,12 @@ encoders and decoders (``tinker.proto.request_conv`` / ``response_conv`` of 0.38
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import zstandard
+from pydantic import ValidationError as PydanticValidationError
 from tinker import types as tt
 from tinker.proto import tinker_public_pb2 as pb
 from tinker.proto.request_conv import forward_backward_request_to_proto
@@ -24,6 +27,7 @@ from server.api.tinker.codec import (
 from server.api.tinker.futures import optim_metrics
 from server.errors import PayloadTooLargeError, ValidationError
 from server.services import tinker_models as models
+from server.settings import Settings
 
 LIMIT = 1 << 20
 
@@ -180,6 +184,18 @@ def test_dp_settings_from_user_metadata() -> None:
     assert merged.noise_multiplier == 2.0 and merged.dataset_size == 10  # the model's wins
     with pytest.raises(ValidationError, match=r"tensafe\.dp"):
         models.merged_dp({}, {})
+    server = {"noise_multiplier": 0.8, "dataset_id": "notes", "sample_rate": 0.01}
+    default = models.merged_dp({}, {}, defaults=server)  # an unmodified script
+    assert default.noise_multiplier == 0.8 and default.dataset_id == "notes"
+    mixed = models.merged_dp({"tensafe.dp.noise_multiplier": "2"}, {}, defaults=server)
+    assert mixed.noise_multiplier == 2.0 and mixed.sample_rate == 0.01
+
+
+def test_the_default_dp_setting_is_checked_at_start(tmp_path: Path) -> None:
+    ok = Settings(data_dir=tmp_path, tinker_default_dp={"noise_multiplier": 1.0})
+    assert ok.tinker_default_dp == {"noise_multiplier": 1.0}
+    with pytest.raises(PydanticValidationError, match="noise"):
+        Settings(data_dir=tmp_path, tinker_default_dp={"noise": 1.0})
 
 
 def test_tinker_paths_map_to_the_native_ones() -> None:

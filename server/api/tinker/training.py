@@ -144,7 +144,7 @@ def create_model(
         train_attn=lora.train_attn,
         train_mlp=lora.train_mlp,
         train_unembed=lora.train_unembed,
-        dp=models.merged_dp(session_metadata, metadata),
+        dp=models.merged_dp(session_metadata, metadata, defaults=settings.tinker_default_dp),
         metadata=metadata,
     )
     model_id = models.model_id_for(session_id=body.session_id, seq=body.model_seq_id)
