@@ -6,7 +6,8 @@ simulated client is its own tenant (a key with the ``train`` and ``privacy-offic
 scopes) on its own keep-alive connection, and sends a fixed cycle of requests — a mix
 of reads and short writes that every run makes in production:
 
-* ``GET /v1/training_runs``, ``GET /v1/budgets``, ``GET /v1/budgets/{id}`` (reads),
+* ``GET /v1/training_runs``, ``/v1/artifacts``, ``/v1/datasets``,
+  ``/v1/budgets/{id}`` (reads, six of eight requests),
 * ``POST /v1/budgets`` (a new budget and its first ledger row) and
   ``PATCH /v1/budgets/{id}`` (a cap change, one ledger row) — writes.
 
@@ -159,33 +160,34 @@ class Server:
             self.process.wait(60)
 
 
-def _cycle(client_index: int, step: int) -> tuple[str, str, dict[str, Any] | None]:
-    """The ``step``-th request of a client: (method, path, json body)."""
-    kind = step % 6
-    if kind == 0:
-        return "GET", "/v1/training_runs", None
-    if kind == 1:
-        body = {"dataset_id": f"ds-{client_index}-{step}", "epsilon_cap": 8.0, "delta": 1e-6}
-        return "POST", "/v1/budgets", body
+_READS = ("/v1/training_runs", "/v1/artifacts", "/v1/datasets")
+
+
+def _cycle(client: str, step: int) -> tuple[str, str, dict[str, Any] | None]:
+    """The ``step``-th request of ``client``: (method, path, json body). Two of every
+    eight are writes; the reads are the listings a dashboard or SDK polls."""
+    kind = step % 8
     if kind == 2:
-        return "GET", "/v1/budgets", None
-    if kind == 3:
-        return "PATCH", f"/v1/budgets/base-{client_index}", {"epsilon_cap": 10.0 + step}
-    if kind == 4:
-        return "GET", f"/v1/budgets/base-{client_index}", None
-    return "GET", "/v1/training_runs", None
+        body = {"dataset_id": f"ds-{client}-{step}", "epsilon_cap": 8.0, "delta": 1e-6}
+        return "POST", "/v1/budgets", body
+    if kind == 5:
+        return "PATCH", f"/v1/budgets/base-{client}", {"epsilon_cap": 10.0 + step}
+    if kind == 7:
+        return "GET", f"/v1/budgets/base-{client}", None
+    return "GET", _READS[step % len(_READS)], None
 
 
 async def _client(
     url: str, api_key: str, index: int, *, requests: int, level: Level, deadline: float
 ) -> None:
+    name = f"{index}-{level.clients}"
     headers = {"Authorization": f"Bearer {api_key}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
         for step in range(requests):
             if time.monotonic() > deadline:
                 level.record_error("time budget")
                 return
-            method, path, body = _cycle(index, step)
+            method, path, body = _cycle(name, step)
             started = time.perf_counter()
             try:
                 response = await client.request(method, path, json=body)
@@ -198,15 +200,16 @@ async def _client(
             level.latencies.append(time.perf_counter() - started)
 
 
-async def _setup(url: str, keys: list[str]) -> None:
+async def _setup(url: str, keys: list[str], levels: list[int]) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-        for i, key in enumerate(keys):
-            response = await client.post(
-                "/v1/budgets",
-                json={"dataset_id": f"base-{i}", "epsilon_cap": 10.0, "delta": 1e-6},
-                headers={"Authorization": f"Bearer {key}"},
-            )
-            response.raise_for_status()
+        for clients in levels:
+            for i, key in enumerate(keys[:clients]):
+                response = await client.post(
+                    "/v1/budgets",
+                    json={"dataset_id": f"base-{i}-{clients}", "epsilon_cap": 10.0, "delta": 1e-6},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                response.raise_for_status()
 
 
 def run_level(
@@ -274,7 +277,7 @@ def main() -> int:
             for server in servers.values():
                 server.start()
             for database, server in servers.items():
-                asyncio.run(_setup(server.url, keys[database]))
+                asyncio.run(_setup(server.url, keys[database], args.clients))
             # Levels alternate between the databases so drift hits both alike.
             for clients in args.clients:
                 for database, server in servers.items():

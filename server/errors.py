@@ -88,6 +88,28 @@ class ConflictError(ServiceError, RuntimeError):
     category = "user"
 
 
+class RateLimitError(ServiceError, RuntimeError):
+    """The tenant sent too many requests (429, with ``Retry-After``); nothing was applied.
+
+    Attributes:
+        retry_after: whole seconds until a request is allowed again.
+    """
+
+    status_code = 429
+    category = "user"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rate_limit_error, (self.detail, self.retry_after))
+
+
+def _rate_limit_error(detail: str, retry_after: int) -> RateLimitError:
+    return RateLimitError(detail, retry_after=retry_after)
+
+
 class ServerError(ServiceError, RuntimeError):
     """Our failure (500)."""
 
@@ -159,6 +181,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "RateLimitError",
     "ResultExpiredError",
     "ServerError",
     "ServiceError",
