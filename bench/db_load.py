@@ -11,11 +11,14 @@ of reads and short writes that every run makes in production:
 * ``POST /v1/budgets`` (a new budget and its first ledger row) and
   ``PATCH /v1/budgets/{id}`` (a cap change, one ledger row) — writes.
 
-Every level (``--clients``, default 32 and 64) runs on both databases, back to back,
-with ``--requests`` requests per client, bounded by ``--max-seconds`` per level. Any
-non-2xx answer, transport error or timeout counts as an error. Reported per database
-and level: errors, p50 and p99 latency, throughput; and the SQLite/PostgreSQL p99
-ratio (target: 0 errors on SQLite at 64 clients, ratio ≤ 2).
+Meanwhile ``--trainers`` runs (default 2, tiny Llama, DP) step continuously —
+``forward_backward``, ``optim_step``, long-polls — so the worker's step transactions
+(budget charge, ledger row) compete with the clients, as on a busy server; their
+requests are not in the figures. Every level (``--clients``, default 32 and 64) runs
+on both databases, back to back, with ``--requests`` requests per client, bounded by
+``--max-seconds`` per level. Any non-2xx answer, transport error or timeout counts as
+an error. Reported per database and level: errors, p50 and p99 latency, throughput;
+and the SQLite/PostgreSQL p99 ratio (target: 0 errors on SQLite at 64 clients, ratio ≤ 2).
 
     python bench/db_load.py                    # 32 and 64 clients, 24 requests each
     python bench/db_load.py --clients 8 --requests 10 --json
@@ -63,6 +66,7 @@ class Level:
     errors: int = 0
     error_kinds: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    training_steps: int = 0
 
     def record_error(self, kind: str) -> None:
         self.errors += 1
@@ -86,6 +90,7 @@ class Level:
             "p99_ms": pct(0.99),
             "mean_ms": round(statistics.fmean(ordered) * 1000, 1) if ordered else None,
             "requests_per_s": round(len(ordered) / self.seconds, 1) if self.seconds else None,
+            "training_steps": self.training_steps,
         }
 
 
@@ -100,7 +105,8 @@ class Server:
             **os.environ,
             "TENSAFE_ENVIRONMENT": "development",
             "TENSAFE_DATABASE_URL": database_url,
-            "TENSAFE_WORKER_THREADS": "1",
+            "TENSAFE_WORKER_THREADS": "2",
+            "TENSAFE_DEFAULT_EPSILON_CAP": "1000",  # the trainers' runs get a budget
             "TENSAFE_LOG_LEVEL": "WARNING",
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
@@ -212,23 +218,64 @@ async def _setup(url: str, keys: list[str], levels: list[int]) -> None:
                 response.raise_for_status()
 
 
+async def _trainer(url: str, api_key: str, stop: asyncio.Event, steps: list[int]) -> None:
+    """A training run stepping (forward_backward, optim_step, long-poll) until ``stop``:
+    the worker's step transactions (budget charge, ledger row) under the clients' load."""
+    headers = {"Authorization": f"Bearer {api_key}"}
+    dp = {"noise_multiplier": 1.0, "dataset_size": 10_000, "expected_batch_size": 4}
+    config = {"model_ref": "tiny-llama", "lora_config": {"rank": 4}, "dp_config": dp}
+    ids = [[(7 * i + j) % 1000 for j in range(16)] for i in range(4)]
+    batch = {"batch": {"input_ids": ids, "labels": ids}}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as client:
+        response = await client.post("/v1/training_runs", json=config)
+        response.raise_for_status()
+        run = response.json()["run_id"]
+        while not stop.is_set():
+            for op, body in (("forward_backward", batch), ("optim_step", None)):
+                response = await client.post(f"/v1/training_runs/{run}/{op}", json=body)
+                response.raise_for_status()
+                future = response.json()["future_id"]
+                state = {"status": "pending"}
+                while state["status"] not in ("completed", "failed", "cancelled"):
+                    state = (await client.get(f"/v1/futures/{future}?wait=10")).json()
+            steps.append(1)
+
+
 def run_level(
-    server: Server, keys: list[str], *, database: str, requests: int, max_seconds: float
+    server: Server,
+    keys: list[str],
+    *,
+    database: str,
+    requests: int,
+    max_seconds: float,
+    trainer_keys: list[str],
 ) -> Level:
     level = Level(database=database, clients=len(keys))
     started = time.monotonic()
+    steps: list[int] = []
 
     async def all_clients() -> None:
-        deadline = time.monotonic() + max_seconds
+        nonlocal started
+        stop = asyncio.Event()
+        trainers = [
+            asyncio.create_task(_trainer(server.url, key, stop, steps)) for key in trainer_keys
+        ]
+        while trainer_keys and not steps and time.monotonic() - started < max_seconds:
+            await asyncio.sleep(0.2)  # the runs' models are loaded and stepping
+        started = time.monotonic()
+        deadline = started + max_seconds
         await asyncio.gather(
             *(
                 _client(server.url, key, i, requests=requests, level=level, deadline=deadline)
                 for i, key in enumerate(keys)
             )
         )
+        level.seconds = time.monotonic() - started
+        stop.set()
+        await asyncio.gather(*trainers)
 
     asyncio.run(all_clients())
-    level.seconds = time.monotonic() - started
+    level.training_steps = len(steps)
     return level
 
 
@@ -256,6 +303,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=24, help="requests per client")
     parser.add_argument("--max-seconds", type=float, default=180.0, help="per level")
     parser.add_argument("--databases", nargs="+", default=["sqlite", "postgresql"])
+    parser.add_argument(
+        "--trainers", type=int, default=2, help="runs stepping during each level (tiny-llama)"
+    )
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = parser.parse_args()
 
@@ -273,7 +323,8 @@ def main() -> int:
                     url, drop = _postgres_database()
                     cleanups.append(drop)
                 servers[database] = Server(data_dir, url)
-            keys = {db: s.create_tenants(max(args.clients)) for db, s in servers.items()}
+            total = max(args.clients) + args.trainers
+            keys = {db: s.create_tenants(total) for db, s in servers.items()}
             for server in servers.values():
                 server.start()
             for database, server in servers.items():
@@ -287,6 +338,7 @@ def main() -> int:
                         database=database,
                         requests=args.requests,
                         max_seconds=args.max_seconds,
+                        trainer_keys=keys[database][len(keys[database]) - args.trainers :],
                     )
                     summary = level.summary()
                     results.append(summary)

@@ -18,7 +18,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -27,6 +27,7 @@ from tg_tinker.types import ErrorBody
 
 from server.api import artifacts, budgets, datasets, futures, keys, runs
 from server.api.deps import ApiResources
+from server.api.input_guards import refuse_nul_characters
 from server.api.responses import ERROR_RESPONSES
 from server.context import ServerContext, build_context
 from server.errors import RateLimitError, ServiceError, describe_error
@@ -201,6 +202,7 @@ def create_app(settings: Settings, *, context: ServerContext | None = None) -> F
         summary="Differentially private fine-tuning with encrypted checkpoints.",
         version=_version(),
         lifespan=lifespan,
+        dependencies=[Depends(refuse_nul_characters)],
     )
     app.state.context = ctx
     app.state.resources = api_resources(ctx)
