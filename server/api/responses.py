@@ -13,6 +13,7 @@ from typing import Any
 from tg_tinker.types import ErrorBody
 
 _DESCRIPTIONS = {
+    400: "The request body is not parseable (malformed JSON or encoding).",
     401: "Missing, malformed, unknown or revoked API key.",
     403: "The API key lacks the scope this route needs.",
     404: "No such object for this tenant (also another tenant's id).",
