@@ -165,3 +165,39 @@ def test_a_500_keeps_the_keep_alive_connection(live: tuple[int, Harness, FastAPI
     assert again.status == 200 and again.read() == b'{"status":"ok"}'
     assert connection.sock is sock
     connection.close()
+
+
+def test_a_31_mb_token_array_is_cut_off_while_it_streams(
+    live: tuple[int, Harness, FastAPI],
+) -> None:
+    """Sent without a Content-Length (chunked), a huge batch is refused as soon as its
+    route's limit is passed — long before 31 MB are read or any JSON is parsed."""
+    port, api, _app = live
+    key = api.tenant()["Authorization"]
+    limit = body_limits(api.context.settings).limit_for(
+        "POST", "/v1/training_runs/run_x/forward_backward"
+    )
+    assert limit < 3 * 1024 * 1024  # 128 bytes per token of the 16384-token cap
+    request = (
+        "POST /v1/training_runs/run_x/forward_backward HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/json\r\nAuthorization: {key}\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    chunk = b'{"batch": {"input_ids": [[' + b"12345, " * 9000
+    sent = 0
+
+    def stream(sock: socket.socket) -> None:
+        nonlocal sent
+        while sent < 31 * 1024 * 1024:
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except OSError:  # refused and closed
+                return
+            sent += len(chunk)
+
+    started = time.monotonic()
+    head, body = _raw(port, request, then=stream)
+    assert head.startswith("HTTP/1.1 413"), head
+    assert json.loads(body)["field"] == "body"
+    assert sent < 31 * 1024 * 1024  # the server stopped reading: the rest was never sent
+    assert time.monotonic() - started < 10
