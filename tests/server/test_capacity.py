@@ -3,6 +3,7 @@ a clear 422/409, before anything is stored or allocated."""
 
 from __future__ import annotations
 
+import resource
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -85,6 +86,7 @@ def test_a_memory_bomb_batch_is_refused_before_allocation(small_server: Harness)
     api.wait(headers, api.submit(headers, run_id, "forward", _rows(1, 8)))  # model loaded
     runs, ops = _counts(api)
     body = _rows(4, 4096)
+    peak_rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     tracemalloc.start()
     started = time.perf_counter()
     response = api.client.post(f"/v1/training_runs/{run_id}/forward", json=body, headers=headers)
@@ -96,8 +98,11 @@ def test_a_memory_bomb_batch_is_refused_before_allocation(small_server: Harness)
     assert response.json()["field"] == "batch"
     assert "16384 tokens" in response.json()["detail"]
     assert _counts(api) == (runs, ops)  # nothing stored, nothing queued
-    # parsing the 100 KB request is all it cost: no B×T×V tensor was ever built
+    # parsing the 100 KB request is all it cost: no B×T×V tensor was ever built (the
+    # process's high-water mark would have grown by gigabytes)
     assert peak < 64 * 1024 * 1024
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_rss_before
+    assert grown_kib < 512 * 1024
     assert elapsed < 5
 
 

@@ -201,3 +201,16 @@ def test_a_31_mb_token_array_is_cut_off_while_it_streams(
     assert json.loads(body)["field"] == "body"
     assert sent < 31 * 1024 * 1024  # the server stopped reading: the rest was never sent
     assert time.monotonic() - started < 10
+
+
+def test_route_limits_pick_the_most_specific_pattern(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(max_body_bytes=32 * 1024 * 1024, max_tokens_per_batch=1000)
+    limits = body_limits(settings)
+    config = settings.max_metadata_bytes + 64 * 1024
+    assert limits.limit_for("POST", "/v1/training_runs") == config
+    assert limits.limit_for("POST", "/v1/training_runs/r1/optim_step") == config
+    assert limits.limit_for("POST", "/v1/training_runs/r1/forward") == 1000 * 128 + 64 * 1024
+    assert limits.limit_for("POST", "/v1/datasets/ds_1/records") == 32 * 1024 * 1024
+    assert limits.limit_for("GET", "/v1/training_runs") == 32 * 1024 * 1024
