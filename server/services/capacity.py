@@ -209,6 +209,28 @@ def check_run_capacity(config: TrainingConfig, *, settings: Settings) -> None:
         )
 
 
+def _operation_shape(model_ref: str, vocab_size: int | None) -> ModelShape | None:
+    shape = model_shape(model_ref.strip())
+    if shape is None and vocab_size is not None:
+        # unknown depth and width: count the logits, and SmolLM2-sized activations
+        shape = ModelShape(
+            params=0, hidden=SMOLLM2_SHAPE.hidden, layers=SMOLLM2_SHAPE.layers, vocab=vocab_size
+        )
+    return shape
+
+
+def max_tokens_per_call(*, model_ref: str, vocab_size: int | None, settings: Settings) -> int:
+    """The most tokens one engine call may take on a run of ``model_ref``: the
+    ``max_tokens_per_batch`` cap, or fewer if the memory estimate says so. A batch the
+    server builds itself (a drawn batch) is split into calls of at most this many."""
+    cap = settings.max_tokens_per_batch
+    shape = _operation_shape(model_ref, vocab_size)
+    if shape is None:
+        return cap
+    per_token = estimate_operation_bytes(tokens=1, shape=shape)
+    return max(1, min(cap, settings.resolved_worker_memory_bytes() // per_token))
+
+
 def check_operation_capacity(
     *,
     tokens: int,
@@ -233,14 +255,9 @@ def check_operation_capacity(
             "(server limit): split it over several forward_backward calls",
             field="batch",
         )
-    shape = model_shape(model_ref.strip())
+    shape = _operation_shape(model_ref, vocab_size)
     if shape is None:
-        if vocab_size is None:
-            return
-        # unknown depth and width: count the logits, and SmolLM2-sized activations
-        shape = ModelShape(
-            params=0, hidden=SMOLLM2_SHAPE.hidden, layers=SMOLLM2_SHAPE.layers, vocab=vocab_size
-        )
+        return
     estimate = estimate_operation_bytes(tokens=tokens, shape=shape)
     estimate += FLOAT_BYTES * examples * (trainable_params or 0)
     budget = settings.resolved_worker_memory_bytes()
@@ -261,5 +278,6 @@ __all__ = [
     "check_run_capacity",
     "estimate_operation_bytes",
     "estimate_run_bytes",
+    "max_tokens_per_call",
     "model_shape",
 ]

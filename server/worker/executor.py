@@ -40,6 +40,7 @@ from server.queue import FutureNotifier, QueuedOperation
 from server.services import drawn_batches
 from server.services.admission import default_policy
 from server.services.budgets import BudgetService
+from server.services.capacity import max_tokens_per_call
 from server.services.dataset_reader import DatasetReader
 from server.services.datasets import DatasetService
 from server.services.declared_batches import example_digests
@@ -256,6 +257,11 @@ class OperationExecutor(CheckpointOperations):
                     request,
                     self._dataset(runtime, run),
                     max_batch=self.settings.max_batch_size,
+                    max_tokens=max_tokens_per_call(
+                        model_ref=run.model_ref or "",
+                        vocab_size=run.vocab_size,
+                        settings=self.settings,
+                    ),
                 )
             elif request.drawn_batch_id is not None:
                 raise ValidationError(

@@ -22,9 +22,12 @@ from server.services.capacity import (
     check_model_ref,
     check_run_capacity,
     estimate_operation_bytes,
+    max_tokens_per_call,
     model_shape,
 )
+from server.services.drawn_batches import split_by_group
 from server.settings import Settings
+from tensafe.losses import Datum
 
 from .harness import Harness, run_config
 
@@ -194,3 +197,32 @@ def test_the_memory_estimates() -> None:
     check_run_capacity(config, settings=_settings(worker_memory_bytes=4 * GiB))
     with pytest.raises(CapacityError):
         check_run_capacity(config, settings=_settings(worker_memory_bytes=GiB // 4))
+
+
+def test_a_drawn_batch_is_split_to_fit_never_refused() -> None:
+    """The server builds drawn batches itself: they are cut into engine calls that fit
+    the token budget, each privacy unit whole in one call."""
+    datums = [Datum(tokens=[1] * n, loss_fn_inputs={"target_tokens": [1] * n}) for n in
+              (300, 300, 300, 500, 100)]  # fmt: skip
+    groups = [0, 1, 1, 2, 3]  # unit 1 has two records
+    calls = split_by_group(datums, groups, max_batch=8, max_tokens=700)
+    assert [len(part) for part, _ in calls] == [1, 2, 2]
+    assert [sum(len(d.tokens) for d in part) for part, _ in calls] == [300, 600, 600]
+    assert [g for _, part_groups in calls for g in part_groups] == groups
+    with pytest.raises(Exception) as info:  # one unit alone above the budget
+        split_by_group(datums, groups, max_batch=8, max_tokens=500)
+    assert info.value.field == "dp_config.max_records_per_unit"  # type: ignore[attr-defined]
+
+
+def test_the_token_budget_per_call_follows_the_memory_budget() -> None:
+    roomy = _settings(worker_memory_bytes=64 * GiB)
+    assert (
+        max_tokens_per_call(model_ref="smollm2-135m-instruct", vocab_size=None, settings=roomy)
+        == 16384
+    )
+    tight = _settings(worker_memory_bytes=GiB)
+    fits = max_tokens_per_call(model_ref="smollm2-135m-instruct", vocab_size=None, settings=tight)
+    assert 100 < fits < 16384
+    assert estimate_operation_bytes(tokens=fits, shape=SMOLLM2_SHAPE) <= GiB
+    assert estimate_operation_bytes(tokens=fits + 1, shape=SMOLLM2_SHAPE) > GiB
+    assert max_tokens_per_call(model_ref="acme/x", vocab_size=None, settings=tight) == 16384
