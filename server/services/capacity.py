@@ -32,8 +32,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from tg_tinker.types import TrainingConfig
+from tg_tinker.types import ForwardBackwardRequest, TrainingConfig
 
+from server.db.models import TrainingRunRow
 from server.errors import ConflictError, ValidationError
 from server.settings import Settings
 from tensafe.errors import ConfigError
@@ -269,10 +270,45 @@ def check_operation_capacity(
         )
 
 
+def request_size(request: ForwardBackwardRequest) -> tuple[str, int | None, int | None]:
+    """``(form, examples, tokens)`` of a batch request — ``batch`` (arrays), ``data``
+    (datums) or ``drawn`` (the server's records: sizes unknown here, ``None``)."""
+    if request.drawn_batch_id is not None:
+        return "drawn", None, None
+    if request.batch is not None:
+        return "batch", len(request.batch.input_ids), sum(map(len, request.batch.input_ids))
+    assert request.data is not None
+    return "data", len(request.data), sum(d.model_input.length for d in request.data)
+
+
+def check_batch_capacity(
+    request: ForwardBackwardRequest, *, run: TrainingRunRow, settings: Settings
+) -> None:
+    """:func:`check_operation_capacity` for a forward/forward_backward request on
+    ``run`` (a drawn batch is sized by the server: see :func:`max_tokens_per_call`).
+
+    Raises:
+        ValidationError: more than ``max_tokens_per_batch`` tokens (422).
+        CapacityError: the estimate is above the worker's budget (409).
+    """
+    _form, examples, tokens = request_size(request)
+    if tokens is None:
+        return
+    check_operation_capacity(
+        tokens=tokens,
+        examples=examples or 0,
+        model_ref=run.model_ref or "",
+        vocab_size=run.vocab_size,
+        trainable_params=run.trainable_params,
+        settings=settings,
+    )
+
+
 __all__ = [
     "SMOLLM2_SHAPE",
     "CapacityError",
     "ModelShape",
+    "check_batch_capacity",
     "check_model_ref",
     "check_operation_capacity",
     "check_run_capacity",
@@ -280,4 +316,5 @@ __all__ = [
     "estimate_run_bytes",
     "max_tokens_per_call",
     "model_shape",
+    "request_size",
 ]

@@ -40,7 +40,7 @@ from server.queue import FutureNotifier, QueuedOperation
 from server.services import drawn_batches
 from server.services.admission import default_policy
 from server.services.budgets import BudgetService
-from server.services.capacity import max_tokens_per_call
+from server.services.capacity import check_batch_capacity, max_tokens_per_call
 from server.services.dataset_reader import DatasetReader
 from server.services.datasets import DatasetService
 from server.services.declared_batches import example_digests
@@ -238,6 +238,7 @@ class OperationExecutor(CheckpointOperations):
     def _forward(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
         engine = self.engines.for_operation(op, run).engine
         request = ForwardBackwardRequest.model_validate(payload)
+        check_batch_capacity(request, run=run, settings=self.settings)
         with request_fields(request):
             result = engine.forward(
                 engine_batch(request),
@@ -269,6 +270,7 @@ class OperationExecutor(CheckpointOperations):
                     field="drawn_batch_id",
                 )
             else:
+                check_batch_capacity(request, run=run, settings=self.settings)
                 result = self._declared_forward_backward(runtime, request)
         examples = int(result.metrics.get("num_examples:sum", 0))
 
