@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -114,13 +115,23 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session whose work is committed on success and rolled back on any error
-        (on SQLite it holds the write lock from its first statement to its end)."""
+        (on SQLite it holds the write lock from its first statement to its end).
+
+        Raises:
+            sqlalchemy.exc.OperationalError: (SQLite) no write lock within the busy
+                timeout — the same "database is locked" SQLite itself would give.
+        """
         if self._write_lock is None:
             with self._writes() as session, session.begin():
                 yield session
             return
-        with self._write_lock, self._writes() as session, session.begin():
-            yield session
+        if not self._write_lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+            raise OperationalError("BEGIN IMMEDIATE", None, Exception("database is locked"))
+        try:
+            with self._writes() as session, session.begin():
+                yield session
+        finally:
+            self._write_lock.release()
 
     def dispose(self) -> None:
         self.engine.dispose()
