@@ -72,3 +72,32 @@ def test_concurrent_writers_and_readers_all_succeed(tmp_path: Path) -> None:
     with db.sessions() as session:
         assert len(session.scalars(select(Tenant.name)).all()) == 24 * 5
     db.dispose()
+
+
+def test_a_read_does_not_wait_for_a_long_write(tmp_path: Path) -> None:
+    """A write transaction held open (a training step being charged) does not stall
+    reads — authentication, listings, polls — on other threads."""
+    db = _database(tmp_path)
+    _add_tenant(db, "first")
+    holding = threading.Event()
+    release = threading.Event()
+
+    def long_write() -> None:
+        with db.transaction() as session:
+            session.add(Tenant(tenant_id="ten_second", name="second", created_at=utcnow()))
+            session.flush()  # the write lock is taken
+            holding.set()
+            release.wait(30)
+
+    writer = threading.Thread(target=long_write)
+    writer.start()
+    assert holding.wait(10)
+    started = time.monotonic()
+    with db.sessions() as reader:
+        names = sorted(reader.scalars(select(Tenant.name)))
+    waited = time.monotonic() - started
+    release.set()
+    writer.join(30)
+    assert names == ["first"]  # the committed state, not the open write
+    assert waited < 2, f"the read waited {waited:.1f} s for the write lock"
+    db.dispose()
