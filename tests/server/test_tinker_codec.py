@@ -263,3 +263,10 @@ def test_optim_step_metrics_carry_the_dp_figures() -> None:
     assert metrics["dp/steps:max"] == 3 and metrics["step:max"] == 3
     assert metrics["dp/clip_fraction:mean"] == 1.0 and "loss:sum" not in metrics
     assert "dp/epsilon:max" not in optim_metrics({**native, "dp_metrics": None})
+
+
+def test_a_nul_in_the_model_id_is_refused_before_any_query() -> None:
+    body = pb.ForwardBackwardRequest(model_id="m\x00", seq_id=1).SerializeToString()
+    with pytest.raises(ValidationError) as refused:
+        decode_forward_backward(body, content_encoding=None, max_bytes=LIMIT)
+    assert refused.value.field == "model_id"

@@ -85,6 +85,8 @@ def decode_forward_backward(
         raise ValidationError(
             "the body is not a tinker_public.ForwardBackwardRequest protobuf", field="body"
         ) from None
+    if "\x00" in message.model_id:  # never reaches a database query
+        raise ValidationError("must not contain NUL characters", field="model_id")
     return message
 
 

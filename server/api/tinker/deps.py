@@ -44,12 +44,15 @@ def tinker_tenant(
     Raises:
         AuthenticationError: no ``X-API-Key``, or an invalid/revoked key (401).
         PermissionDeniedError: the key lacks ``train`` (403).
+        RateLimitError: the tenant is above its request rate (429; the client backs off).
     """
     if not x_api_key:
         raise AuthenticationError("missing API key: send 'X-API-Key: tml-<your TenSafe key>'")
     key = x_api_key.removeprefix(TINKER_KEY_PREFIX)
     with resources.db.sessions() as session:
         tenant = authenticate(session, api_key=key, hasher=resources.hasher)
+    if resources.rate_limiter is not None:  # the same per-tenant rate as /v1
+        resources.rate_limiter.take(tenant.tenant_id)
     require_scope(
         tenant.scopes,
         any_of=(TRAIN,),
