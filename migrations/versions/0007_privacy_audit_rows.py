@@ -1,7 +1,7 @@
 """Ledger format 3: ``privacy_audit`` rows (the outcome of an empirical privacy audit).
 
 Revision ID: 0007
-Revises: 0006
+Revises: 0009 (main's head when this landed: 0006 → 0010 → 0009 → 0007 → 0008)
 Create Date: 2026-12-07 10:00:00.000000
 
 Adds the format-3 columns of ``ledger_events`` (:mod:`tensafe.audit.ledger`):
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | None = "0006"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -32,6 +32,7 @@ from tg_tinker.datasets import DEFAULT_BATCH_RECORDS, Progress, ProgressBar, Rec
 from tg_tinker.datasets import upload as dataset_upload
 from tg_tinker.downloads import PulledArtifact
 from tg_tinker.errors import ValidationError
+from tg_tinker.sampling_client import SamplingClient, create_sampler_request
 from tg_tinker.training_client import TrainingClient, run_request
 from tg_tinker.types import (
     ArtifactInfo,
@@ -329,6 +330,48 @@ class ServiceClient:
         if source is not None:
             return source
         return (await self.get_artifact_async(artifact_id)).run_id  # type: ignore[arg-type]
+
+    # ---------------------------------------------------------------- sampling
+    def create_sampling_client(
+        self,
+        model_path: str | None = None,
+        *,
+        base_model: str | None = None,
+        run_id: str | None = None,
+        artifact_id: str | None = None,
+    ) -> SamplingClient:
+        """A :class:`SamplingClient` of exactly one source:
+
+        * ``model_path`` — a sampler checkpoint, ``tensafe://{run}/sampler_weights/{name}``
+          (from ``save_weights_for_sampler``), decrypted only in the server's memory;
+        * ``artifact_id`` — the same checkpoint by id;
+        * ``run_id`` — a run's **current** weights (each sample sees the weights as of
+          its start; RL loops sample the policy they train this way);
+        * ``base_model`` — a base model by name (``smollm2-135m-instruct``).
+
+        Raises:
+            ValidationError: none or several sources, or a checkpoint that is not a
+                LoRA sampler checkpoint (``field`` names it).
+            NotFoundError: no such run or checkpoint for your tenant.
+        """
+        request = create_sampler_request(
+            model_path=model_path, base_model=base_model, run_id=run_id, artifact_id=artifact_id
+        )
+        return SamplingClient(self._http, self._http.call(request))
+
+    async def create_sampling_client_async(
+        self,
+        model_path: str | None = None,
+        *,
+        base_model: str | None = None,
+        run_id: str | None = None,
+        artifact_id: str | None = None,
+    ) -> SamplingClient:
+        """Async twin of :meth:`create_sampling_client`."""
+        request = create_sampler_request(
+            model_path=model_path, base_model=base_model, run_id=run_id, artifact_id=artifact_id
+        )
+        return SamplingClient(self._http, await self._http.acall(request))
 
     def get_training_client(self, run_id: str) -> TrainingClient:
         """A client for an existing run of this tenant (e.g. after a restart).

@@ -247,7 +247,11 @@ class CheckpointOperations:
         opened = artifact_service.open_from_store(self.store, self.keyring, artifact)
         history = own + [(c.noise_multiplier, c.sample_rate) for c in carried]
         step = engine_checkpoints.restore_engine(
-            engine, tensors=opened.tensors, manifest=opened.manifest, history=history
+            engine,
+            tensors=opened.tensors,
+            manifest=opened.manifest,
+            history=history,
+            include_optimizer=request.include_optimizer,
         )
         runtime.needs_restore = None
         runtime.lost_examples = 0

@@ -174,7 +174,11 @@ class TrainingEngine:
 
     # ------------------------------------------------------------------ input
     def to_batch(
-        self, batch: BatchInput, *, required_inputs: Sequence[str] = ("target_tokens",)
+        self,
+        batch: BatchInput,
+        *,
+        required_inputs: Sequence[str] = ("target_tokens",),
+        signed_weights: bool = False,
     ) -> TokenBatch:
         """Validate any accepted batch form and return a :class:`TokenBatch`.
 
@@ -205,6 +209,7 @@ class TrainingEngine:
             vocab_size=self.vocab_size,
             required_inputs=required_inputs,
             limits=self.limits,
+            signed_weights=signed_weights,
         )
 
     def _logits(self, batch: TokenBatch) -> torch.Tensor:
@@ -229,7 +234,9 @@ class TrainingEngine:
         """Loss and log-probabilities without gradients; changes no state."""
         fn = get_loss_function(loss_fn)
         cfg = fn.resolve_config(loss_fn_config)
-        tb = self.to_batch(batch, required_inputs=fn.required_inputs).to(self.device)
+        tb = self.to_batch(
+            batch, required_inputs=fn.required_inputs, signed_weights=fn.signed_weights
+        ).to(self.device)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -268,7 +275,9 @@ class TrainingEngine:
         """
         fn = get_loss_function(loss_fn)
         cfg = fn.resolve_config(loss_fn_config)
-        tb = self.to_batch(batch, required_inputs=fn.required_inputs).to(self.device)
+        tb = self.to_batch(
+            batch, required_inputs=fn.required_inputs, signed_weights=fn.signed_weights
+        ).to(self.device)
         if groups is not None and self.dp is None:
             raise ConfigError("groups", "groups clip units together: a DP run's option")
         if self.dp is not None:
