@@ -16,7 +16,7 @@ from transformers import LlamaForCausalLM
 
 from tensafe.engine import TrainingEngine
 from tensafe.errors import ConfigError
-from tensafe.losses import Datum, token_logprobs
+from tensafe.losses import LOSS_FUNCTIONS, Datum, token_logprobs
 from tensafe.models import LoRAConfig, build_tiny_llama
 from tensafe.privacy import DPConfig
 
@@ -127,7 +127,7 @@ def _rl_datums(n: int = 4, seq: int = 11) -> list[Datum]:
     return data
 
 
-@pytest.mark.parametrize("loss_fn", ["cross_entropy", "importance_sampling", "ppo"])
+@pytest.mark.parametrize("loss_fn", sorted(LOSS_FUNCTIONS))
 def test_every_loss_function_agrees_forward_and_backward(loss_fn):
     ref, chunked = _pair(dp=True, sigma=0.0, max_grad_norm=0.05)
     data = _rl_datums()
