@@ -88,6 +88,13 @@ class ConflictError(ServiceError, RuntimeError):
     category = "user"
 
 
+class RateLimitError(ServiceError, RuntimeError):
+    """Too many requests of one kind in flight for this tenant (429); retry later."""
+
+    status_code = 429
+    category = "user"
+
+
 class ServerError(ServiceError, RuntimeError):
     """Our failure (500)."""
 
@@ -159,6 +166,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "RateLimitError",
     "ResultExpiredError",
     "ServerError",
     "ServiceError",
