@@ -65,8 +65,9 @@ def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def step_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of a step benchmark (model, batch × seq, LoRA rank, steps, --json)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="tiny-llama")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
@@ -74,7 +75,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10, help="measured steps of each kind")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = step_arguments(__doc__.splitlines()[0]).parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from tg_tinker import BatchData, DPConfig, LoRAConfig, ServiceClient, TrainingConfig

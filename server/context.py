@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from server.data_dirs import tighten_data_dirs
 from server.db.migrate import upgrade_database
 from server.db.session import Database
 from server.queue import FutureNotifier, RunQueue
@@ -132,6 +133,7 @@ def build_context(settings: Settings) -> ServerContext:
         PermissionError: the pepper file is readable by others.
     """
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tighten_data_dirs(settings)  # an existing 0755 directory becomes 0700
     db = Database(settings.resolved_database_url())
     keyring = build_keyring(settings, db)
     store = build_store(settings)

@@ -674,5 +674,38 @@ class ServiceClient:
             return response.text
         return dict(json.loads(response.content))
 
+    def pull_evidence(self, artifact_id: str) -> bytes:
+        """The artifact's signed evidence bundle (DSSE envelope JSON), byte for byte as the
+        server signed it when the checkpoint was saved. Verify it offline, beside the
+        pulled artifact, with :func:`tg_tinker.evidence.verify_bundle`.
+
+        Raises:
+            NotFoundError: no such artifact for this tenant, or it has no bundle.
+        """
+        return self._http.send(_evidence_request(artifact_id)).content
+
+    async def pull_evidence_async(self, artifact_id: str) -> bytes:
+        """Async twin of :meth:`pull_evidence`."""
+        return (await self._http.asend(_evidence_request(artifact_id))).content
+
+    def evidence_public_keys(self) -> list[dict[str, object]]:
+        """The server's evidence public keys, old versions too (``version``, ``keyid``,
+        ``public_key_pem``, ``current``): from its well-known route. Keep the one that
+        signed your bundles; a rotation never removes it."""
+        response = self._http.send(RawRequest("GET", _EVIDENCE_KEYS))
+        return list(json.loads(response.content)["keys"])
+
+    async def evidence_public_keys_async(self) -> list[dict[str, object]]:
+        """Async twin of :meth:`evidence_public_keys`."""
+        response = await self._http.asend(RawRequest("GET", _EVIDENCE_KEYS))
+        return list(json.loads(response.content)["keys"])
+
+
+_EVIDENCE_KEYS = "/.well-known/tensafe-evidence-keys"
+
+
+def _evidence_request(artifact_id: str) -> RawRequest:
+    return RawRequest("GET", f"/v1/artifacts/{quote(artifact_id, safe='')}/evidence")
+
 
 __all__ = ["ENV_API_KEY", "ENV_BASE_URL", "ServiceClient"]

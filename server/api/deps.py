@@ -36,6 +36,7 @@ from server.json_logs import request_context
 from server.queue import FutureNotifier, OperationQueue
 from server.services.budgets import BudgetService
 from server.services.datasets import DatasetService
+from server.services.rate_limits import TenantRateLimiter
 from server.services.runs import TokenizerSource
 from server.services.sample_futures import SampleFutures
 from server.services.sampling import SamplingBackend
@@ -63,6 +64,7 @@ class ApiResources:
     tokenizers: TokenizerSource
     sampling: SamplingBackend
     sample_futures: SampleFutures
+    rate_limiter: TenantRateLimiter | None = None
 
 
 _bearer = HTTPBearer(
@@ -151,13 +153,18 @@ def get_api_key(
     """The caller's tenant and key, whatever its scopes (routes use a
     :class:`RequireScope` alias instead).
 
+    Each authenticated request spends one of the tenant's rate limit.
+
     Raises:
         AuthenticationError: no bearer token, or an invalid/revoked key (401).
+        RateLimitError: the tenant is above its request rate (429, ``Retry-After``).
     """
     if credentials is None:
         raise AuthenticationError("missing API key: send 'Authorization: Bearer <api_key>'")
     with resources.db.sessions() as session:
         tenant = authenticate(session, api_key=credentials.credentials, hasher=resources.hasher)
+    if resources.rate_limiter is not None:
+        resources.rate_limiter.take(tenant.tenant_id)
     log_context = request_context.get()
     if log_context is not None:
         log_context["tenant_id"] = tenant.tenant_id

@@ -107,7 +107,8 @@ class SampleFutures:
                 work.cancel()
                 raise RateLimitError(
                     f"{running} sampling operations of yours are still running; wait for "
-                    "some of them (or cancel them) before submitting more"
+                    "some of them (or cancel them) before submitting more",
+                    retry_after=1,
                 )
             if len(self._entries) >= self._max:
                 self._drop_finished(len(self._entries) - self._max + 1)

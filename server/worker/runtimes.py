@@ -41,6 +41,7 @@ from server.storage import ArtifactStore
 from server.worker import engine_checkpoints
 from tensafe.artifacts import TenantKeyring
 from tensafe.engine import TrainingEngine
+from tensafe.errors import ModelLoadError
 from tensafe.losses import BatchLimits
 
 log = logging.getLogger("tensafe.server.worker")
@@ -144,9 +145,20 @@ class RunEngines:
 
         config = TrainingConfig.model_validate(run.config)
         spec = engine_spec(config, settings=self.settings, enforce_policy=False)
-        loaded = load_causal_lm(
-            spec.model_ref, device=self.settings.device, cache_dir=self.settings.model_cache_dir
-        )
+        try:
+            loaded = load_causal_lm(
+                spec.model_ref,
+                device=self.settings.device,
+                cache_dir=self.settings.model_cache_dir,
+                allow_paths=self.settings.allow_model_paths,
+            )
+        except ModelLoadError as exc:
+            # The details name the server's directories: the log gets them, the tenant not.
+            log.warning("run %s: model %r did not load: %s", run.run_id, spec.model_ref, exc)
+            raise ModelLoadError(
+                f"model {spec.model_ref!r} could not be loaded on this server; ask the "
+                "operator which models it serves"
+            ) from None
         engine = TrainingEngine(
             model=loaded,
             lora_config=spec.lora,

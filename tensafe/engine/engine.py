@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from tensafe.engine.dp_state import DPState
+from tensafe.engine.faults import TestFault, check_fault
 from tensafe.engine.guards import check_finite_sums, check_weights_finite, finite_update
 from tensafe.engine.optimizers import (
     AdamParams,
@@ -42,6 +43,7 @@ from tensafe.engine.optimizers import (
     apply_adam_params,
     build_optimizer,
 )
+from tensafe.engine.probes import StepProbe
 from tensafe.engine.results import (
     EngineInfo,
     ForwardBackwardResult,
@@ -102,9 +104,13 @@ class TrainingEngine:
         device: where the model lives; the model is moved *before* LoRA wrapping
             and the optimizer is built last, so it holds the live parameters.
         limits: batch-size and sequence-length limits.
+        test_fault: **test-only.** Breaks the DP step on purpose (``"sigma/10"``,
+            ``"no-clipping"``; :mod:`tensafe.engine.faults`) so that tests can show the
+            privacy audit catching it; warns ``BrokenPrivacyWarning``. Never set it
+            on real data: the ε the accountant reports is then false.
 
     Raises:
-        ConfigError: invalid LoRA, optimizer or DP settings.
+        ConfigError: invalid LoRA, optimizer or DP settings, or ``test_fault``.
         PrivacyError: DP requested on a model with trainable layers whose
             per-example gradients cannot be computed.
     """
@@ -120,7 +126,11 @@ class TrainingEngine:
         noise_seed: int | None = None,
         device: str | torch.device = "cpu",
         limits: BatchLimits = BatchLimits(),
+        test_fault: TestFault | None = None,
     ) -> None:
+        fault = check_fault(test_fault)
+        if fault is not None and not dp_config.enabled:
+            raise ConfigError("test_fault", "breaks the DP step: needs a DP run")
         self.device = torch.device(device)
         self.name = model.name
         self.arch = model.arch
@@ -149,9 +159,14 @@ class TrainingEngine:
         self._acc: dict[nn.Parameter, torch.Tensor] = {}
         self._acc_examples = 0
         self._acc_losses: list[float] = []
+        self._probe: StepProbe | None = None
         self.dp: DPState | None = (
             DPState.create(
-                dp_config.resolve(), model=net, noise_seed=noise_seed, device=self.device
+                dp_config.resolve(),
+                model=net,
+                noise_seed=noise_seed,
+                device=self.device,
+                fault=fault,
             )
             if dp_config.enabled
             else None
@@ -159,7 +174,11 @@ class TrainingEngine:
 
     # ------------------------------------------------------------------ input
     def to_batch(
-        self, batch: BatchInput, *, required_inputs: Sequence[str] = ("target_tokens",)
+        self,
+        batch: BatchInput,
+        *,
+        required_inputs: Sequence[str] = ("target_tokens",),
+        signed_weights: bool = False,
     ) -> TokenBatch:
         """Validate any accepted batch form and return a :class:`TokenBatch`.
 
@@ -190,6 +209,7 @@ class TrainingEngine:
             vocab_size=self.vocab_size,
             required_inputs=required_inputs,
             limits=self.limits,
+            signed_weights=signed_weights,
         )
 
     def _logits(self, batch: TokenBatch) -> torch.Tensor:
@@ -214,7 +234,9 @@ class TrainingEngine:
         """Loss and log-probabilities without gradients; changes no state."""
         fn = get_loss_function(loss_fn)
         cfg = fn.resolve_config(loss_fn_config)
-        tb = self.to_batch(batch, required_inputs=fn.required_inputs).to(self.device)
+        tb = self.to_batch(
+            batch, required_inputs=fn.required_inputs, signed_weights=fn.signed_weights
+        ).to(self.device)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -253,13 +275,13 @@ class TrainingEngine:
         """
         fn = get_loss_function(loss_fn)
         cfg = fn.resolve_config(loss_fn_config)
-        tb = self.to_batch(batch, required_inputs=fn.required_inputs).to(self.device)
+        tb = self.to_batch(
+            batch, required_inputs=fn.required_inputs, signed_weights=fn.signed_weights
+        ).to(self.device)
         if groups is not None and self.dp is None:
             raise ConfigError("groups", "groups clip units together: a DP run's option")
         if self.dp is not None:
-            out, sums, extra = self._clipped_backward(
-                self.dp, tb, fn=fn, config=cfg, groups=groups
-            )
+            out, sums, extra = self._clipped_backward(self.dp, tb, fn=fn, config=cfg, groups=groups)
         else:
             out, sums = self._plain_backward(tb, fn=fn, config=cfg)
             extra = {}
@@ -354,6 +376,18 @@ class TrainingEngine:
             raise EngineStateError("this run does not use differential privacy")
         return self.dp.epsilon(delta)
 
+    def attach_probe(self, probe: StepProbe | None) -> None:
+        """Let ``probe`` add clipped contributions to every following DP step and see
+        its noisy gradient (a privacy audit's gradient canaries,
+        :mod:`tensafe.engine.probes`); ``None`` detaches it.
+
+        Raises:
+            EngineStateError: the run does not use differential privacy.
+        """
+        if self.dp is None and probe is not None:
+            raise EngineStateError("a step probe audits the DP step: this run has none")
+        self._probe = probe
+
     @holds_model_lock
     def optim_step(self, adam_params: AdamParams | None = None) -> OptimStepResult:
         """Apply the logical batch: noise once (DP), scale, optimizer step, account.
@@ -395,10 +429,16 @@ class TrainingEngine:
                 self.params, self._mean_gradients(), names=self._param_names, noisy=False
             )
         else:
+            extra = {} if self._probe is None else self._probe.contributions(self.dp)
             grads = finite_update(
-                self.params, self._noisy_gradients(self.dp), names=self._param_names, noisy=True
+                self.params,
+                self._noisy_gradients(self.dp, extra),
+                names=self._param_names,
+                noisy=True,
             )
         self._apply(grads, adam_params)  # from here on the engine has changed
+        if self.dp is not None and self._probe is not None:
+            self._probe.observe(grads, self.dp)
         dp_metrics = None if self.dp is None else self.dp.account()
         self.step += 1
         examples = self._acc_examples
@@ -419,15 +459,22 @@ class TrainingEngine:
             },
         )
 
-    def _noisy_gradients(self, dp: DPState) -> Iterator[torch.Tensor]:
-        """Per parameter, in ``self.params`` order: (clipped sum + noise) ÷ q·N.
+    def _noisy_gradients(
+        self, dp: DPState, extra: Mapping[nn.Parameter, torch.Tensor]
+    ) -> Iterator[torch.Tensor]:
+        """Per parameter, in ``self.params`` order: (clipped sum + noise) ÷ q·N, the
+        sum including a probe's ``extra`` clipped contributions (never stored, so a
+        refused step leaves the accumulator as it was).
 
         Lazy, so each gradient is cast to its parameter's dtype (by
         :func:`~tensafe.engine.guards.finite_update`) before the next one is drawn;
         the order of the noise draws is the parameter order.
         """
         for p in self.params:
-            yield dp.noisy_gradient(self._acc.get(p), like=p)
+            acc, more = self._acc.get(p), extra.get(p)
+            if more is not None:
+                acc = more if acc is None else acc + more
+            yield dp.noisy_gradient(acc, like=p)
 
     def _mean_gradients(self) -> Iterator[torch.Tensor | None]:
         """Per parameter: the summed gradient ÷ the number of examples (``None``
