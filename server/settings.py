@@ -179,7 +179,7 @@ class Settings(BaseSettings):
     tinker_fwdbwd_max_chunk_len: int = Field(1024, gt=0)
     model_cache_dir: Path | None = None
     sampling_threads: int = Field(4, ge=1, le=64)
-    sampling_batch_window_s: float = Field(0.02, ge=0, le=1)
+    sampling_batch_window_s: float = Field(0.05, ge=0, le=1)
     max_num_samples: int = Field(64, ge=1, le=1024)
     max_sampler_base_models: int = Field(2, ge=1, le=16)
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from tg_tinker.types import CancelResponse, ErrorBody, FutureRef, FutureState
 
 from server.db.models import utcnow
-from server.errors import ServiceUnavailableError, describe_error
+from server.errors import RateLimitError, ServiceUnavailableError, describe_error
 from server.queue import FutureNotifier
 
 log = logging.getLogger("tensafe.server.sampling")
@@ -63,14 +63,22 @@ class SampleFutures:
         retention_s: how long a finished future's result is kept.
         max_entries: most futures kept; submitting beyond it while all are still
             running is refused (503) rather than growing without bound.
+        max_in_flight_per_tenant: most unfinished operations of one tenant; beyond it
+            a submission is refused (429), so one tenant cannot queue without bound.
     """
 
     def __init__(
-        self, *, notifier: FutureNotifier, retention_s: float = 3600.0, max_entries: int = 10_000
+        self,
+        *,
+        notifier: FutureNotifier,
+        retention_s: float = 3600.0,
+        max_entries: int = 10_000,
+        max_in_flight_per_tenant: int = 512,
     ) -> None:
         self._notifier = notifier
         self._retention_s = retention_s
         self._max = max_entries
+        self._max_per_tenant = max_in_flight_per_tenant
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._seqs: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -88,12 +96,24 @@ class SampleFutures:
 
         Raises:
             ServiceUnavailableError: ``max_entries`` futures are still unfinished.
+            RateLimitError: the tenant has ``max_in_flight_per_tenant`` unfinished ones.
         """
         with self._lock:
             self._expire()
+            running = sum(
+                1 for e in self._entries.values() if e.tenant_id == tenant_id and e.work is not None
+            )
+            if running >= self._max_per_tenant:
+                work.cancel()
+                raise RateLimitError(
+                    f"{running} sampling operations of yours are still running; wait for "
+                    "some of them (or cancel them) before submitting more",
+                    retry_after=1,
+                )
             if len(self._entries) >= self._max:
                 self._drop_finished(len(self._entries) - self._max + 1)
             if len(self._entries) >= self._max:
+                work.cancel()
                 raise ServiceUnavailableError(
                     "too many sampling operations in flight; retry shortly"
                 )
