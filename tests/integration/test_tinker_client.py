@@ -5,6 +5,7 @@ RestClient, isolation between tenants, and refusals the client surfaces clearly.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import uuid
@@ -25,6 +26,7 @@ from tensafe.artifacts import decrypt_to_directory, read_key_file
 from tensafe.models.smollm2 import prepare_smollm2_tokenizer
 from tests.integration.conftest import LiveServer
 from tests.integration.test_privacy_budget import cap_for
+from tests.server.databases import postgres_available, postgres_database
 
 pytestmark = pytest.mark.integration
 
@@ -41,10 +43,18 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
     data_dir = tmp_path_factory.mktemp(f"tinker-{request.param}")
-    if request.param == "sqlite":
-        url = f"sqlite:///{data_dir / 'tensafe.db'}"
-    else:
-        url = str(request.getfixturevalue("postgres_session_url"))
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{data_dir / 'tensafe.db'}"
+        else:  # a database of its own: its keys are wrapped by this server's KEK
+            reason = postgres_available()
+            if reason:
+                pytest.skip(reason)
+            url = stack.enter_context(postgres_database())
+        yield from _serve(data_dir, url)
+
+
+def _serve(data_dir: Path, url: str) -> Iterator[LiveServer]:
     live = LiveServer(
         data_dir,
         url,

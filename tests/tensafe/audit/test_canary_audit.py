@@ -89,11 +89,13 @@ def test_no_clipping_fault_leaves_canaries_whole(tiny_llama) -> None:
 
 
 def test_scores_read_the_released_update(tiny_llama) -> None:
-    # σ = 0 is refused by DPConfig; a tiny σ makes the score ≈ the canary's own clipped value
+    # σ = 0 (a test-only switch of DPConfig): the score is exactly what the canaries added
     engine = TrainingEngine(
         model=tiny_llama(),
         lora_config=LoRAConfig(rank=2),
-        dp_config=DPConfig(noise_multiplier=1e-6, dataset_size=10, sample_rate=1.0),
+        dp_config=DPConfig(
+            noise_multiplier=0.0, allow_zero_noise=True, dataset_size=10, sample_rate=1.0
+        ),
     )
     canaries = GradientCanaries(
         params=engine.params, canaries=30, sample_rate=1.0, raw_norm=3.0, source=SeededUniforms(3)
