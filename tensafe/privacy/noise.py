@@ -127,8 +127,15 @@ class NoiseSource:
         chunk = _CHUNK // SECURE_DRAWS if self.secure_mode else _CHUNK
         for start in range(0, flat.numel(), chunk):
             count = min(chunk, flat.numel() - start)
-            # scale in float64 and round to the reference dtype once
-            flat[start : start + count].copy_(self._standard_normal(count).mul_(std))
+            # scale in float64 and round to the reference dtype once; numpy keeps the
+            # arithmetic on this thread (see tensafe.privacy.csprng.box_muller)
+            scaled = self._standard_normal(count).numpy()
+            scaled *= std
+            target = flat[start : start + count]
+            if target.dtype == torch.float32:
+                target.numpy()[:] = scaled  # IEEE round-to-nearest, like torch's copy_
+            else:
+                target.copy_(torch.from_numpy(scaled))
         if reference.device.type == "cpu":
             return host
         return host.to(reference.device, non_blocking=on_cuda)
@@ -136,8 +143,10 @@ class NoiseSource:
     def _standard_normal(self, count: int) -> torch.Tensor:
         if not self.secure_mode:
             return self._normals.standard_normal(count)
-        draws = self._normals.standard_normal(SECURE_DRAWS * count).view(SECURE_DRAWS, count)
-        return draws.sum(dim=0).div_(math.sqrt(SECURE_DRAWS))
+        draws = self._normals.standard_normal(SECURE_DRAWS * count).numpy()
+        total = draws.reshape(SECURE_DRAWS, count).sum(axis=0)
+        total /= math.sqrt(SECURE_DRAWS)
+        return torch.from_numpy(total)
 
     def _check_reference(self, reference: torch.Tensor) -> None:
         if not isinstance(reference, torch.Tensor) or not reference.is_floating_point():
