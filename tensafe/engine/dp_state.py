@@ -106,7 +106,8 @@ class DPState:
         """``clipped_sum`` plus i.i.d. N(0, σ²C²) per coordinate (a new tensor;
         draws ``clipped_sum.numel()`` values from the noise generator)."""
         std = self.config.noise_multiplier * self.config.max_grad_norm
-        return clipped_sum + self.noise.gaussian_like(clipped_sum, std=std)
+        noise = self.noise.gaussian_like(clipped_sum, std=std)  # a fresh tensor we own
+        return noise.add_(clipped_sum)  # same value as clipped_sum + noise, one pass less
 
     def scale(self, noisy_sum: torch.Tensor) -> torch.Tensor:
         """Divide by the *expected* batch size q·N, whatever the realised batch size
@@ -127,7 +128,8 @@ class DPState:
             if clipped_sum is not None
             else torch.zeros_like(like, dtype=torch.promote_types(like.dtype, torch.float32))
         )
-        return self.scale(self.add_noise(total))
+        # scale() in place on the fresh noisy tensor: the same value, one pass less
+        return self.add_noise(total).div_(self.config.expected_batch_size)
 
     def account(self) -> DPMetrics:
         """Record one noisy step (σ, q) and return the privacy metrics after it."""

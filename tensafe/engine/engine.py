@@ -257,9 +257,7 @@ class TrainingEngine:
         if groups is not None and self.dp is None:
             raise ConfigError("groups", "groups clip units together: a DP run's option")
         if self.dp is not None:
-            out, sums, extra = self._clipped_backward(
-                self.dp, tb, fn=fn, config=cfg, groups=groups
-            )
+            out, sums, extra = self._clipped_backward(self.dp, tb, fn=fn, config=cfg, groups=groups)
         else:
             out, sums = self._plain_backward(tb, fn=fn, config=cfg)
             extra = {}

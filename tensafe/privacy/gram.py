@@ -19,8 +19,8 @@ products of uses, each a sum over pairs of token positions ``(t, s)``:
 (:func:`compute_dtype`). The clipped sum ``Σ_i c_i Σ_u U_{u,i}`` is then formed per use
 without any per-example tensor: ``(c·g)ᵀ a`` for a linear use, an ``index_add`` of ``c·e``
 rows for an embedding use. Cost per example is ``O(T²·(rows + cols))`` instead of
-``O(T·rows·cols)``, so it pays when ``2T² < rows·cols`` (the rule of Bu et al. for ghost
-clipping).
+``O(T·rows·cols)``, and it keeps ``T·(rows + cols)`` values per example instead of
+``rows·cols``: it pays when ``T·(rows + cols) < rows·cols`` (:func:`gram_pays`).
 
 Example:
     >>> import torch
@@ -164,11 +164,16 @@ def clipped_sum(
     return out
 
 
-def gram_pays(*, tokens: int, numel: int) -> bool:
-    """Whether the Gram route is cheaper in memory than instantiating per-example
-    gradients of a weight with ``numel`` entries, for ``tokens`` positions per
-    example (``2T² < numel``, Bu et al.)."""
-    return 2 * tokens * tokens < numel
+def gram_pays(*, tokens: int, shape: Sequence[int]) -> bool:
+    """Whether the Gram route beats instantiating the per-example gradients of a
+    ``(rows, cols)`` weight used with ``tokens`` positions per example:
+    ``T·(rows + cols) < rows·cols``. Per example the Gram route keeps ``T·(rows + cols)``
+    values (activations and output gradients) and spends ``O(T²·(rows + cols))``
+    operations; instantiating keeps ``rows·cols`` and spends ``O(T·rows·cols)``, so
+    the one test decides both. For SmolLM2's tied ``49152 × 576`` table the Gram
+    route wins below 569 positions; for a 64-wide toy model below 64."""
+    rows, cols = int(shape[0]), int(shape[-1])
+    return tokens * (rows + cols) < rows * cols
 
 
 __all__ = [

@@ -9,13 +9,14 @@ Opacus' per-layer samplers:
 
 * **instantiate** (Opacus ``GRAD_SAMPLERS``): the ``(B, *param.shape)`` per-example
   gradient is materialised; used for small layers (all LoRA matrices), norms, and for
-  embeddings and shared weights when ``2T² ≥ numel`` (long sequences).
+  embeddings and shared weights when ``T·(rows + cols) ≥ rows·cols`` (long sequences).
 * **ghost** (Opacus ``NORM_SAMPLERS``): for a large linear layer used once per
   forward, only the per-example norm is computed from activation and gradient Gram
   matrices; the clipped sum is formed afterwards as one matmul of the stored
   activations and re-weighted output gradients (``2T² < in·out``, Bu et al.).
 * **gram** (:mod:`tensafe.privacy.gram`): for an embedding table and for a weight
-  shared by several modules (tied input embedding / LM head) when ``2T² < numel``: the
+  shared by several modules (tied input embedding / LM head) when
+  ``T·(rows + cols) < rows·cols`` (:func:`~tensafe.privacy.gram.gram_pays`): the
   per-example norm of the *sum* over the weight's uses comes from Gram matrices of
   activations and output gradients (and token-id equality for embedding lookups),
   cross terms included, so tied weights are clipped exactly without a
@@ -236,7 +237,7 @@ class ClipCollector:
         routes would drop the cross terms between them from the norm)."""
         chosen = self._gram_chosen.get(weight)
         if chosen is None:
-            chosen = gram.gram_pays(tokens=tokens, numel=weight.numel())
+            chosen = gram.gram_pays(tokens=tokens, shape=weight.shape)
             self._gram_chosen[weight] = chosen
         return chosen
 

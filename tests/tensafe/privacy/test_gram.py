@@ -98,7 +98,7 @@ def test_a_nan_reaches_only_its_own_example_and_is_zeroed_in_the_sum():
 
 @pytest.mark.parametrize(("seq_len", "route"), [(8, "gram"), (60, "instantiate")])
 def test_tied_full_finetune_matches_reference_fp32(seq_len, route):
-    # 2T² < vocab·hidden = 97·64 picks the Gram route for the tied weight; T = 60 does not
+    # T·(97 + 64) < 97·64 picks the Gram route for the tied weight at T = 8, not at T = 60
     model = _llama(tied=True, dtype=torch.float32)
     params = [p for p in model.parameters() if p.requires_grad]
     ids, mask, targets, weights = _batch([seq_len, seq_len - 3, 2, seq_len - 1], seed=5)
