@@ -22,7 +22,7 @@ Construction, one :meth:`KeystreamNormals.standard_normal` call at a time:
 3. **Normals.** Box–Muller in float64: ``r = √(−2 ln u₁)``, ``z = r·cos(2πu₂)``
    and ``r·sin(2πu₂)``. It is exact in real arithmetic (unlike a rational
    approximation of the inverse CDF), uses one uniform per normal, and its
-   float64 ``log``/``sin``/``cos`` are vectorised (numpy ufuncs, on the calling thread).
+   float64 ``log``/``sin``/``cos`` are vectorised in torch.
 
 Floating-point caveats (documented, not hidden): the samples are a deterministic
 function of a 53-bit grid, so their distribution is discrete and truncated —
@@ -142,26 +142,15 @@ def box_muller(words: np.ndarray) -> torch.Tensor:
     if words.dtype != np.uint64 or words.ndim != 1 or len(words) % 2:
         raise ConfigError("words", "must be a 1-d uint64 array of even length")
     half = len(words) // 2
-    # numpy, not torch: each torch op here would be a parallel region (torch splits its
-    # log/sin/cos from 2048 values up), and on a machine with more busy threads than
-    # cores every region waits for a descheduled thread: with two torch threads under
-    # load, drawing SmolLM2's 135 M normals took minutes instead of seconds. numpy's
-    # ufuncs run on the calling thread and release the GIL. Same values either way.
-    grid = (words >> _MANTISSA_SHIFT).astype(np.float64)
-    radius = grid[:half]
-    radius += 1.0
-    radius *= _TWO_POW_MINUS_53
-    np.log(radius, out=radius)
-    radius *= -2.0
-    np.sqrt(radius, out=radius)
-    angle = grid[half:]
-    angle *= 2.0 * math.pi * _TWO_POW_MINUS_53
-    out = np.empty(2 * half, dtype=np.float64)
-    np.cos(angle, out=out[:half])
-    np.sin(angle, out=out[half:])
-    out[:half] *= radius
-    out[half:] *= radius
-    return torch.from_numpy(out)
+    grid = torch.from_numpy((words >> _MANTISSA_SHIFT).astype(np.float64))
+    radius = grid[:half].add_(1.0).mul_(_TWO_POW_MINUS_53).log_().mul_(-2.0).sqrt_()
+    angle = grid[half:].mul_(2.0 * math.pi * _TWO_POW_MINUS_53)
+    out = torch.empty(2 * half, dtype=torch.float64)
+    torch.cos(angle, out=out[:half])
+    torch.sin(angle, out=out[half:])
+    out[:half].mul_(radius)
+    out[half:].mul_(radius)
+    return out
 
 
 __all__ = ["KEY_BYTES", "KeystreamNormals", "box_muller"]

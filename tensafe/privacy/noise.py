@@ -30,11 +30,12 @@ would need its own, separately verified kernel).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import secrets
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 
@@ -125,17 +126,11 @@ class NoiseSource:
         host = torch.empty(reference.shape, dtype=reference.dtype, pin_memory=on_cuda)
         flat = host.view(-1)
         chunk = _CHUNK // SECURE_DRAWS if self.secure_mode else _CHUNK
-        for start in range(0, flat.numel(), chunk):
-            count = min(chunk, flat.numel() - start)
-            # scale in float64 and round to the reference dtype once; numpy keeps the
-            # arithmetic on this thread (see tensafe.privacy.csprng.box_muller)
-            scaled = self._standard_normal(count).numpy()
-            scaled *= std
-            target = flat[start : start + count]
-            if target.dtype == torch.float32:
-                target.numpy()[:] = scaled  # IEEE round-to-nearest, like torch's copy_
-            else:
-                target.copy_(torch.from_numpy(scaled))
+        with _calling_thread_only():
+            for start in range(0, flat.numel(), chunk):
+                count = min(chunk, flat.numel() - start)
+                # scale in float64 and round to the reference dtype once
+                flat[start : start + count].copy_(self._standard_normal(count).mul_(std))
         if reference.device.type == "cpu":
             return host
         return host.to(reference.device, non_blocking=on_cuda)
@@ -143,10 +138,8 @@ class NoiseSource:
     def _standard_normal(self, count: int) -> torch.Tensor:
         if not self.secure_mode:
             return self._normals.standard_normal(count)
-        draws = self._normals.standard_normal(SECURE_DRAWS * count).numpy()
-        total = draws.reshape(SECURE_DRAWS, count).sum(axis=0)
-        total /= math.sqrt(SECURE_DRAWS)
-        return torch.from_numpy(total)
+        draws = self._normals.standard_normal(SECURE_DRAWS * count).view(SECURE_DRAWS, count)
+        return draws.sum(dim=0).div_(math.sqrt(SECURE_DRAWS))
 
     def _check_reference(self, reference: torch.Tensor) -> None:
         if not isinstance(reference, torch.Tensor) or not reference.is_floating_point():
@@ -191,6 +184,30 @@ class NoiseSource:
         normals = KeystreamNormals(key=_test_key(seed))
         normals.skip_to(calls)  # type: ignore[arg-type]
         self._seed, self._normals = seed, normals
+
+
+@contextlib.contextmanager
+def _calling_thread_only() -> Iterator[None]:
+    """Run torch's CPU ops on the calling thread alone for the duration.
+
+    The noise is a long run of small elementwise ops (64 Ki values each); with several
+    torch threads each one is a parallel region, and on a machine with more busy threads
+    than cores every region waits for a descheduled thread — with two torch threads
+    under load, SmolLM2's 135 M normals took minutes instead of seconds. Serial, the
+    ops stay in cache and never wait. torch's thread count is per thread here (OpenMP
+    builds: ``omp_set_num_threads``, MKL's thread-local setting); other threads keep
+    theirs, only a thread that *starts* torch during the window inherits 1. Restored on
+    exit, also on error. The values are the same either way (elementwise ops).
+    """
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _test_key(seed: int) -> bytes:

@@ -232,3 +232,24 @@ def test_cuda_noise_is_staged_on_the_host_and_lands_on_the_device(dtype):
     assert float(z.double().std()) == pytest.approx(SIGMA * C, rel=0.01)
     if dtype == torch.float32:
         assert _ks_pvalue(z.cpu(), SIGMA * C) > ALPHA
+
+
+def test_noise_is_drawn_on_the_calling_thread_and_the_thread_count_restored():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        source = NoiseSource(secure_mode=False)
+        seen = []
+        real = source._standard_normal
+
+        def spy(count):
+            seen.append(torch.get_num_threads())
+            return real(count)
+
+        source._standard_normal = spy  # type: ignore[method-assign]
+        z = source.gaussian_like(torch.zeros(200_000), std=1.0)
+        assert seen and set(seen) == {1}  # serial while drawing (no parallel regions)
+        assert torch.get_num_threads() == 2  # restored
+        assert 0.98 < float(z.std()) < 1.02
+    finally:
+        torch.set_num_threads(before)
