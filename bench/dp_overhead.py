@@ -291,7 +291,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
