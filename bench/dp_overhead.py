@@ -28,6 +28,12 @@ Ratios ``dp/nodp``, ``dp/plain`` and ``nodp/plain`` are printed side by side.
     python bench/dp_overhead.py --json                 # tiny Llama, 8 × 128, CPU
     python bench/dp_overhead.py --model smollm2-135m-instruct --steps 3 --json
 
+With ``--loss-chunks`` it compares, instead, a DP engine that builds the full
+``(B, T, V)`` logits (``loss_chunk_tokens=None``) with one that applies the output
+head ``--loss-chunk-tokens`` positions at a time (the default), same measurements:
+
+    python bench/dp_overhead.py --model smollm2-135m-instruct --loss-chunks --batch 4 --seq 1024
+
 The last line of output is one JSON object (with ``--json``).
 """
 
@@ -75,7 +81,14 @@ def _load(args: argparse.Namespace, device: str):
     return load_causal_lm(args.model, device=device)
 
 
-def _engine(args: argparse.Namespace, *, kind: str, dp: bool, device: str):
+def _engine(
+    args: argparse.Namespace,
+    *,
+    kind: str,
+    dp: bool,
+    device: str,
+    loss_chunk_tokens: int | None,
+):
     from tensafe.engine import OptimizerConfig, TrainingEngine
     from tensafe.models import LoRAConfig
     from tensafe.privacy import DPConfig
@@ -97,7 +110,47 @@ def _engine(args: argparse.Namespace, *, kind: str, dp: bool, device: str):
         dp_config=dp_config,
         optimizer=OptimizerConfig(learning_rate=1e-4),
         device=device,
+        loss_chunk_tokens=loss_chunk_tokens,
     )
+
+
+def _batch(engine, args: argparse.Namespace):
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, engine.vocab_size, (args.batch, args.seq + 1), generator=g)
+    return engine.to_batch({"input_ids": ids[:, :-1].tolist(), "labels": ids[:, 1:].tolist()})
+
+
+def _step(engine, batch, device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    engine.forward_backward(batch)
+    engine.optim_step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def _kinds(args: argparse.Namespace) -> list[str]:
+    kinds = [k for k in args.kinds.split(",") if k]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise SystemExit(f"--kinds: {unknown or 'none'} not in {','.join(KINDS)}")
+    return kinds
+
+
+def _chunk_tokens(args: argparse.Namespace) -> int | None:
+    """The engines' ``loss_chunk_tokens``: ``--loss-chunk-tokens``, 0 meaning full
+    logits, the engine's default when not given."""
+    from tensafe.losses import DEFAULT_CHUNK_TOKENS
+
+    if args.loss_chunk_tokens is None:
+        return DEFAULT_CHUNK_TOKENS
+    return args.loss_chunk_tokens or None
 
 
 def _token_ids(args: argparse.Namespace, vocab_size: int):
@@ -141,7 +194,7 @@ class _Timer:
 
 def engine_stepper(args: argparse.Namespace, *, kind: str, dp: bool, device: str):
     """One TenSafe engine step (``forward_backward`` + ``optim_step``) as a callable."""
-    engine = _engine(args, kind=kind, dp=dp, device=device)
+    engine = _engine(args, kind=kind, dp=dp, device=device, loss_chunk_tokens=_chunk_tokens(args))
     ids = _token_ids(args, engine.vocab_size)
     batch = engine.to_batch({"input_ids": ids[:, :-1].tolist(), "labels": ids[:, 1:].tolist()}).to(
         device
@@ -221,6 +274,19 @@ def time_kind(args: argparse.Namespace, kind: str) -> dict[str, dict[str, float]
     }
 
 
+def _median_step_times(args: argparse.Namespace, engines: dict) -> dict[str, float]:
+    """Median step time of each engine, the engines stepping alternately on one batch."""
+    device = _device(args.device)
+    batch = _batch(next(iter(engines.values())), args).to(device)
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    for i in range(args.warmup + args.steps):
+        for name, engine in engines.items():
+            dt = _step(engine, batch, device)
+            if i >= args.warmup:
+                times[name].append(dt)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def memory_worker(args: argparse.Namespace) -> dict[str, float]:
     """Peak training memory of one configuration (run in a fresh process)."""
     import torch
@@ -231,7 +297,7 @@ def memory_worker(args: argparse.Namespace) -> dict[str, float]:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     step = _stepper(args, kind=kind, mode=mode, device=device)
-    for _ in range(2):
+    for _ in range(args.memory_steps):
         step()
     if device.startswith("cuda"):
         return {"mem_bytes": float(torch.cuda.max_memory_allocated())}
@@ -248,6 +314,30 @@ def _peak_memory(worker: str, passthrough: list[str]) -> float:
         env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])["mem_bytes"]
+
+
+def _report_pair(
+    summary: dict[str, object],
+    kind: str,
+    *,
+    med: dict[str, float],
+    mem: dict[str, float],
+    new: str,
+    base: str,
+) -> None:
+    """Add ``new``'s and ``base``'s step time and peak memory and the ratios
+    ``{new}_{kind}_time_ratio`` / ``_mem_ratio`` to ``summary``; print one line."""
+    for mode in (new, base):
+        summary[f"{kind}_{mode}_step_ms"] = round(med[mode] * 1e3, 2)
+        summary[f"{kind}_{mode}_mem_mib"] = round(mem[mode] / 2**20, 1)
+    time_ratio = summary[f"{new}_{kind}_time_ratio"] = round(med[new] / med[base], 3)
+    mem_ratio = summary[f"{new}_{kind}_mem_ratio"] = round(mem[new] / mem[base], 3)
+    print(
+        f"{kind:5s} step: {new} {med[new] * 1e3:8.1f} ms, {base} {med[base] * 1e3:8.1f} ms "
+        f"(×{time_ratio}); peak memory: {new} {mem[new] / 2**20:7.1f} MiB, "
+        f"{base} {mem[base] / 2**20:7.1f} MiB (×{mem_ratio})",
+        file=sys.stderr,
+    )
 
 
 def report_kind(
@@ -285,6 +375,38 @@ def report_kind(
     print("\n".join(lines), file=sys.stderr)
 
 
+def compare_loss_chunks(args: argparse.Namespace, passthrough: list[str]) -> dict[str, object]:
+    """DP engines with full logits vs chunked logits: median step time (alternating,
+    one process) and peak memory (a fresh process each), for LoRA and full FT."""
+    device = _device(args.device)
+    chunked = _chunk_tokens(args)
+    if chunked is None:
+        raise SystemExit("--loss-chunks compares with chunked logits: --loss-chunk-tokens > 0")
+    modes = {"full_logits": None, "chunked": chunked}
+    summary: dict[str, object] = {
+        "model": args.model,
+        "batch": args.batch,
+        "seq": args.seq,
+        "device": device,
+        "steps": args.steps,
+        "loss_chunk_tokens": chunked,
+    }
+    for kind in _kinds(args):
+        med = _median_step_times(
+            args,
+            {
+                mode: _engine(args, kind=kind, dp=True, device=device, loss_chunk_tokens=tokens)
+                for mode, tokens in modes.items()
+            },
+        )
+        mem = {
+            mode: _peak_memory(f"{kind}-dp", [*passthrough, f"--loss-chunk-tokens={tokens or 0}"])
+            for mode, tokens in modes.items()
+        }
+        _report_pair(summary, kind, med=med, mem=mem, new="chunked", base="full_logits")
+    return summary
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny-llama")
@@ -294,6 +416,20 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument("--kinds", default=",".join(KINDS), help="lora,full or one of them")
+    p.add_argument("--memory-steps", type=int, default=2, help="steps of each peak-memory process")
+    p.add_argument(
+        "--loss-chunk-tokens",
+        type=int,
+        default=None,
+        help="positions whose logits are held at once (0: the full B×T×V logits; "
+        "default: the engine's)",
+    )
+    p.add_argument(
+        "--loss-chunks",
+        action="store_true",
+        help="compare full logits with chunked ones (DP engines) instead of DP with non-DP",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -306,7 +442,17 @@ def main() -> None:
         f"--seq={args.seq}",
         f"--lora-rank={args.lora_rank}",
         f"--device={args.device}",
+        f"--memory-steps={args.memory_steps}",
     ]
+    if args.loss_chunks:
+        summary = compare_loss_chunks(args, passthrough)
+        if not args.json:
+            for key, value in summary.items():
+                print(f"{key:32s} {value}")
+        print(json.dumps(summary))
+        return
+    if args.loss_chunk_tokens is not None:
+        passthrough.append(f"--loss-chunk-tokens={args.loss_chunk_tokens}")
     summary: dict[str, object] = {
         "model": args.model,
         "batch": args.batch,
@@ -315,12 +461,13 @@ def main() -> None:
         "steps": args.steps,
     }
     summary["memory"] = (
-        "peak RSS (VmHWM) minus RSS before the model was built, fresh process, 2 steps"
+        f"peak RSS (VmHWM) minus RSS before the model was built, fresh process, "
+        f"{args.memory_steps} steps"
         if summary["device"] == "cpu"
-        else "torch.cuda.max_memory_allocated, fresh process, 2 steps"
+        else f"torch.cuda.max_memory_allocated, fresh process, {args.memory_steps} steps"
     )
     summary["threads"] = _threads()
-    for kind in KINDS:
+    for kind in _kinds(args):
         med = time_kind(args, kind)
         mem = {mode: _peak_memory(f"{kind}-{mode}", passthrough) for mode in MODES}
         report_kind(summary, kind, med=med, mem=mem)

@@ -13,12 +13,23 @@ prompts:
 * ``concurrent``: ``--prompts`` requests submitted at once from as many threads
   through a ``SampleBatcher`` vs the same requests run one by one.
 
-Tokens/s are per CPU second of this process (all threads): on a shared machine
-that is steadier than wall time, which is reported too (``ratio_wall``). Ratios
-above 1 mean ours is faster. Targets (re-measured later through the
-server): ``ratio`` ≥ 0.9 against generate, ``concurrent.ratio`` ≥ 3 on CPU.
+* ``server_single``: the same requests one by one through a live server (a ``tensafe
+  serve`` subprocess on 127.0.0.1, its base-model sampler, the SDK's
+  ``SamplingClient.sample(...).result()``: HTTP, JSON, the future's long poll) beside
+  ``Sampler.sample`` in this process and ``model.generate`` (batch 1).
+* ``server_concurrent``: ``--prompts`` clients (threads) each sending one request at once
+  through the server, which batches them, vs the same requests one by one.
 
-    python bench/sampling.py --json                              # tiny Llama
+Tokens/s of the in-process parts are per CPU second of this process (all threads): on a
+shared machine that is steadier than wall time, which is reported too
+(``ratio_wall``). For the server parts the CPU time is the server process's (read from
+``/proc``) plus this process's (the client) during the call; the server gets as many
+torch threads as this process. Ratios above 1 mean ours (the server's, for
+``server_*``) is faster. Targets: ``ratio`` ≥ 0.9 against generate
+(``server_single.ratio_vs_generate`` through the server), ``concurrent.ratio`` and
+``server_concurrent.ratio`` ≥ 3 on CPU.
+
+    python bench/sampling.py --json                              # tiny Llama, all parts
     python bench/sampling.py --model smollm2-135m-instruct --max-tokens 64 --json
 
 The last line of output is one JSON object (with ``--json``).
@@ -65,27 +76,50 @@ def _encode(tokenizer, count: int) -> list[list[int]]:
     return [list(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
 
 
-def _timed(fn: Callable[[], object]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process, all threads) of one call."""
+def _timed(
+    fn: Callable[[], object], other_cpu: Callable[[], float] | None = None
+) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads) of one call; with
+    ``other_cpu`` (another process's cumulative CPU seconds) its share is added."""
+    before = other_cpu() if other_cpu else 0.0
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return wall, cpu + ((other_cpu() - before) if other_cpu else 0.0)
 
 
 def _side_by_side(
-    contenders: dict[str, Callable[[], object]], repeats: int
+    contenders: dict[str, Callable[[], object]],
+    repeats: int,
+    other_cpu: dict[str, Callable[[], float]] | None = None,
 ) -> dict[str, tuple[float, float]]:
-    """Median (wall, CPU) seconds per contender, runs interleaved (a, b, a, b, ...)."""
+    """Median (wall, CPU) seconds per contender, runs interleaved (a, b, a, b, ...);
+    ``other_cpu[name]`` adds another process's CPU to that contender's (the server)."""
+    extra = other_cpu or {}
     for fn in contenders.values():
         fn()  # warm-up
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
-            runs[name].append(_timed(fn))
+            runs[name].append(_timed(fn, extra.get(name)))
     return {
         name: (statistics.median(r[0] for r in t), statistics.median(r[1] for r in t))
         for name, t in runs.items()
     }
+
+
+def _process_cpu(pid: int) -> Callable[[], float]:
+    """Cumulative CPU seconds (user + system, all threads) of process ``pid`` (Linux)."""
+    import os
+
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def read() -> float:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    return read
 
 
 def _figures(times: dict[str, tuple[float, float]], tokens: int, ours: str, other: str) -> dict:
@@ -186,6 +220,92 @@ def _concurrent(sampler, prompts, args) -> dict:
     return {"requests": len(requests), **figures, "batches_per_run": batcher.batches_run / runs}
 
 
+def _server(model, tokenizer, sampler, prompts, args) -> dict:
+    """The server parts: SamplingClient vs in-process Sampler vs generate, one by one;
+    and concurrent clients vs one by one, through the server."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    from _live_server import LiveServer
+    from tg_tinker import SamplingParams, ServiceClient
+
+    requests = _requests(prompts, max_tokens=args.max_tokens, sampled=True)
+    params = SamplingParams(max_tokens=args.max_tokens, stop=[], **SAMPLING)
+    singles = [
+        _generate_fn(model, tokenizer, [p], max_tokens=args.max_tokens, sampled=True)
+        for p in prompts
+    ]
+    threads = str(torch.get_num_threads())
+    env = {"OMP_NUM_THREADS": threads, "TENSAFE_DEVICE": args.device}
+    tokens = len(prompts) * args.max_tokens
+    with tempfile.TemporaryDirectory(prefix="tensafe-bench-") as tmp:
+        server = LiveServer(Path(tmp), env=env)
+        keys = json.loads(server.tensafe("admin", "create-tenant", "bench", "--json"))
+        server.start()
+        try:
+            with ServiceClient(server.url, api_key=keys["api_key"], timeout=300) as service:
+                remote = service.create_sampling_client(base_model=args.model)
+
+                def server_one_by_one() -> None:
+                    for p in prompts:
+                        remote.sample(p, 1, params).result()
+
+                def server_together() -> None:
+                    barrier = threading.Barrier(len(prompts))
+
+                    def client(p: list[int]) -> None:
+                        barrier.wait()  # concurrent clients: all requests arrive at once
+                        remote.sample(p, 1, params).result()
+
+                    pool = [threading.Thread(target=client, args=(p,)) for p in prompts]
+                    for t in pool:
+                        t.start()
+                    for t in pool:
+                        t.join()
+
+                assert server.process is not None
+                server_cpu = _process_cpu(server.process.pid)
+                single = _side_by_side(
+                    {
+                        "server": server_one_by_one,
+                        "in_process": lambda: [sampler.sample(r) for r in requests],
+                        "generate": lambda: [g() for g in singles],
+                    },
+                    args.repeats,
+                    other_cpu={"server": server_cpu},
+                )
+                together = _side_by_side(
+                    {"server_concurrent": server_together, "server_one_by_one": server_one_by_one},
+                    args.repeats,
+                    other_cpu={"server_concurrent": server_cpu, "server_one_by_one": server_cpu},
+                )
+        finally:
+            server.stop()
+    times = {**single, **together}
+    wall = {name: t[0] for name, t in times.items()}
+    cpu = {name: t[1] for name, t in times.items()}  # server parts: server + client CPU
+    return {
+        "server_single": {
+            "server_tokens_per_s": tokens / cpu["server"],
+            "in_process_tokens_per_s": tokens / cpu["in_process"],
+            "generate_tokens_per_s": tokens / cpu["generate"],
+            "ratio_vs_generate": cpu["generate"] / cpu["server"],
+            "ratio_vs_in_process": cpu["in_process"] / cpu["server"],
+            "ratio_vs_generate_wall": wall["generate"] / wall["server"],
+            "ratio_vs_in_process_wall": wall["in_process"] / wall["server"],
+        },
+        "server_concurrent": {
+            "requests": len(prompts),
+            "concurrent_tokens_per_s": tokens / cpu["server_concurrent"],
+            "one_by_one_tokens_per_s": tokens / cpu["server_one_by_one"],
+            "ratio": cpu["server_one_by_one"] / cpu["server_concurrent"],
+            "ratio_wall": wall["server_one_by_one"] / wall["server_concurrent"],
+        },
+        "server_threads": int(threads),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny-llama", help="tiny-llama or smollm2-135m-instruct")
@@ -194,7 +314,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--window-ms", type=float, default=10.0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--only", choices=["single", "batch", "concurrent"], action="append")
+    parser.add_argument(
+        "--only", choices=["single", "batch", "concurrent", "server"], action="append"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -206,7 +328,7 @@ def main() -> None:
     model, tokenizer = _load(args.model, args.device)
     sampler = Sampler(model=model, tokenizer=tokenizer)
     prompts = _encode(tokenizer, args.prompts)
-    only = set(args.only or ["single", "batch", "concurrent"])
+    only = set(args.only or ["single", "batch", "concurrent", "server"])
     report: dict = {
         "model": args.model,
         "device": args.device,
@@ -225,6 +347,8 @@ def main() -> None:
             )
     if "concurrent" in only:
         report["concurrent"] = _concurrent(sampler, prompts, args)
+    if "server" in only:
+        report.update(_server(model, tokenizer, sampler, prompts, args))
     for key, value in report.items():
         if isinstance(value, dict):
             print(key, " ".join(f"{k}={v:.3g}" for k, v in value.items()))

@@ -31,23 +31,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _live_server import LiveServer
 
 VOCAB = 49152
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _batch(args: argparse.Namespace, seed: int) -> dict[str, list[list[int]]]:
@@ -72,66 +65,9 @@ def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     )
 
 
-class _Server:
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.port = _free_port()
-        self.env = {
-            **os.environ,
-            "TENSAFE_ENVIRONMENT": "development",
-            "TENSAFE_WORKER_THREADS": "1",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def tensafe(self, *argv: str) -> str:
-        command = [sys.executable, "-m", "tensafe.cli", *argv, "--data-dir", str(self.data_dir)]
-        out = subprocess.run(command, env=self.env, capture_output=True, text=True, check=True)
-        return out.stdout
-
-    def start(self) -> None:
-        import httpx
-
-        log = (self.data_dir / "server.log").open("ab")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tensafe.cli",
-                "serve",
-                "--port",
-                str(self.port),
-                "--data-dir",
-                str(self.data_dir),
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=log,
-        )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("server exited; see " + str(self.data_dir / "server.log"))
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(60)
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def step_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of a step benchmark (model, batch × seq, LoRA rank, steps, --json)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="tiny-llama")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
@@ -139,14 +75,18 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10, help="measured steps of each kind")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = step_arguments(__doc__.splitlines()[0]).parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from tg_tinker import BatchData, DPConfig, LoRAConfig, ServiceClient, TrainingConfig
 
     engine = _engine(args)
     with tempfile.TemporaryDirectory(prefix="tensafe-bench-") as tmp:
-        server = _Server(Path(tmp))
+        server = LiveServer(Path(tmp))
         keys = json.loads(server.tensafe("admin", "create-tenant", "bench", "--json"))
         api_key = keys["api_key"]
         server.start()

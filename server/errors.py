@@ -88,6 +88,28 @@ class ConflictError(ServiceError, RuntimeError):
     category = "user"
 
 
+class RateLimitError(ServiceError, RuntimeError):
+    """The tenant sent too many requests (429, with ``Retry-After``); nothing was applied.
+
+    Attributes:
+        retry_after: whole seconds until a request is allowed again.
+    """
+
+    status_code = 429
+    category = "user"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rate_limit_error, (self.detail, self.retry_after))
+
+
+def _rate_limit_error(detail: str, retry_after: int) -> RateLimitError:
+    return RateLimitError(detail, retry_after=retry_after)
+
+
 class ServerError(ServiceError, RuntimeError):
     """Our failure (500)."""
 
@@ -122,13 +144,19 @@ _TENSAFE_STATUS: tuple[tuple[type[ts.TenSafeError], int], ...] = (
 def describe_error(exc: BaseException) -> tuple[int, ErrorBody]:
     """The HTTP status and wire body for ``exc``.
 
-    ``error`` is the exception class name (the SDK maps it back to its own class);
-    server-category tensafe errors and unknown exceptions become a generic 500 whose
-    detail reveals nothing about internals.
+    ``error`` is the exception class name (the SDK maps it back to its own class),
+    except that every artifact failure (integrity or format) is the same opaque
+    ``IntegrityError``; server-category tensafe errors and unknown exceptions become
+    a generic 500 whose detail reveals nothing about internals.
     """
     if isinstance(exc, ServiceError):
         return exc.status_code, ErrorBody(
             error=type(exc).__name__, category=exc.category, detail=exc.detail, field=exc.field
+        )
+    if isinstance(exc, ts.IntegrityError | ts.ArtifactFormatError):
+        # one opaque answer for every artifact failure: which check failed is a hint
+        return 422, ErrorBody(
+            error="IntegrityError", category="user", detail=str(ts.IntegrityError())
         )
     if isinstance(exc, ts.TenSafeError) and exc.category == "user":
         status = next((code for cls, code in _TENSAFE_STATUS if isinstance(exc, cls)), 400)
@@ -159,6 +187,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "RateLimitError",
     "ResultExpiredError",
     "ServerError",
     "ServiceError",

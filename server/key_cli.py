@@ -4,6 +4,8 @@
     tensafe keys rotate-tenant TENANT_ID           new key version for new artifacts
     tensafe keys rotate-kek                        new KEK version; rewrap every tenant key
     tensafe keys shred TENANT_ID --yes             destroy all of a tenant's keys (irreversible)
+    tensafe keys rotate-evidence                   new evidence signing key for new bundles
+    tensafe keys evidence-keys [--json]            the evidence public keys, old ones too
 
 All commands take ``--data-dir`` / ``--database-url`` like ``tensafe admin`` and act on the
 same database and key provider the server uses. Key material is never printed.
@@ -64,6 +66,34 @@ def _rotate_kek(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotate_evidence(args: argparse.Namespace) -> int:
+    from tensafe.evidence.keys import rotate_signing_key
+
+    _, keyring = _keyring(args)
+    key = rotate_signing_key(keyring)
+    print(
+        f"evidence signing key rotated to version {key.version} (key id {key.keyid}); bundles "
+        "signed earlier keep verifying with the earlier public keys, which stay published"
+    )
+    return 0
+
+
+def _evidence_keys(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from tensafe.evidence.keys import published_keys
+
+    _, keyring = _keyring(args)
+    keys = published_keys(keyring)
+    if args.json:
+        print(json.dumps([asdict(k) for k in keys], indent=2))
+        return 0
+    for key in keys:
+        mark = " (current)" if key.current else ""
+        print(f"version {key.version}{mark}: key id {key.keyid}\n{key.public_key_pem}")
+    return 0
+
+
 def _shred(args: argparse.Namespace) -> int:
     if not args.yes:
         return _fail("crypto-shredding is irreversible: pass --yes to confirm", 2)
@@ -100,3 +130,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "tenant_id",
     )
     shred.add_argument("--yes", action="store_true", help="confirm the irreversible shred")
+    add("rotate-evidence", _rotate_evidence, "new evidence signing key for new bundles")
+    keys = add("evidence-keys", _evidence_keys, "the evidence public keys (PEM), old ones too")
+    keys.add_argument("--json", action="store_true")

@@ -1,17 +1,29 @@
-"""ASGI middleware: request ids and the request log, and the request body size limit.
+"""ASGI middleware: request ids and the request log, the request body limits, and the
+last-resort 500.
 
-Both are plain ASGI (no body buffering). The size limit answers 413 from the
+All are plain ASGI (no body buffering). The size limit answers 413 from the
 ``Content-Length`` header before anything is read; a body sent without one
-(chunked) is counted as it streams and cut off at the limit.
+(chunked) is counted as it streams and cut off at the limit. The limit depends on
+the route (:class:`BodyLimits`): small for configuration, larger for batches. A body
+that stalls (no bytes for ``idle_timeout_s``, or not complete within
+``total_timeout_s``) is answered 408 and the connection closed.
+
+:class:`UnhandledErrorMiddleware` turns an exception no handler took into the opaque
+500 ``ErrorBody`` *without* re-raising it, so the server keeps the client's
+keep-alive connection (Starlette's outermost handler re-raises, and the server then
+drops the connection).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -79,25 +91,39 @@ class RequestLogMiddleware:
 
 
 class BodyTooLarge(HTTPException):
-    """Raised while reading a body past the limit (becomes a 413 ``ErrorBody``)."""
+    """Raised while reading a body past the limit (becomes a 413 ``ErrorBody``; the
+    connection is closed, since the rest of the body is never read)."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(status_code=413, detail=f"request body exceeds {limit} bytes")
+        super().__init__(
+            status_code=413,
+            detail=f"request body exceeds the server limit of {limit} bytes for this route",
+            headers={"Connection": "close"},
+        )
         self.limit = limit
 
 
-def _error_response(limit: int) -> tuple[dict[str, Any], bytes]:
+class BodyTimeout(HTTPException):
+    """Raised when the client stops sending its body (becomes a 408 ``ErrorBody``; the
+    connection is closed)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            status_code=408,
+            detail=f"the request body did not arrive in time (limit {seconds:g} s); resend it",
+            headers={"Connection": "close"},
+        )
+
+
+def _error_response(
+    status: int, error: str, detail: str, field: str | None
+) -> tuple[dict[str, Any], bytes]:
     body = json.dumps(
-        {
-            "error": "PayloadTooLargeError",
-            "category": "user",
-            "detail": f"request body exceeds the server limit of {limit} bytes",
-            "field": "body",
-        }
+        {"error": error, "category": "user", "detail": detail, "field": field}
     ).encode()
     start = {
         "type": "http.response.start",
-        "status": 413,
+        "status": status,
         "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -107,49 +133,155 @@ def _error_response(limit: int) -> tuple[dict[str, Any], bytes]:
     return start, body
 
 
-class BodySizeLimitMiddleware:
-    """Refuse request bodies larger than ``max_bytes`` with 413, before parsing."""
+def _too_large(limit: int) -> tuple[dict[str, Any], bytes]:
+    detail = f"request body exceeds the server limit of {limit} bytes for this route"
+    return _error_response(413, "PayloadTooLargeError", detail, "body")
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+
+def _timed_out(seconds: float) -> tuple[dict[str, Any], bytes]:
+    detail = f"the request body did not arrive in time (limit {seconds:g} s); resend it"
+    return _error_response(408, "RequestTimeoutError", detail, "body")
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """Request body limits: ``max_bytes`` for every route, unless the longest matching
+    prefix in ``per_route`` names a smaller (or larger) one; a body must keep arriving
+    (a chunk at least every ``idle_timeout_s``) and be complete within
+    ``total_timeout_s``."""
+
+    max_bytes: int
+    per_route: tuple[tuple[str, int], ...] = ()
+    idle_timeout_s: float = 10.0
+    total_timeout_s: float = 60.0
+
+    def limit_for(self, method: str, path: str) -> int:
+        """The body limit of ``method path`` in bytes."""
+        best: tuple[int, int] | None = None
+        for pattern, limit in self.per_route:
+            want_method, _, prefix = pattern.partition(" ")
+            if want_method != method or not _matches(prefix, path):
+                continue
+            if best is None or len(prefix) > best[0]:
+                best = (len(prefix), limit)
+        return self.max_bytes if best is None else best[1]
+
+
+def _matches(pattern: str, path: str) -> bool:
+    """``/v1/training_runs/*/forward`` matches ``/v1/training_runs/run_1/forward``."""
+    want, got = pattern.strip("/").split("/"), path.strip("/").split("/")
+    return len(want) == len(got) and all(w in ("*", g) for w, g in zip(want, got, strict=True))
+
+
+class BodySizeLimitMiddleware:
+    """Refuse request bodies above the route's limit with 413 (from ``Content-Length``
+    before reading, else as the body streams in), and stalled bodies with 408."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limits: BodyLimits,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.limits = limits
+        self.clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limits.limit_for(scope.get("method", ""), scope.get("path", ""))
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            start, body = _error_response(self.max_bytes)
-            await send(start)
-            await send({"type": "http.response.body", "body": body})
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _answer(send, *_too_large(limit))
             return
         received = 0
-        started = False
+        complete = False
+        deadline = self.clock() + self.limits.total_timeout_s
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+        async def guarded_receive() -> Message:
+            nonlocal received, complete
+            if complete:  # after the body, only a disconnect can come: wait for it
+                return await receive()
+            wait = min(self.limits.idle_timeout_s, max(0.0, deadline - self.clock()))
+            try:
+                message = await asyncio.wait_for(receive(), timeout=wait)
+            except TimeoutError:
+                raise BodyTimeout(self.limits.total_timeout_s) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > limit:
+                    raise BodyTooLarge(limit)
+                complete = not message.get("more_body", False)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = _TrackedSend(send)
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, guarded_receive, tracked)
         except BodyTooLarge:
-            if started:
+            if tracked.started:
                 raise
-            start, body = _error_response(self.max_bytes)
-            await send(start)
+            await _answer(send, *_too_large(limit))
+        except BodyTimeout:
+            if tracked.started:
+                raise
+            await _answer(send, *_timed_out(self.limits.total_timeout_s))
+
+
+class _TrackedSend:
+    """``send``, remembering whether the response has started."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
+
+
+async def _answer(send: Send, start: dict[str, Any], body: bytes) -> None:
+    await send(start)
+    await send({"type": "http.response.body", "body": body})
+
+
+class UnhandledErrorMiddleware:
+    """The last resort: an exception that reached here becomes ``render(exc)`` — the
+    opaque 500 — and is logged with its traceback, but not re-raised, so the server
+    keeps the connection open for the client's next request."""
+
+    def __init__(self, app: ASGIApp, *, render: Callable[[BaseException], tuple[int, bytes]]):
+        self.app = app
+        self.render = render
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        tracked = _TrackedSend(send)
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if tracked.started:  # too late for an answer: let the server close the connection
+                raise
+            log.error("unhandled error", exc_info=exc)
+            status, body = self.render(exc)
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
 
 
-__all__ = ["BodySizeLimitMiddleware", "BodyTooLarge", "RequestLogMiddleware"]
+__all__ = [
+    "BodyLimits",
+    "BodySizeLimitMiddleware",
+    "BodyTimeout",
+    "BodyTooLarge",
+    "RequestLogMiddleware",
+    "UnhandledErrorMiddleware",
+]

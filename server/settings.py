@@ -81,12 +81,38 @@ class Settings(BaseSettings):
         allow_model_paths: let ``model_ref`` name a directory on the server. Off by
             default, so a tenant cannot make the server open arbitrary paths; models
             are then found by name (built-ins, the model cache, the hub).
-        max_body_bytes: request bodies above this are refused with 413 before parsing.
+        served_models: in production, the models a run may name (``model_ref``): the
+            operator's list, nothing else (no hub ids, paths or test models unless
+            allowed below). Development accepts any model name.
+        allow_test_models: accept the in-memory ``tiny-llama`` test models in production.
+        max_body_bytes: request bodies above this are refused with 413 before parsing
+            (configuration routes have a much smaller limit, batch routes one derived
+            from ``max_tokens_per_batch``; see :mod:`server.services.capacity`).
+        body_idle_timeout_s, body_total_timeout_s: a request body that stalls this long
+            between chunks, or is not complete within the total, is answered 408.
         max_batch_size, max_seq_len: limits on every training batch (422 otherwise).
+        max_tokens_per_batch: limit on the tokens of one forward/forward_backward
+            request (422 otherwise).
+        max_lora_rank: limit on ``lora_config.rank`` (422 otherwise).
+        max_metadata_bytes: limit on a run's ``metadata`` as JSON (422 otherwise).
+        worker_memory_bytes: the memory a worker may use for one run and one operation;
+            a run or an operation whose estimate exceeds it is refused with 409 before
+            anything is allocated. Default: half of the machine's physical memory.
+        rate_limit_per_s, rate_limit_burst: requests per second each tenant may send
+            (a token bucket of ``rate_limit_burst``); above it, 429 with ``Retry-After``.
+            ``none`` turns the limit off.
         long_poll_max_s: cap on ``GET /v1/futures/{id}?wait=S``.
         worker_threads: training runs executing concurrently (operations of one run
             always run one at a time, in submission order).
         device: torch device for models (``cpu``, ``cuda``, ``cuda:1``).
+        sampling_threads: threads that prepare sampling operations (resolve the
+            sampler's model, decrypt and load a checkpoint's adapter); generation itself
+            runs batched, one batch at a time per model, never in a run's training queue.
+        sampling_batch_window_s: how long the first of several concurrent sample requests
+            for one model waits for the others, so they run as one batch.
+        max_num_samples: most ``num_samples`` one sample request may ask for.
+        max_sampler_base_models: base models kept in memory for samplers of checkpoints
+            and base models (beyond it the least recently used idle one is dropped).
         model_cache_dir: where models are prepared/cached (default: tensafe's cache).
         artifact_ttl_s: artifacts expire this many seconds after creation (``None``: never).
         result_ttl_s: a completed operation's result (losses, per-token values, metrics)
@@ -94,6 +120,15 @@ class Settings(BaseSettings):
             it later is 410. Requests are never stored with their training data. In the
             environment, ``none`` unsets this (and any other optional setting).
         sweep_interval_s: how often expired artifacts and old results are purged.
+        tinker_tokenizer_id: what ``get_info`` on the Tinker protocol (``/api/v1``) tells
+            clients to load the tokenizer from: a hub id, or a directory on the clients'
+            machines (offline). Default: the hub id of the model's tokenizer.
+        tinker_default_dp: DP settings (fields of ``DPConfig``, as JSON) for Tinker-protocol
+            models whose metadata names none, so unmodified Tinker scripts train under DP;
+            a client's ``tensafe.dp.*`` keys override them field by field.
+        tinker_fwdbwd_max_chunk_len: Tinker clients split a forward_backward of more
+            datums than this into chunks (each its own submission; the gradients add up
+            in the same logical batch).
         log_level, log_json: logging (JSON lines by default).
         host, port: where ``tensafe serve`` listens.
     """
@@ -123,13 +158,30 @@ class Settings(BaseSettings):
     default_epsilon_cap: float | None = Field(None, ge=0)
     deterministic_noise: bool = False
     allow_model_paths: bool = False
+    served_models: tuple[str, ...] = ("smollm2-135m-instruct",)
+    allow_test_models: bool = False
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    body_idle_timeout_s: float = Field(10.0, gt=0)
+    body_total_timeout_s: float = Field(120.0, gt=0)
     max_batch_size: int = Field(256, gt=0)
     max_seq_len: int = Field(4096, gt=0)
+    max_tokens_per_batch: int = Field(16384, gt=0)
+    max_lora_rank: int = Field(256, gt=0)
+    max_metadata_bytes: int = Field(64 * 1024, gt=0)
+    worker_memory_bytes: int | None = Field(None, gt=0)
+    rate_limit_per_s: float | None = Field(50.0, gt=0)
+    rate_limit_burst: int = Field(200, gt=0)
     long_poll_max_s: float = Field(30.0, ge=0, le=600)
     worker_threads: int = Field(2, ge=1, le=64)
     device: str = "cpu"
+    tinker_tokenizer_id: str | None = None
+    tinker_default_dp: dict[str, float | int | str] | None = None
+    tinker_fwdbwd_max_chunk_len: int = Field(1024, gt=0)
     model_cache_dir: Path | None = None
+    sampling_threads: int = Field(4, ge=1, le=64)
+    sampling_batch_window_s: float = Field(0.05, ge=0, le=1)
+    max_num_samples: int = Field(64, ge=1, le=1024)
+    max_sampler_base_models: int = Field(2, ge=1, le=16)
 
     artifact_ttl_s: float | None = Field(None, gt=0)
     result_ttl_s: float | None = Field(7 * 24 * 3600.0, gt=0)
@@ -139,6 +191,17 @@ class Settings(BaseSettings):
     log_json: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+
+    @field_validator("tinker_default_dp")
+    @classmethod
+    def _dp_fields(
+        cls, value: dict[str, float | int | str] | None
+    ) -> dict[str, float | int | str] | None:
+        if value is not None:
+            from tg_tinker.types import DPConfig
+
+            DPConfig.model_validate(value)  # a bad default fails at start, naming the field
+        return value
 
     @field_validator("data_dir", "artifact_dir", "keyring_path", "model_cache_dir")
     @classmethod
@@ -190,6 +253,16 @@ class Settings(BaseSettings):
 
     def pepper_path(self) -> Path:
         return self.data_dir / "secrets" / "api_key_pepper"
+
+    def resolved_worker_memory_bytes(self) -> int:
+        """``worker_memory_bytes``, or half of the machine's physical memory."""
+        if self.worker_memory_bytes is not None:
+            return self.worker_memory_bytes
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            total = 16 * 1024**3
+        return max(1, total // 2)
 
 
 __all__ = ["Environment", "KeyProviderName", "Settings", "StorageBackend", "default_data_dir"]

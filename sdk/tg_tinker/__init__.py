@@ -9,9 +9,12 @@ Drive DP-SGD fine-tuning on a TenSafe server from your own machine::
     out = tc.forward_backward(batch).result()
     step = tc.optim_step().result()
 
-Every training operation returns an :class:`APIFuture`; every method has an
-``_async`` twin. Wire types live in :mod:`tg_tinker.types`, data helpers (the
-Poisson batch sampler) in :mod:`tg_tinker.data`. See ``docs/sdk.md``.
+Every training and sampling operation returns an :class:`APIFuture`; every method
+has an ``_async`` twin. Sample from the weights you train with a
+:class:`SamplingClient` (``tc.save_weights_and_get_sampling_client()``,
+``service.create_sampling_client(model_path=...|base_model=...|run_id=...)``).
+Wire types live in :mod:`tg_tinker.types` and :mod:`tg_tinker.sampling_types`, data
+helpers (the Poisson batch sampler) in :mod:`tg_tinker.data`. See ``docs/sdk.md``.
 
 The SDK needs only httpx, pydantic, numpy and cryptography; importing it never
 imports torch or transformers (``get_tokenizer()`` imports transformers lazily).
@@ -20,6 +23,7 @@ imports torch or transformers (``get_tokenizer()`` imports transformers lazily).
 from __future__ import annotations
 
 from tg_tinker import data as data
+from tg_tinker import sampling_types as sampling_types
 from tg_tinker import types as types
 from tg_tinker._version import __version__
 from tg_tinker.downloads import PulledArtifact
@@ -39,6 +43,8 @@ from tg_tinker.errors import (
     ValidationError,
 )
 from tg_tinker.futures import APIFuture
+from tg_tinker.sampling_client import SamplingClient
+from tg_tinker.sampling_types import SampleResponse, SamplingParams
 from tg_tinker.service_client import ServiceClient
 from tg_tinker.training_client import TrainingClient
 from tg_tinker.types import (
@@ -91,6 +97,9 @@ __all__ = [
     "PermissionDeniedError",
     "PulledArtifact",
     "RateLimitError",
+    "SampleResponse",
+    "SamplingClient",
+    "SamplingParams",
     "SaveStateResponse",
     "SaveWeightsForSamplerResponse",
     "ServerError",

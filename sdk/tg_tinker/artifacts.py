@@ -191,36 +191,33 @@ def read_header(src: BinaryIO) -> ArtifactHeader:
     """Parse and check the public header (section 2 of the spec).
 
     Raises:
-        ValidationError: the input is not a TenSafe artifact, uses an unsupported
-            format version, or has a malformed header.
+        ArtifactIntegrityError: the input is not a TenSafe artifact, uses an unsupported
+            format version, or has a malformed or truncated header — one opaque error,
+            like every other failure of an artifact's checks.
     """
     fixed = _read_exact(src, _FIXED.size)
     if len(fixed) < _FIXED.size or fixed[:8] != MAGIC:
-        raise ValidationError("not a TenSafe artifact", field="artifact")
+        raise _fail()
     _, version, header_len, log2, k, a, reserved, key_version = _FIXED.unpack(fixed)
-    if version != FORMAT_VERSION:
-        raise ValidationError(f"unsupported artifact format version {version}", field="artifact")
-    if header_len > _MAX_HEADER:
-        raise ValidationError(
-            f"header length {header_len} exceeds the {_MAX_HEADER}-byte maximum", field="artifact"
-        )
     if (
-        not 6 <= log2 <= 20
+        version != FORMAT_VERSION
+        or header_len > _MAX_HEADER
+        or not 6 <= log2 <= 20
         or not 1 <= k <= 64
         or not 1 <= a <= 128
         or reserved != 0
         or key_version < 1
         or header_len != _FIXED.size + k + a + 64
     ):
-        raise ValidationError("malformed artifact header", field="artifact")
+        raise _fail()
     rest = _read_exact(src, header_len - _FIXED.size)
     if len(rest) != header_len - _FIXED.size:
-        raise ValidationError("truncated artifact header", field="artifact")
+        raise _fail()
     try:
         key_id = rest[:k].decode("ascii")
         artifact_id = rest[k : k + a].decode("ascii")
     except UnicodeDecodeError:
-        raise ValidationError("malformed artifact header", field="artifact") from None
+        raise _fail() from None
     return ArtifactHeader(
         key_id=key_id,
         key_version=key_version,
@@ -251,12 +248,9 @@ def _pick_key(
     for k in candidates:
         if k.key_id == header.key_id and k.version == header.key_version:
             return k
-    held = ", ".join(f"{k.key_id} v{k.version}" for k in candidates) or "none"
-    raise ValidationError(
-        f"this artifact was sealed with key {header.key_id} version {header.key_version}; "
-        f"the key file(s) given hold {held}",
-        field="key",
-    )
+    # A wrong key file and a header whose key id was altered look alike: both are the
+    # one opaque error (which ids were expected is a hint to whoever altered it).
+    raise _fail()
 
 
 def _chunks(src: BinaryIO, header: ArtifactHeader, key: TenantKeyFile, hasher) -> Iterator[bytes]:
@@ -398,7 +392,8 @@ def decrypt(
 
     Raises:
         ArtifactIntegrityError: any authentication or consistency failure (opaque).
-        ValidationError: not an artifact, unsupported version, or no matching key.
+        ArtifactIntegrityError: not an artifact, unsupported version, no matching key,
+            or any failed check (one opaque error).
     """
     out = io.BytesIO()
     header, manifest, content_hash = _run(
@@ -432,7 +427,8 @@ def decrypt_to_directory(
 
     Raises:
         ArtifactIntegrityError: any authentication or consistency failure (opaque).
-        ValidationError: bad input, no matching key, or files exist and not ``overwrite``.
+        ValidationError: bad input, or files exist and not ``overwrite``.
+        ArtifactIntegrityError: no matching key, or any failed check (one opaque error).
     """
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)

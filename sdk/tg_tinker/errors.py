@@ -119,6 +119,16 @@ class ArtifactIntegrityError(TGTinkerError, ValueError):
     """
 
 
+class EvidenceError(TGTinkerError, ValueError):
+    """An evidence bundle did not verify (:mod:`tg_tinker.evidence`); the message says
+    which check failed, in words (``reason``)."""
+
+    @property
+    def reason(self) -> str:
+        """Which check failed, in words."""
+        return self.message
+
+
 # Server-side names (``tensafe.errors`` and the server's own) mapped onto ours.
 _BY_NAME: dict[str, type[TGTinkerError]] = {
     cls.__name__: cls
@@ -205,6 +215,7 @@ __all__ = [
     "AuthenticationError",
     "BudgetExceededError",
     "ConflictError",
+    "EvidenceError",
     "FutureCancelledError",
     "FutureTimeoutError",
     "NotFoundError",

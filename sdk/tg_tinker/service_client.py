@@ -32,6 +32,7 @@ from tg_tinker.datasets import DEFAULT_BATCH_RECORDS, Progress, ProgressBar, Rec
 from tg_tinker.datasets import upload as dataset_upload
 from tg_tinker.downloads import PulledArtifact
 from tg_tinker.errors import ValidationError
+from tg_tinker.sampling_client import SamplingClient, create_sampler_request
 from tg_tinker.training_client import TrainingClient, run_request
 from tg_tinker.types import (
     ArtifactInfo,
@@ -329,6 +330,48 @@ class ServiceClient:
         if source is not None:
             return source
         return (await self.get_artifact_async(artifact_id)).run_id  # type: ignore[arg-type]
+
+    # ---------------------------------------------------------------- sampling
+    def create_sampling_client(
+        self,
+        model_path: str | None = None,
+        *,
+        base_model: str | None = None,
+        run_id: str | None = None,
+        artifact_id: str | None = None,
+    ) -> SamplingClient:
+        """A :class:`SamplingClient` of exactly one source:
+
+        * ``model_path`` — a sampler checkpoint, ``tensafe://{run}/sampler_weights/{name}``
+          (from ``save_weights_for_sampler``), decrypted only in the server's memory;
+        * ``artifact_id`` — the same checkpoint by id;
+        * ``run_id`` — a run's **current** weights (each sample sees the weights as of
+          its start; RL loops sample the policy they train this way);
+        * ``base_model`` — a base model by name (``smollm2-135m-instruct``).
+
+        Raises:
+            ValidationError: none or several sources, or a checkpoint that is not a
+                LoRA sampler checkpoint (``field`` names it).
+            NotFoundError: no such run or checkpoint for your tenant.
+        """
+        request = create_sampler_request(
+            model_path=model_path, base_model=base_model, run_id=run_id, artifact_id=artifact_id
+        )
+        return SamplingClient(self._http, self._http.call(request))
+
+    async def create_sampling_client_async(
+        self,
+        model_path: str | None = None,
+        *,
+        base_model: str | None = None,
+        run_id: str | None = None,
+        artifact_id: str | None = None,
+    ) -> SamplingClient:
+        """Async twin of :meth:`create_sampling_client`."""
+        request = create_sampler_request(
+            model_path=model_path, base_model=base_model, run_id=run_id, artifact_id=artifact_id
+        )
+        return SamplingClient(self._http, await self._http.acall(request))
 
     def get_training_client(self, run_id: str) -> TrainingClient:
         """A client for an existing run of this tenant (e.g. after a restart).
@@ -630,6 +673,39 @@ class ServiceClient:
         if format == "html":
             return response.text
         return dict(json.loads(response.content))
+
+    def pull_evidence(self, artifact_id: str) -> bytes:
+        """The artifact's signed evidence bundle (DSSE envelope JSON), byte for byte as the
+        server signed it when the checkpoint was saved. Verify it offline, beside the
+        pulled artifact, with :func:`tg_tinker.evidence.verify_bundle`.
+
+        Raises:
+            NotFoundError: no such artifact for this tenant, or it has no bundle.
+        """
+        return self._http.send(_evidence_request(artifact_id)).content
+
+    async def pull_evidence_async(self, artifact_id: str) -> bytes:
+        """Async twin of :meth:`pull_evidence`."""
+        return (await self._http.asend(_evidence_request(artifact_id))).content
+
+    def evidence_public_keys(self) -> list[dict[str, object]]:
+        """The server's evidence public keys, old versions too (``version``, ``keyid``,
+        ``public_key_pem``, ``current``): from its well-known route. Keep the one that
+        signed your bundles; a rotation never removes it."""
+        response = self._http.send(RawRequest("GET", _EVIDENCE_KEYS))
+        return list(json.loads(response.content)["keys"])
+
+    async def evidence_public_keys_async(self) -> list[dict[str, object]]:
+        """Async twin of :meth:`evidence_public_keys`."""
+        response = await self._http.asend(RawRequest("GET", _EVIDENCE_KEYS))
+        return list(json.loads(response.content)["keys"])
+
+
+_EVIDENCE_KEYS = "/.well-known/tensafe-evidence-keys"
+
+
+def _evidence_request(artifact_id: str) -> RawRequest:
+    return RawRequest("GET", f"/v1/artifacts/{quote(artifact_id, safe='')}/evidence")
 
 
 __all__ = ["ENV_API_KEY", "ENV_BASE_URL", "ServiceClient"]

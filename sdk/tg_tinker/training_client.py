@@ -10,6 +10,7 @@ async code and returns the same kind of future (``await`` it for the result).
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from tg_tinker._config import build_model
 from tg_tinker._http import Request
 from tg_tinker.errors import FutureTimeoutError, ServerError, ValidationError
 from tg_tinker.futures import APIFuture
+from tg_tinker.sampling_client import SamplingClient, create_sampler_request
 from tg_tinker.types import (
     AdamParams,
     BatchData,
@@ -557,6 +559,38 @@ class TrainingClient:
     ) -> APIFuture[SaveWeightsForSamplerResponse]:
         """Async twin of :meth:`save_weights_for_sampler`."""
         return await self._asubmit(_save_weights_operation(self.run_id, name))
+
+    def _snapshot_name(self, name: str | None) -> str:
+        return name if name is not None else f"sampler-{self._step}-{secrets.token_hex(4)}"
+
+    def save_weights_and_get_sampling_client(self, name: str | None = None) -> SamplingClient:
+        """Save the weights for sampling (as :meth:`save_weights_for_sampler`; an
+        automatic name ``sampler-<step>-<random>`` when ``name`` is None) and return a
+        :class:`~tg_tinker.SamplingClient` of that snapshot. Blocks until saved.
+
+        The snapshot does not follow later training; for the run's current weights use
+        ``service.create_sampling_client(run_id=tc.run_id)``.
+
+        Raises:
+            ValidationError: ``name`` is not ``[A-Za-z0-9_.-]{1,128}``.
+            ConflictError: the name is taken.
+        """
+        saved = self.save_weights_for_sampler(self._snapshot_name(name)).result()
+        request = create_sampler_request(
+            model_path=saved.path, base_model=None, run_id=None, artifact_id=None
+        )
+        return SamplingClient(self._http, self._http.call(request))
+
+    async def save_weights_and_get_sampling_client_async(
+        self, name: str | None = None
+    ) -> SamplingClient:
+        """Async twin of :meth:`save_weights_and_get_sampling_client`."""
+        future = await self.save_weights_for_sampler_async(self._snapshot_name(name))
+        saved = await future
+        request = create_sampler_request(
+            model_path=saved.path, base_model=None, run_id=None, artifact_id=None
+        )
+        return SamplingClient(self._http, await self._http.acall(request))
 
     def unload_model(self) -> APIFuture[UnloadModelResponse]:
         """End the run and free its GPU. Does not save; saved checkpoints remain."""

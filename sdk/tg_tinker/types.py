@@ -16,9 +16,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 DType = Literal["int64", "int32", "float32", "float64"]
 
 #: The loss functions the server implements (``tensafe.losses.LOSS_FUNCTIONS``; a test
-#: keeps the two in step). ``loss_fn_config`` keys depend on the loss (``ppo``:
-#: ``clip_low_threshold``, ``clip_high_threshold``).
-LossFnName = Literal["cross_entropy", "importance_sampling", "ppo"]
+#: keeps the two in step). ``loss_fn_config`` keys depend on the loss (``ppo``,
+#: ``cispo``: ``clip_low_threshold``, ``clip_high_threshold``; ``dro``: ``beta``). Each
+#: example's loss is the weighted mean of its token losses; the ``_sum`` names use
+#: Tinker's convention instead (weighted sum, weights may be negative).
+LossFnName = Literal[
+    "cross_entropy",
+    "importance_sampling",
+    "ppo",
+    "cispo",
+    "dro",
+    "cross_entropy_sum",
+    "importance_sampling_sum",
+    "ppo_sum",
+    "cispo_sum",
+    "dro_sum",
+]
 
 
 class _Wire(BaseModel):
@@ -281,10 +294,12 @@ class SaveStateRequest(_Wire):
 
 
 class LoadStateRequest(_Wire):
-    """Exactly one of ``artifact_id`` or ``path`` (``tensafe://{run_id}/weights/{name}``)."""
+    """Exactly one of ``artifact_id`` or ``path`` (``tensafe://{run_id}/weights/{name}``).
+    ``include_optimizer=False`` loads the weights only (a fresh optimizer)."""
 
     artifact_id: str | None = None
     path: str | None = None
+    include_optimizer: bool = True
 
     @model_validator(mode="after")
     def _one_ref(self) -> LoadStateRequest:

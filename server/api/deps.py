@@ -4,7 +4,8 @@ Routes ask for what they use, never the whole server:
 
 * ``SettingsDep``, ``DatabaseDep``, ``QueueDep``, ``NotifierDep``, ``BudgetsDep``,
   ``DatasetsDep``,
-  ``KeyringDep``, ``StoreDep``, ``TokenizersDep`` — one long-lived object each, from
+  ``KeyringDep``, ``StoreDep``, ``TokenizersDep``, ``SamplingDep``,
+  ``SampleFuturesDep`` — one long-lived object each, from
   the :class:`ApiResources` the app factory put on ``app.state.resources``.
 * ``SessionDep`` — a database session for the request (reads; closed afterwards).
   Routes never commit: writes happen inside service calls.
@@ -35,7 +36,10 @@ from server.json_logs import request_context
 from server.queue import FutureNotifier, OperationQueue
 from server.services.budgets import BudgetService
 from server.services.datasets import DatasetService
+from server.services.rate_limits import TenantRateLimiter
 from server.services.runs import TokenizerSource
+from server.services.sample_futures import SampleFutures
+from server.services.sampling import SamplingBackend
 from server.services.scopes import PRIVACY_OFFICER, TRAIN, Scope, require_scope
 from server.services.tenants import ApiKeyHasher, AuthenticatedTenant, authenticate
 from server.settings import Settings
@@ -58,6 +62,9 @@ class ApiResources:
     keyring: TenantKeyring
     store: ArtifactStore
     tokenizers: TokenizerSource
+    sampling: SamplingBackend
+    sample_futures: SampleFutures
+    rate_limiter: TenantRateLimiter | None = None
 
 
 _bearer = HTTPBearer(
@@ -110,6 +117,14 @@ def get_tokenizers(resources: _Resources) -> TokenizerSource:
     return resources.tokenizers
 
 
+def get_sampling(resources: _Resources) -> SamplingBackend:
+    return resources.sampling
+
+
+def get_sample_futures(resources: _Resources) -> SampleFutures:
+    return resources.sample_futures
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 QueueDep = Annotated[OperationQueue, Depends(get_queue)]
@@ -119,6 +134,8 @@ DatasetsDep = Annotated[DatasetService, Depends(get_datasets)]
 KeyringDep = Annotated[TenantKeyring, Depends(get_keyring)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 TokenizersDep = Annotated[TokenizerSource, Depends(get_tokenizers)]
+SamplingDep = Annotated[SamplingBackend, Depends(get_sampling)]
+SampleFuturesDep = Annotated[SampleFutures, Depends(get_sample_futures)]
 
 
 def get_session(db: DatabaseDep) -> Iterator[Session]:
@@ -136,13 +153,18 @@ def get_api_key(
     """The caller's tenant and key, whatever its scopes (routes use a
     :class:`RequireScope` alias instead).
 
+    Each authenticated request spends one of the tenant's rate limit.
+
     Raises:
         AuthenticationError: no bearer token, or an invalid/revoked key (401).
+        RateLimitError: the tenant is above its request rate (429, ``Retry-After``).
     """
     if credentials is None:
         raise AuthenticationError("missing API key: send 'Authorization: Bearer <api_key>'")
     with resources.db.sessions() as session:
         tenant = authenticate(session, api_key=credentials.credentials, hasher=resources.hasher)
+    if resources.rate_limiter is not None:
+        resources.rate_limiter.take(tenant.tenant_id)
     log_context = request_context.get()
     if log_context is not None:
         log_context["tenant_id"] = tenant.tenant_id
@@ -221,6 +243,8 @@ __all__ = [
     "PrivacyOfficer",
     "QueueDep",
     "RequireScope",
+    "SampleFuturesDep",
+    "SamplingDep",
     "SessionDep",
     "SettingsDep",
     "StoreDep",

@@ -21,6 +21,11 @@ Tables (see ``docs/operations.md`` for what each keeps across restarts):
   (tenant, dataset); see :mod:`server.services.ledger`): the one record of every
   noisy step, refusal and budget change. Updates and deletes are refused by database
   triggers (migration 0002) and by :func:`_refuse_ledger_changes`.
+* ``tinker_sessions`` — sessions of clients speaking the Tinker protocol (``/api/v1``,
+  migration 0009): owner, tags, user metadata (which may carry ``tensafe.*`` DP
+  settings), heartbeat. Their models are ordinary training runs.
+* ``samplers`` — what each sampler samples from (a run, a checkpoint, a base model;
+  migration 0010). Samples are never stored.
 * ``dp_steps`` — a read-only *view* of the ledger's noisy steps per run
   (:class:`DPStepRow`, migration 0004), for operators' queries.
 
@@ -216,6 +221,8 @@ class ArtifactRow(Base):
     future_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    # the signed evidence bundle (DSSE envelope JSON), migration 0008
+    evidence: Mapped[str | None] = mapped_column(Text)
 
 
 class DatasetRow(Base):
@@ -245,6 +252,25 @@ class DatasetRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     committed_at: Mapped[datetime | None]
     deleted_at: Mapped[datetime | None]
+
+
+class TinkerSessionRow(Base):
+    """A Tinker-protocol client session: the models it creates are training runs whose
+    idempotency key is ``tinker:{session_id}:train:{seq}`` (the model id)."""
+
+    __tablename__ = "tinker_sessions"
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.tenant_id", ondelete="CASCADE"), index=True
+    )
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    user_metadata: Mapped[dict[str, Any]] = mapped_column(JSON)
+    sdk_version: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_heartbeat_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
 
 
 class DatasetShardRow(Base):
@@ -326,12 +352,42 @@ class LedgerEventRow(Base):
     sampling: Mapped[str | None] = mapped_column(String(16))  # migration 0005
     privacy_unit: Mapped[str | None] = mapped_column(String(16))
     sampling_policy: Mapped[str | None] = mapped_column(String(16))
+    # ledger format 3 (migration 0007): privacy_audit rows only
+    audit_method: Mapped[str | None] = mapped_column(String(32))
+    audit_canaries: Mapped[int | None] = mapped_column(BigInteger)
+    audit_guesses: Mapped[int | None] = mapped_column(BigInteger)
+    audit_correct: Mapped[int | None] = mapped_column(BigInteger)
+    audit_confidence: Mapped[float | None] = mapped_column(Double)
+    epsilon_lower_bound: Mapped[float | None] = mapped_column(Double)
+    audit_scores: Mapped[dict[str, Any] | None]
+    audit_test_fault: Mapped[str | None] = mapped_column(String(16))
     actor: Mapped[str | None] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
     library_versions: Mapped[dict[str, Any]]
     created_at: Mapped[str] = mapped_column(String(32))
     prev_link: Mapped[str] = mapped_column(String(64))
     link: Mapped[str] = mapped_column(String(64))
+
+
+class SamplerRow(Base):
+    """A sampler a tenant created (migration 0010): what it samples from — a run's
+    current weights (``run``), a saved sampler checkpoint (``checkpoint``) or a base
+    model (``base``). Samples are never stored."""
+
+    __tablename__ = "samplers"
+
+    sampler_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.tenant_id", ondelete="CASCADE"), index=True
+    )
+    source: Mapped[str] = mapped_column(String(16))  # run | checkpoint | base
+    base_model: Mapped[str] = mapped_column(String(500))
+    run_id: Mapped[str | None] = mapped_column(
+        ForeignKey("training_runs.run_id", ondelete="CASCADE")
+    )
+    artifact_id: Mapped[str | None] = mapped_column(String(64))
+    model_path: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ViewBase(DeclarativeBase):
@@ -409,8 +465,10 @@ __all__ = [
     "LedgerImmutableError",
     "OperationRow",
     "PrivacyBudgetRow",
+    "SamplerRow",
     "Tenant",
     "TenantKeyRow",
+    "TinkerSessionRow",
     "TrainingRunRow",
     "UTCDateTime",
     "ViewBase",

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +32,9 @@ from server.db.session import Database
 from server.errors import NotFoundError, ValidationError
 from server.storage import ArtifactStore, StoredArtifact
 from tensafe.artifacts import Manifest, TenantKey, TenantKeyring
+from tensafe.errors import ArtifactFormatError, IntegrityError, KeyProviderError
+
+log = logging.getLogger("tensafe.server.artifacts")
 
 ArtifactKind = Literal["lora_adapter", "full_weights", "training_state"]
 PATH_SCHEME = "tensafe://"
@@ -176,29 +181,68 @@ def seal_into_store(
 def open_from_store(store: ArtifactStore, keyring: TenantKeyring, row: ArtifactRow):  # type: ignore[no-untyped-def]
     """Decrypt and fully verify an artifact into memory (``OpenedCheckpoint``).
 
+    Every way the stored bytes can be wrong — a damaged header, a cut-off blob, a row
+    pointing at another artifact's blob, a blob naming a key that is not the tenant's —
+    is the same opaque :class:`~tensafe.errors.IntegrityError`; the details go to the
+    server log only.
+
     Raises:
         ArtifactNotFoundError: the blob is gone from the store.
         IntegrityError: any check failed (opaque).
+        KeyProviderError: the tenant's keys are destroyed or cannot be unwrapped.
     """
     from tensafe.artifacts import open_checkpoint
 
-    with store.get(row.storage_key) as src:
-        return open_checkpoint(
-            src,
-            keys=keyring,
-            tenant_id=row.tenant_id,
-            artifact_id=row.artifact_id,
-            expected_content_hash=row.content_hash,
-        )
+    try:
+        with open_content(store, row) as src:
+            return open_checkpoint(
+                src,
+                keys=keyring,
+                tenant_id=row.tenant_id,
+                artifact_id=row.artifact_id,
+                expected_content_hash=row.content_hash,
+            )
+    except (ArtifactFormatError, IntegrityError) as exc:
+        raise _integrity_failure(row, exc) from None
+    except KeyProviderError as exc:
+        try:
+            keyring.current_key(row.tenant_id)
+        except KeyProviderError:
+            raise exc from None  # the tenant's keys themselves are gone: say so
+        raise _integrity_failure(row, exc) from None  # the blob names another key
+
+
+def _integrity_failure(row: ArtifactRow, exc: BaseException) -> IntegrityError:
+    log.warning("artifact %s failed its integrity checks: %s", row.artifact_id, exc)
+    return IntegrityError()
+
+
+def _blob_size(src: BinaryIO) -> int | None:
+    try:
+        return os.fstat(src.fileno()).st_size
+    except (AttributeError, OSError, ValueError):
+        return None  # not a file (a network stream): the client checks size and hash
 
 
 def open_content(store: ArtifactStore, row: ArtifactRow) -> BinaryIO:
-    """The stored ciphertext, for streaming to the client.
+    """The stored ciphertext, for streaming to the client, once the store's record of
+    it matches the row (content hash and size) and, for a file, its actual size: a
+    blob that was cut off or a row that names another blob is refused before a byte
+    is sent, rather than ending the stream early.
 
     Raises:
         ArtifactNotFoundError: the blob is gone from the store.
+        IntegrityError: the blob is not the row's (opaque).
     """
-    return store.get(row.storage_key)
+    stored = store.stat(row.storage_key)
+    if stored.content_hash != row.content_hash or stored.size_bytes != row.size_bytes:
+        raise _integrity_failure(row, ValueError("the store's record does not match the row"))
+    src = store.get(row.storage_key)
+    size = _blob_size(src)
+    if size is not None and size != row.size_bytes:
+        src.close()
+        raise _integrity_failure(row, ValueError(f"blob is {size} bytes, not {row.size_bytes}"))
+    return src
 
 
 def open_tenant_artifact(
@@ -210,6 +254,7 @@ def open_tenant_artifact(
     Raises:
         NotFoundError: no such (unexpired) artifact for this tenant.
         ArtifactNotFoundError: the blob is gone from the store.
+        IntegrityError: the blob is not the row's (opaque; see :func:`open_content`).
     """
     with db.sessions() as session:
         row = get_artifact(session, tenant_id=tenant_id, artifact_id=artifact_id)

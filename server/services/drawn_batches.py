@@ -120,32 +120,43 @@ def client_datums(
 
 
 def split_by_group(
-    datums: Sequence[Datum], groups: Sequence[int], *, max_batch: int
+    datums: Sequence[Datum],
+    groups: Sequence[int],
+    *,
+    max_batch: int,
+    max_tokens: int | None = None,
 ) -> list[tuple[list[Datum], list[int]]]:
-    """Consecutive engine calls of at most ``max_batch`` datums that never split a group.
+    """Consecutive engine calls of at most ``max_batch`` datums (and at most
+    ``max_tokens`` tokens, when given) that never split a group.
 
     Raises:
         ValidationError: (``dp_config.max_records_per_unit``) one group alone is larger
-            than ``max_batch``.
+            than ``max_batch`` datums or ``max_tokens`` tokens.
     """
+    tokens_limit = max_tokens if max_tokens is not None else sum(len(d.tokens) for d in datums)
     by_group: dict[int, list[int]] = {}
     for i, g in enumerate(groups):
         by_group.setdefault(g, []).append(i)
     calls: list[tuple[list[Datum], list[int]]] = []
     datums_now: list[Datum] = []
     groups_now: list[int] = []
+    tokens_now = 0
     for group, members in by_group.items():
-        if len(members) > max_batch:
+        tokens = sum(len(datums[i].tokens) for i in members)
+        if len(members) > max_batch or tokens > tokens_limit:
             raise ValidationError(
-                f"privacy unit {group} has {len(members)} datums; at most {max_batch} fit one "
-                "forward_backward",
+                f"privacy unit {group} has {len(members)} datums of {tokens} tokens; at most "
+                f"{max_batch} datums and {tokens_limit} tokens fit one forward_backward",
                 field="dp_config.max_records_per_unit",
             )
-        if len(datums_now) + len(members) > max_batch:
+        if datums_now and (
+            len(datums_now) + len(members) > max_batch or tokens_now + tokens > tokens_limit
+        ):
             calls.append((datums_now, groups_now))
-            datums_now, groups_now = [], []
+            datums_now, groups_now, tokens_now = [], [], 0
         datums_now += [datums[i] for i in members]
         groups_now += [group] * len(members)
+        tokens_now += tokens
     if datums_now:
         calls.append((datums_now, groups_now))
     return calls

@@ -29,6 +29,11 @@ from server.db.session import Database
 from server.errors import ConflictError, ValidationError
 from server.queue import OperationQueue
 from server.services import artifacts as artifact_service
+from server.services.capacity import (
+    check_batch_capacity,
+    check_operation_capacity,
+    request_size,
+)
 from server.services.operations import OPERATIONS, RunCheck, submit_operation
 from server.services.wire import adam_params, batch_summary, validate_batch_request
 from server.settings import Settings
@@ -95,8 +100,15 @@ def _batch_check(sub: _Submission, request: ForwardBackwardRequest) -> RunCheck:
     limits = BatchLimits(
         max_batch_size=sub.settings.max_batch_size, max_seq_len=sub.settings.max_seq_len
     )
+    _form, _examples, tokens = request_size(request)
+    if tokens is not None and tokens > sub.settings.max_tokens_per_batch:
+        # the cap needs no run: refuse before any lookup (and before any tensor is built)
+        check_operation_capacity(
+            tokens=tokens, model_ref="", vocab_size=None, settings=sub.settings
+        )
 
     def check(run: TrainingRunRow) -> None:
+        check_batch_capacity(request, run=run, settings=sub.settings)
         validate_batch_request(request, vocab_size=run.vocab_size, limits=limits)
 
     return check

@@ -37,6 +37,7 @@ from tg_tinker.types import (
 )
 
 from server.errors import prefix_field
+from server.services.capacity import request_size
 from server.services.policy import check_run_policy
 from server.settings import Settings
 from tensafe.engine import AdamParams, ForwardBackwardResult, OptimizerConfig, OptimStepResult
@@ -285,22 +286,18 @@ def validate_batch_request(
             tb = batch_from_arrays(**batch, vocab_size=vocab, limits=limits)
         else:
             tb = batch_from_datums(
-                batch, vocab_size=vocab, required_inputs=fn.required_inputs, limits=limits
+                batch,
+                vocab_size=vocab,
+                required_inputs=fn.required_inputs,
+                limits=limits,
+                signed_weights=fn.signed_weights,
             )
     return tb.batch_size
 
 
 def batch_summary(request: ForwardBackwardRequest) -> dict[str, Any]:
     """What the database keeps of a batch request: no token ids, no loss inputs."""
-    if request.drawn_batch_id is not None:
-        form, examples, tokens = "drawn", None, None
-    elif request.batch is not None:
-        form, examples = "batch", len(request.batch.input_ids)
-        tokens = sum(len(row) for row in request.batch.input_ids)
-    else:
-        assert request.data is not None
-        form, examples = "data", len(request.data)
-        tokens = sum(d.model_input.length for d in request.data)
+    form, examples, tokens = request_size(request)
     return {
         "form": form,
         "examples": examples,

@@ -30,6 +30,7 @@ from server.errors import ConflictError
 from server.services import artifacts as artifact_service
 from server.services import run_history
 from server.services.budgets import BudgetService
+from server.services.evidence import checkpoint_bundle
 from server.services.wire import DEFAULT_DATASET_ID
 from server.settings import Settings
 from server.storage import ArtifactStore
@@ -38,6 +39,7 @@ from server.worker.outcomes import Outcome, Request
 from server.worker.runtimes import RunEngines, RunRuntime
 from tensafe.artifacts import TenantKeyring, new_artifact_id
 from tensafe.engine import TrainingEngine
+from tensafe.evidence.keys import signing_key
 
 log = logging.getLogger("tensafe.server.worker")
 
@@ -91,6 +93,26 @@ class CheckpointOperations:
             artifact_id=artifact_id,
             ttl=self._ttl(),
         )
+        runtime = self.engines.get(run.run_id)  # the caller's for_operation built it
+        assert runtime is not None
+        try:
+            bundle = self._sign_checkpoint(
+                engine=engine,
+                tenant_id=run.tenant_id,
+                run_id=run.run_id,
+                dataset_id=runtime.spec.dataset_id,
+                charged_dataset=charged_dataset(runtime),
+                labels=self._labels(runtime, run),
+                artifact_id=artifact_id,
+                kind=kind,
+                created_at=sealed.stored.created_at,
+                content_sha256=sealed.stored.content_hash,
+                plaintext_sha256=sealed.manifest.plaintext_sha256 or "",
+                tenant_key=sealed.key,
+            )
+        except Exception:
+            self.store.delete(artifact_id)  # nothing is published without its evidence
+            raise
         row = ArtifactRow(
             artifact_id=artifact_id,
             tenant_id=run.tenant_id,
@@ -112,6 +134,7 @@ class CheckpointOperations:
             future_id=op.future_id,
             created_at=sealed.stored.created_at,
             expires_at=sealed.stored.expires_at,
+            evidence=bundle.decode("utf-8"),
         )
 
         def discard_blob() -> None:
@@ -121,6 +144,12 @@ class CheckpointOperations:
                 log.exception("could not delete orphaned artifact %s", artifact_id)
 
         return row, discard_blob
+
+    def _sign_checkpoint(self, **fields: object) -> bytes:
+        """The checkpoint's signed evidence bundle (:mod:`server.services.evidence`)."""
+        key = signing_key(self.keyring)  # before the session: the keyring has its own
+        with self.db.sessions() as session:
+            return checkpoint_bundle(session, keyring=self.keyring, private_key=key, **fields)  # type: ignore[arg-type]
 
     def _save_state(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
         runtime = self.engines.for_operation(op, run)
@@ -218,7 +247,11 @@ class CheckpointOperations:
         opened = artifact_service.open_from_store(self.store, self.keyring, artifact)
         history = own + [(c.noise_multiplier, c.sample_rate) for c in carried]
         step = engine_checkpoints.restore_engine(
-            engine, tensors=opened.tensors, manifest=opened.manifest, history=history
+            engine,
+            tensors=opened.tensors,
+            manifest=opened.manifest,
+            history=history,
+            include_optimizer=request.include_optimizer,
         )
         runtime.needs_restore = None
         runtime.lost_examples = 0

@@ -172,11 +172,13 @@ def restore_engine(
     tensors: Mapping[str, torch.Tensor],
     manifest: Manifest,
     history: Sequence[tuple[float, float]],
+    include_optimizer: bool = True,
 ) -> int:
     """Load a ``training_state`` checkpoint into ``engine`` with the accountant
     history given (the run's DP rows); returns the restored step.
 
-    A checkpoint saved without optimizer state gets a fresh optimizer. Everything
+    A checkpoint saved without optimizer state, or loaded with ``include_optimizer``
+    false (weights only), gets a fresh optimizer. Everything
     is validated by the engine before anything changes.
 
     Raises:
@@ -185,7 +187,9 @@ def restore_engine(
         EngineStateError: weights or optimizer do not fit this engine.
     """
     state = unpack_training_state(tensors, manifest)
-    optimizer_state = state.optimizer_state or engine.fresh_optimizer_state()
+    optimizer_state = (state.optimizer_state if include_optimizer else None) or (
+        engine.fresh_optimizer_state()
+    )
     accountant = None
     if engine.dp is not None:
         accountant = accountant_state(history, accountant=engine.dp.accountant.accountant)

@@ -40,6 +40,7 @@ from server.queue import FutureNotifier, QueuedOperation
 from server.services import drawn_batches
 from server.services.admission import default_policy
 from server.services.budgets import BudgetService
+from server.services.capacity import check_batch_capacity, max_tokens_per_call
 from server.services.dataset_reader import DatasetReader
 from server.services.datasets import DatasetService
 from server.services.declared_batches import example_digests
@@ -237,6 +238,7 @@ class OperationExecutor(CheckpointOperations):
     def _forward(self, op: OperationRow, run: TrainingRunRow, payload: Request) -> Outcome:
         engine = self.engines.for_operation(op, run).engine
         request = ForwardBackwardRequest.model_validate(payload)
+        check_batch_capacity(request, run=run, settings=self.settings)
         with request_fields(request):
             result = engine.forward(
                 engine_batch(request),
@@ -256,6 +258,11 @@ class OperationExecutor(CheckpointOperations):
                     request,
                     self._dataset(runtime, run),
                     max_batch=self.settings.max_batch_size,
+                    max_tokens=max_tokens_per_call(
+                        model_ref=run.model_ref or "",
+                        vocab_size=run.vocab_size,
+                        settings=self.settings,
+                    ),
                 )
             elif request.drawn_batch_id is not None:
                 raise ValidationError(
@@ -263,6 +270,7 @@ class OperationExecutor(CheckpointOperations):
                     field="drawn_batch_id",
                 )
             else:
+                check_batch_capacity(request, run=run, settings=self.settings)
                 result = self._declared_forward_backward(runtime, request)
         examples = int(result.metrics.get("num_examples:sum", 0))
 

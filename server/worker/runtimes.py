@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tg_tinker.types import TrainingConfig
+from transformers import PreTrainedTokenizerBase
 
 from server.db.models import ArtifactRow, OperationRow, TrainingRunRow, utcnow
 from server.db.session import Database
@@ -40,6 +41,7 @@ from server.storage import ArtifactStore
 from server.worker import engine_checkpoints
 from tensafe.artifacts import TenantKeyring
 from tensafe.engine import TrainingEngine
+from tensafe.errors import ModelLoadError
 from tensafe.losses import BatchLimits
 
 log = logging.getLogger("tensafe.server.worker")
@@ -60,6 +62,20 @@ class RunRuntime:
     used_groups: set[int] = field(default_factory=set)
     # runs that build their own batches: what the current logical batch holds
     declared: DeclaredBatchGuard = field(default_factory=DeclaredBatchGuard)
+
+
+def tokenizer_as_files(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
+    """A tokenizer as ``{file name: text}`` (``save_pretrained``'s text files; a binary
+    file is logged and left out)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        files = {}
+        for path in sorted(Path(tmp).iterdir()):
+            try:
+                files[path.name] = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                log.warning("tokenizer file %s is not text; not served", path.name)
+    return files
 
 
 class RunEngines:
@@ -114,14 +130,7 @@ class RunEngines:
                 return dict(json.loads(cached.read_text(encoding="utf-8")))
             return None
         if runtime.tokenizer_files is None:
-            with tempfile.TemporaryDirectory() as tmp:
-                runtime.engine.tokenizer.save_pretrained(tmp)
-                files = {}
-                for path in sorted(Path(tmp).iterdir()):
-                    try:
-                        files[path.name] = path.read_text(encoding="utf-8")
-                    except UnicodeDecodeError:
-                        log.warning("tokenizer file %s is not text; not served", path.name)
+            files = tokenizer_as_files(runtime.engine.tokenizer)
             runtime.tokenizer_files = files
             if cached is not None and not cached.exists():
                 cached.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -136,9 +145,20 @@ class RunEngines:
 
         config = TrainingConfig.model_validate(run.config)
         spec = engine_spec(config, settings=self.settings, enforce_policy=False)
-        loaded = load_causal_lm(
-            spec.model_ref, device=self.settings.device, cache_dir=self.settings.model_cache_dir
-        )
+        try:
+            loaded = load_causal_lm(
+                spec.model_ref,
+                device=self.settings.device,
+                cache_dir=self.settings.model_cache_dir,
+                allow_paths=self.settings.allow_model_paths,
+            )
+        except ModelLoadError as exc:
+            # The details name the server's directories: the log gets them, the tenant not.
+            log.warning("run %s: model %r did not load: %s", run.run_id, spec.model_ref, exc)
+            raise ModelLoadError(
+                f"model {spec.model_ref!r} could not be loaded on this server; ask the "
+                "operator which models it serves"
+            ) from None
         engine = TrainingEngine(
             model=loaded,
             lora_config=spec.lora,
@@ -250,4 +270,4 @@ class RunEngines:
                 row.step = step
 
 
-__all__ = ["RunEngines", "RunRuntime"]
+__all__ = ["RunEngines", "RunRuntime", "tokenizer_as_files"]

@@ -97,10 +97,13 @@ def drawn_forward_backward(
     dataset: DatasetReader,
     *,
     max_batch: int,
+    max_tokens: int | None = None,
 ) -> ForwardBackwardResult:
     """``forward_backward`` of a run on a server-held dataset: the drawn records
     themselves (``drawn_batch_id``) or client-built datums naming drawn records
-    (``data[i].record_id``); each privacy unit clipped as one contribution.
+    (``data[i].record_id``); each privacy unit clipped as one contribution. The batch
+    is computed in engine calls of at most ``max_batch`` datums and ``max_tokens``
+    tokens, each privacy unit whole in one call.
 
     Raises:
         ConflictError: no drawn batch, another batch, or a unit used before.
@@ -136,10 +139,13 @@ def drawn_forward_backward(
             loss_fn_outputs=[],
             metrics={"loss:mean": 0.0, "loss:sum": 0.0, "num_examples:sum": 0.0},
         )
-    calls = drawn_batches.split_by_group(datums, groups, max_batch=max_batch)
-    required = get_loss_function(request.loss_fn).required_inputs
+    # the server built this batch: it is split to fit (datums and tokens), never refused
+    calls = drawn_batches.split_by_group(datums, groups, max_batch=max_batch, max_tokens=max_tokens)
+    fn = get_loss_function(request.loss_fn)
     for part, _ in calls:  # bad records are refused before any gradient is accumulated
-        runtime.engine.to_batch(part, required_inputs=required)
+        runtime.engine.to_batch(
+            part, required_inputs=fn.required_inputs, signed_weights=fn.signed_weights
+        )
     results: list[ForwardBackwardResult] = []
     try:
         for part, part_groups in calls:

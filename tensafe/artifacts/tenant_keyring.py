@@ -84,6 +84,11 @@ class TenantKeyring:
     def __repr__(self) -> str:
         return f"TenantKeyring(provider={self._provider!r}, store={self._store!r})"
 
+    @property
+    def kek_id(self) -> str:
+        """The identifier of the KEK that wraps the keys (never key material)."""
+        return self._provider.kek_id
+
     def _new_version(self, tenant_id: str, key_id: str, version: int) -> WrappedKeyVersion:
         wrapped = self._provider.wrap(
             os.urandom(KEY_SIZE), context=wrap_context(tenant_id, key_id, version)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -68,6 +68,35 @@ EXACT_QUALIFIERS = ("run_delta", "run_accountant")
 ACCOUNTANTS = ("prv", "rdp")
 #: Fields only carried rows have.
 ORIGIN_FIELDS = ("origin_run_id", "origin_seq")
+#: Fields only privacy-audit rows have (ledger format 3).
+AUDIT_FIELDS = (
+    "audit_method",
+    "audit_canaries",
+    "audit_guesses",
+    "audit_correct",
+    "audit_confidence",
+    "epsilon_lower_bound",
+    "audit_scores",
+    "audit_test_fault",
+)
+#: Fields a privacy-audit row must carry: the audited run, its parameters and the outcome.
+AUDIT_REQUIRED = (
+    "run_id",
+    "noise_multiplier",
+    "sample_rate",
+    "max_grad_norm",
+    "dataset_size",
+    "model_step",
+    "epsilon_run_exact",
+    *(name for name in AUDIT_FIELDS if name != "audit_test_fault"),
+)
+#: Fields a privacy-audit row must leave null (it is no step).
+AUDIT_NULL = ("step", "epsilon_step", "epsilon_run_total", "epsilon_requested")
+#: Values of the audit labels.
+AUDIT_LABELS = {
+    "audit_method": ("gradient-canaries",),
+    "audit_test_fault": ("sigma/10", "no-clipping"),
+}
 
 
 def validate_event(event: LedgerEvent) -> None:
@@ -81,7 +110,9 @@ def validate_event(event: LedgerEvent) -> None:
         _require_string(event, name)
     kind = event.kind
     _check_presence(event, kind)
-    if kind in STEP_KINDS:
+    if kind == "privacy_audit":
+        _check_audit(event)
+    if kind in (*STEP_KINDS, "privacy_audit"):
         _require_string(event, "run_id")
         set_int(event, "dataset_size", minimum=1)
         set_float(event, "noise_multiplier", low=0.0)
@@ -120,13 +151,15 @@ def _check_presence(event: LedgerEvent, kind: str) -> None:
     """Which fields the kind requires, and which it forbids."""
 
     if kind in ("dp_step", "step_refused"):
-        required, forbidden = OWN_STEP_FIELDS, ORIGIN_FIELDS
+        required, forbidden = OWN_STEP_FIELDS, ORIGIN_FIELDS + AUDIT_FIELDS
     elif kind == "dp_step_carried":
-        required, forbidden = CARRIED_REQUIRED, CARRIED_NULL
+        required, forbidden = CARRIED_REQUIRED, CARRIED_NULL + AUDIT_FIELDS
+    elif kind == "privacy_audit":
+        required, forbidden = AUDIT_REQUIRED, AUDIT_NULL + ORIGIN_FIELDS
     else:  # budget rows have no run fields at all
         required = ()
-        forbidden = OWN_STEP_FIELDS + OPTIONAL_RUN_FIELDS + ORIGIN_FIELDS
-    if kind in STEP_KINDS and event_has(event, "sampling_policy"):
+        forbidden = OWN_STEP_FIELDS + OPTIONAL_RUN_FIELDS + ORIGIN_FIELDS + AUDIT_FIELDS
+    if kind in (*STEP_KINDS, "privacy_audit") and event_has(event, "sampling_policy"):
         raise ConfigError("sampling_policy", "only budget rows carry it; must be null")
     for name in required:
         if not event_has(event, name):
@@ -135,12 +168,48 @@ def _check_presence(event: LedgerEvent, kind: str) -> None:
         if event_has(event, name):
             if name in ORIGIN_FIELDS:
                 raise ConfigError(name, "only carried rows (dp_step_carried) have it; must be null")
+            if name in AUDIT_FIELDS:
+                raise ConfigError(name, "only privacy_audit rows have it; must be null")
             raise ConfigError(name, f"must be null for kind {kind!r}")
     refusal = kind == "step_refused"
     if refusal and not event_has(event, "epsilon_requested"):
         raise ConfigError("epsilon_requested", "required for kind 'step_refused'")
     if not refusal and event_has(event, "epsilon_requested"):
         raise ConfigError("epsilon_requested", "only refusals carry it; must be null")
+
+
+def _check_audit(event: LedgerEvent) -> None:
+    """A privacy-audit row: consistent counts, bounds in range, one score per canary."""
+    for name, allowed in AUDIT_LABELS.items():
+        value = getattr(event, name)
+        if value is not None and value not in allowed:
+            raise ConfigError(name, f"must be one of {allowed}, got {value!r}")
+    set_int(event, "audit_canaries", minimum=1)
+    set_int(event, "audit_guesses", minimum=0)
+    set_int(event, "audit_correct", minimum=0)
+    if event.audit_guesses > event.audit_canaries:  # type: ignore[operator]
+        raise ConfigError("audit_guesses", "must not exceed audit_canaries")
+    if event.audit_correct > event.audit_guesses:  # type: ignore[operator]
+        raise ConfigError("audit_correct", "must not exceed audit_guesses")
+    set_float(event, "audit_confidence", low=0.0, low_open=True, high=1.0, high_open=True)
+    set_float(event, "epsilon_lower_bound", low=0.0)
+    scores = event.audit_scores
+    if not isinstance(scores, Mapping) or set(scores) != {"included", "excluded"}:
+        raise ConfigError("audit_scores", 'must map exactly "included" and "excluded" to lists')
+    normalized: dict[str, tuple[float, ...]] = {}
+    for side in ("excluded", "included"):
+        values = scores[side]
+        if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Sequence):
+            raise ConfigError("audit_scores", f"{side}: must be a list of numbers")
+        if not all(isinstance(v, Real) and not isinstance(v, bool) for v in values):
+            raise ConfigError("audit_scores", f"{side}: must hold numbers only")
+        floats = tuple(float(v) for v in values)
+        if not all(math.isfinite(v) for v in floats):
+            raise ConfigError("audit_scores", f"{side}: must be finite")
+        normalized[side] = floats
+    if sum(map(len, normalized.values())) != event.audit_canaries:
+        raise ConfigError("audit_scores", "must hold one score per canary (audit_canaries)")
+    object.__setattr__(event, "audit_scores", MappingProxyType(normalized))
 
 
 def _check_exact_qualifiers(event: LedgerEvent) -> None:

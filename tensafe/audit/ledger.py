@@ -22,30 +22,34 @@ transaction — and pass it to :func:`verify_chain` as ``expected_head``.
 Canonical bytes (what an auditor reimplements)
 ----------------------------------------------
 ``canonical_bytes(row)`` is the UTF-8 (in fact pure ASCII) encoding of one JSON
-object holding **every field except** ``link`` — and except each of the four
+object holding **every field except** ``link`` — and except each of the
 *ledger format 2* fields (``model_step``, ``epsilon_run_exact``, ``run_delta``,
 ``run_accountant``, ``origin_run_id``, ``origin_seq``, ``sampling``, ``privacy_unit``,
-``sampling_policy``; :data:`FORMAT_2_FIELDS`) whose value is null. Every other field is
-always present, ``null`` or not. So a row written before format 2 (those four
-fields null, or absent from the stored row) has the same bytes, and the same link,
-as before; a format-2 field that is set is authenticated like any other. The
-object is written with:
+``sampling_policy``; :data:`FORMAT_2_FIELDS`) and *format 3* fields (``audit_method``,
+``audit_canaries``, ``audit_guesses``, ``audit_correct``, ``audit_confidence``,
+``epsilon_lower_bound``, ``audit_scores``, ``audit_test_fault``;
+:data:`FORMAT_3_FIELDS`, set on ``privacy_audit`` rows only) whose value is null.
+Every other field is always present, ``null`` or not. So a row written before format
+2 or 3 (those fields null, or absent from the stored row) has the same bytes, and the
+same link, as before; a format-2 or -3 field that is set is authenticated like any
+other. The object is written with:
 
 * keys sorted by code point, no whitespace at all (``{"a":1,"b":null}``);
 * strings JSON-escaped with ASCII output only: ``"`` → ``\\"``, ``\\`` → ``\\\\``,
   ``\\b \\f \\n \\r \\t`` as such, other characters below U+0020 and every
   non-ASCII character as ``\\uXXXX`` with lowercase hex (UTF-16 surrogate pairs
   above U+FFFF); ``/`` is not escaped;
-* integers (``seq``, ``step``, ``dataset_size``, ``model_step``, ``origin_seq``) in
-  decimal;
+* integers (``seq``, ``step``, ``dataset_size``, ``model_step``, ``origin_seq``,
+  ``audit_canaries``, ``audit_guesses``, ``audit_correct``) in decimal;
 * floats (``noise_multiplier``, ``sample_rate``, ``max_grad_norm``, ``delta``,
-  ``run_delta``, every ``epsilon_*``, ``cap``) as Python's ``repr``: the shortest decimal that
-  reads back to the same IEEE-754 double, always with a ``.`` or an exponent
-  (``1.0``, ``0.01``, ``1e-05``, ``2.5e+16``; exponent form when the decimal
-  exponent is < −4 or ≥ 16, sign and at least two exponent digits); an infinite
-  ε is written ``Infinity`` (NaN is never stored);
+  ``run_delta``, every ``epsilon_*``, ``cap``, ``audit_confidence``) as Python's
+  ``repr``: the shortest decimal that reads back to the same IEEE-754 double,
+  always with a ``.`` or an exponent (``1.0``, ``0.01``, ``1e-05``, ``2.5e+16``;
+  exponent form when the decimal exponent is < −4 or ≥ 16, sign and at least two
+  exponent digits); an infinite ε is written ``Infinity`` (NaN is never stored);
 * absent values as ``null``; ``library_versions`` as a nested object with sorted
-  keys and string values.
+  keys and string values; ``audit_scores`` as ``{"excluded":[…],"included":[…]}``,
+  arrays of floats written as above, in the order recorded.
 
 This is exactly ``json.dumps(fields, sort_keys=True, separators=(",", ":"),
 ensure_ascii=True)`` in Python, ``fields`` being that object (null format-2 fields
@@ -72,11 +76,16 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import Literal, get_args
 
-from tensafe.audit._validation import HEX64, check_key, validate_event
+from tensafe.audit._validation import AUDIT_FIELDS, HEX64, check_key, validate_event
 from tensafe.errors import ConfigError
 
 EventKind = Literal[
-    "dp_step", "budget_created", "budget_changed", "step_refused", "dp_step_carried"
+    "dp_step",
+    "budget_created",
+    "budget_changed",
+    "step_refused",
+    "dp_step_carried",
+    "privacy_audit",
 ]
 """What a ledger row records."""
 
@@ -99,6 +108,13 @@ FORMAT_2_FIELDS = (
     "privacy_unit",
     "sampling_policy",
 )
+
+#: Fields added by ledger format 3 (a ``privacy_audit`` row's outcome): left out of the
+#: canonical bytes when null, like :data:`FORMAT_2_FIELDS`.
+FORMAT_3_FIELDS = AUDIT_FIELDS
+
+#: Every field left out of the canonical bytes when null.
+OPTIONAL_FIELDS = FORMAT_2_FIELDS + FORMAT_3_FIELDS
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
@@ -191,6 +207,23 @@ class LedgerEvent:
         origin_run_id: (format 2, carried rows only) the run that took the step.
         origin_seq: (format 2, carried rows only) the step's ``seq`` in the origin
             run's chain; ``(origin_run_id, origin_seq)`` names a step globally.
+        audit_method: (format 3, ``privacy_audit`` rows only) how the run was audited:
+            ``"gradient-canaries"`` (the one-run audit, :mod:`tensafe.audit.canary_audit`).
+            Such a row names the audited run (``run_id``), its σ, q, C, N, the steps
+            audited (``model_step``) and the accountant's ε for them
+            (``epsilon_run_exact`` at ``run_delta`` by ``run_accountant``: ε_upper); it
+            charges nothing (``epsilon_dataset_total`` and ``cap`` unchanged).
+        audit_canaries: (format 3) m, the canaries.
+        audit_guesses: (format 3) r, the guesses made.
+        audit_correct: (format 3) v, the right ones.
+        audit_confidence: (format 3) the confidence of ``epsilon_lower_bound``.
+        epsilon_lower_bound: (format 3) ε_lb, the audit's lower bound on ε at
+            ``run_delta``; above ``epsilon_run_exact`` it means the audit failed.
+        audit_scores: (format 3) ``{"included": [...], "excluded": [...]}``: every
+            canary's score, by membership (the report plots them; an auditor can redo
+            the guesses from them).
+        audit_test_fault: (format 3) a deliberate, test-only break of the audited
+            engine (``"sigma/10"``, ``"no-clipping"``); null for every real audit.
 
     Raises:
         ConfigError: a field is invalid for the kind (``field`` names it).
@@ -228,6 +261,14 @@ class LedgerEvent:
     sampling: str | None = None
     privacy_unit: str | None = None
     sampling_policy: str | None = None
+    audit_method: str | None = None
+    audit_canaries: int | None = None
+    audit_guesses: int | None = None
+    audit_correct: int | None = None
+    audit_confidence: float | None = None
+    epsilon_lower_bound: float | None = None
+    audit_scores: Mapping[str, tuple[float, ...]] | None = None
+    audit_test_fault: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(EventKind):
@@ -238,6 +279,8 @@ class LedgerEvent:
         """Every field by name, JSON-ready (``library_versions`` as a plain dict)."""
         row: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
         row["library_versions"] = dict(self.library_versions)
+        if self.audit_scores is not None:
+            row["audit_scores"] = {k: list(v) for k, v in self.audit_scores.items()}
         return row
 
     @classmethod
@@ -266,7 +309,7 @@ def canonical_bytes(event: LedgerEvent) -> bytes:
     sorted-key ASCII JSON (specified in the module docstring)."""
     payload = event.to_row()
     del payload["link"]
-    for name in FORMAT_2_FIELDS:
+    for name in OPTIONAL_FIELDS:
         if payload[name] is None:
             del payload[name]
     return json.dumps(
@@ -460,9 +503,11 @@ def verify_chain(
 
 __all__ = [
     "FORMAT_2_FIELDS",
+    "FORMAT_3_FIELDS",
     "GENESIS",
     "GENESIS_LINK",
     "MIN_KEY_BYTES",
+    "OPTIONAL_FIELDS",
     "ChainHead",
     "ChainReport",
     "EventKind",

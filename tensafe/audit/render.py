@@ -16,6 +16,7 @@ from functools import cache
 from importlib import resources
 from string import Template
 
+from tensafe.audit.canary_render import privacy_audit_section
 from tensafe.audit.plots import (
     MAX_PLOT_POINTS,
     MAX_RUN_PANELS,
@@ -73,7 +74,7 @@ def render_html(report: AuditReport) -> str:
         one_in=_e(f"1 in {round(1 / report.delta):,}" if report.delta > 0 else "0"),
         overview=_overview_section(report),
         runs=_runs_section(report),
-        recompute=_recompute_section(report),
+        recompute=_recompute_section(report) + privacy_audit_section(report.privacy_audits),
         chain=_chain_section(report),
         changes=_changes_section(report),
         refusals=_refusals_section(report),

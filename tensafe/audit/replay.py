@@ -145,6 +145,8 @@ class _Replay:
             self.rule(event, "cap", event.cap, event.epsilon_dataset_total, "cap set below ε spent")
         if event.kind == "dp_step_carried":
             self.carried(event, before)
+        elif event.kind == "privacy_audit":  # an audit charges nothing
+            self.expect(event, "epsilon_dataset_total", event.epsilon_dataset_total, before)
         elif event.kind in ("dp_step", "step_refused"):
             self.step(event)
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 
+from tensafe.audit.canary_result import CanaryAuditResult, result_from_event
 from tensafe.audit.history import budget_settings, dataset_events, run_histories
 from tensafe.audit.ledger import ChainHead, ChainReport, LedgerEvent, utc_timestamp, verify_chain
 from tensafe.audit.recompute import (
@@ -189,6 +190,9 @@ class AuditReport:
             some runs built their own batches (client-declared sampling).
         dataset_name: the dataset's name and version, when it is a server-held dataset
             (display only).
+        privacy_audits: the empirical privacy audits recorded on the dataset's ledger
+            (``privacy_audit`` rows), in order: each run's ε lower bound beside its ε.
+            An audit whose lower bound exceeds the ε it audits is a warning.
     """
 
     format: int = REPORT_FORMAT
@@ -214,6 +218,7 @@ class AuditReport:
     warnings: tuple[str, ...] = ()
     notices: tuple[str, ...] = ()
     dataset_name: str | None = None
+    privacy_audits: tuple[CanaryAuditResult, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "library_versions", MappingProxyType(dict(self.library_versions)))
@@ -236,6 +241,8 @@ class AuditReport:
         for name, value in data.items():
             if name == "library_versions":
                 out[name] = dict(self.library_versions)
+            elif name == "privacy_audits":
+                out[name] = [audit.to_dict() for audit in self.privacy_audits]
             elif isinstance(value, tuple):
                 out[name] = [asdict(v) if hasattr(v, "__dataclass_fields__") else v for v in value]
             elif hasattr(value, "__dataclass_fields__"):
@@ -266,6 +273,10 @@ class AuditReport:
             items["refusals"] = tuple(Refusal(**r) for r in items["refusals"])  # type: ignore[attr-defined]
             items["warnings"] = tuple(items.get("warnings", ()))  # type: ignore[arg-type]
             items["notices"] = tuple(items.get("notices", ()))  # type: ignore[arg-type]
+            items["privacy_audits"] = tuple(
+                CanaryAuditResult.from_dict(a)
+                for a in items.get("privacy_audits", ())  # type: ignore[attr-defined]
+            )
             if items.get("chain") is not None:
                 items["chain"] = ChainReport.from_dict(items["chain"])  # type: ignore[arg-type]
             if items.get("recompute") is not None:
@@ -374,6 +385,8 @@ def build_report(
             f"{len(replayed.mismatches)} recorded value(s) could not be reproduced by replaying "
             "the ledger (see the replay section)."
         )
+    audits = tuple(result_from_event(e) for e in rows if e.kind == "privacy_audit")
+    warnings.extend(_audit_warning(a) for a in audits if not a.passed)
     steps = [e for e in rows if e.kind == "dp_step"]
     spent = steps[-1].epsilon_dataset_total if steps else 0.0
     runs = _runs(rows)
@@ -398,8 +411,30 @@ def build_report(
         replay=replayed,
         library_versions=last.library_versions,
         warnings=tuple(warnings),
-        notices=_notices(runs),
+        notices=_notices(runs) + _audit_notices(audits),
         dataset_name=dataset_name,
+        privacy_audits=audits,
+    )
+
+
+def _audit_warning(audit: CanaryAuditResult) -> str:
+    return (
+        f"The empirical privacy audit of run {audit.run_id} FAILED: its measured lower bound "
+        f"ε_lb = {audit.epsilon_lower_bound:.3g} exceeds the ε = {audit.epsilon_upper:.3g} its "
+        f"accountant claims ({audit.correct} of {audit.guesses} membership guesses right on "
+        f"{audit.canaries} canaries, {audit.confidence:.0%} confidence): the training step "
+        "is less private than reported (see the empirical audit section)."
+    )
+
+
+def _audit_notices(audits: tuple[CanaryAuditResult, ...]) -> tuple[str, ...]:
+    broken = sorted({a.test_fault for a in audits if a.test_fault})
+    if not broken:
+        return ()
+    return (
+        "Some privacy audits on this ledger were run against a deliberately broken engine "
+        f"(test-only fault: {', '.join(broken)}) to show that the audit detects it; they "
+        "say nothing about the runs that trained on this dataset.",
     )
 
 

@@ -19,11 +19,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tensafe.engine.faults import TestFault, faulted_clip_norm, faulted_noise_std
 from tensafe.engine.results import DPMetrics
 from tensafe.privacy.accountant import PrivacyAccountant
 from tensafe.privacy.config import ResolvedDP
 from tensafe.privacy.noise import NoiseSource
-from tensafe.privacy.per_example import ClipCollector, ClipResult, PerExampleClipper
+from tensafe.privacy.per_example import (
+    ClipCollector,
+    ClipResult,
+    PerExampleClipper,
+    clip_factors,
+)
 
 
 @dataclass(eq=False)
@@ -50,12 +56,15 @@ class DPState:
         noise: the Gaussian noise generator (an AES-256-CTR keystream under a secret
             key, unless a test seed is given).
         accountant: the history of noisy steps and the ε it spends.
+        fault: **test-only** deliberate break of the step (:mod:`tensafe.engine.faults`);
+            ``None`` in every real run.
     """
 
     config: ResolvedDP
     clipper: PerExampleClipper
     noise: NoiseSource
     accountant: PrivacyAccountant
+    fault: TestFault | None = None
 
     @classmethod
     def create(
@@ -65,10 +74,12 @@ class DPState:
         model: nn.Module,
         noise_seed: int | None = None,
         device: torch.device | str = "cpu",
+        fault: TestFault | None = None,
     ) -> DPState:
         """The DP state of a new run: hooks the clipper into ``model``, a fresh
         accountant, and a noise source keyed from the OS CSPRNG unless
-        ``noise_seed`` is given (test-only; ignored in secure mode).
+        ``noise_seed`` is given (test-only; ignored in secure mode). ``fault``
+        (test-only, already validated) breaks the step on purpose.
 
         Raises:
             PrivacyError: ``model`` has trainable layers whose per-example
@@ -79,12 +90,20 @@ class DPState:
             clipper=PerExampleClipper(model),
             noise=NoiseSource(secure_mode=config.secure_mode, seed=noise_seed, device=device),
             accountant=PrivacyAccountant(accountant=config.accountant),
+            fault=fault,
         )
 
     # ------------------------------------------------------- forward_backward
     def clip(self, collector: ClipCollector) -> ClipResult:
         """Clip each example's collected gradient to ``max_grad_norm`` and sum them."""
-        return collector.clip(self.config.max_grad_norm)
+        return collector.clip(faulted_clip_norm(self.config.max_grad_norm, self.fault))
+
+    def clip_norms(self, norms: torch.Tensor) -> torch.Tensor:
+        """The clip factors of contributions with these L2 ``norms`` (Opacus' formula,
+        as :meth:`clip` applies it; 0 for a non-finite norm): for contributions that
+        are formed outside a backward pass, e.g. an audit's gradient canaries."""
+        factors, _ = clip_factors(norms, faulted_clip_norm(self.config.max_grad_norm, self.fault))
+        return factors
 
     @staticmethod
     def clip_metrics(clip: ClipResult) -> dict[str, float]:
@@ -105,7 +124,9 @@ class DPState:
     def add_noise(self, clipped_sum: torch.Tensor) -> torch.Tensor:
         """``clipped_sum`` plus i.i.d. N(0, σ²C²) per coordinate (a new tensor;
         draws ``clipped_sum.numel()`` values from the noise generator)."""
-        std = self.config.noise_multiplier * self.config.max_grad_norm
+        std = faulted_noise_std(
+            self.config.noise_multiplier * self.config.max_grad_norm, self.fault
+        )
         noise = self.noise.gaussian_like(clipped_sum, std=std)  # a fresh tensor we own
         return noise.add_(clipped_sum)  # same value as clipped_sum + noise, one pass less
 

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from tensafe.engine.dp_state import DPState
+from tensafe.engine.faults import TestFault, check_fault
 from tensafe.engine.guards import check_finite_sums, check_weights_finite, finite_update
 from tensafe.engine.optimizers import (
     AdamParams,
@@ -42,6 +43,7 @@ from tensafe.engine.optimizers import (
     apply_adam_params,
     build_optimizer,
 )
+from tensafe.engine.probes import StepProbe
 from tensafe.engine.results import (
     EngineInfo,
     ForwardBackwardResult,
@@ -50,6 +52,7 @@ from tensafe.engine.results import (
 )
 from tensafe.errors import ConfigError, EngineStateError, InvalidBatchError, PrivacyError
 from tensafe.losses import (
+    DEFAULT_CHUNK_TOKENS,
     BatchLimits,
     Datum,
     LossFunction,
@@ -57,12 +60,17 @@ from tensafe.losses import (
     TokenBatch,
     batch_from_arrays,
     batch_from_datums,
+    check_chunk_tokens,
     check_token_batch,
-    compute_loss,
+    chunked_token_logprobs,
     get_loss_function,
+    loss_from_logprobs,
+    num_chunks,
+    token_logprobs,
 )
 from tensafe.models import LoadedModel, LoRAConfig, apply_lora
 from tensafe.models.locking import holds_model_lock
+from tensafe.models.output_head import split_output_head
 from tensafe.privacy.config import DPConfig
 
 BatchInput = TokenBatch | Sequence[Datum] | Mapping[str, Any]
@@ -102,9 +110,23 @@ class TrainingEngine:
         device: where the model lives; the model is moved *before* LoRA wrapping
             and the optimizer is built last, so it holds the live parameters.
         limits: batch-size and sequence-length limits.
+        loss_chunk_tokens: how many positions (summed over the batch) get their
+            logits at once when losses and log-probabilities are computed: the
+            output head and log-softmax run over ``(B, w)`` slices with
+            ``B·w ≤ loss_chunk_tokens`` (at least one position per example), so
+            the ``(B, T, V)`` logits never exist; the backward pass recomputes each
+            slice. Equal results within float32 rounding. ``None`` computes the
+            full logits (the reference path). Architectures that post-process
+            their logits (see :func:`~tensafe.models.output_head.split_output_head`)
+            always take the full path.
+        test_fault: **test-only.** Breaks the DP step on purpose (``"sigma/10"``,
+            ``"no-clipping"``; :mod:`tensafe.engine.faults`) so that tests can show the
+            privacy audit catching it; warns ``BrokenPrivacyWarning``. Never set it
+            on real data: the ε the accountant reports is then false.
 
     Raises:
-        ConfigError: invalid LoRA, optimizer or DP settings.
+        ConfigError: invalid LoRA, optimizer or DP settings, ``test_fault``, or
+            ``loss_chunk_tokens`` not ``None`` or a positive integer.
         PrivacyError: DP requested on a model with trainable layers whose
             per-example gradients cannot be computed.
     """
@@ -120,7 +142,15 @@ class TrainingEngine:
         noise_seed: int | None = None,
         device: str | torch.device = "cpu",
         limits: BatchLimits = BatchLimits(),
+        loss_chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS,
+        test_fault: TestFault | None = None,
     ) -> None:
+        if loss_chunk_tokens is not None:
+            check_chunk_tokens(loss_chunk_tokens, field="loss_chunk_tokens")
+        self.loss_chunk_tokens = loss_chunk_tokens
+        fault = check_fault(test_fault)
+        if fault is not None and not dp_config.enabled:
+            raise ConfigError("test_fault", "breaks the DP step: needs a DP run")
         self.device = torch.device(device)
         self.name = model.name
         self.arch = model.arch
@@ -140,6 +170,7 @@ class TrainingEngine:
                     p.requires_grad_(True)
         net.train()
         self.model = net
+        self._split = split_output_head(net) if loss_chunk_tokens is not None else None
         self.params: list[nn.Parameter] = [p for p in net.parameters() if p.requires_grad]
         if not self.params:
             raise PrivacyError("the model has no trainable parameters")
@@ -149,9 +180,14 @@ class TrainingEngine:
         self._acc: dict[nn.Parameter, torch.Tensor] = {}
         self._acc_examples = 0
         self._acc_losses: list[float] = []
+        self._probe: StepProbe | None = None
         self.dp: DPState | None = (
             DPState.create(
-                dp_config.resolve(), model=net, noise_seed=noise_seed, device=self.device
+                dp_config.resolve(),
+                model=net,
+                noise_seed=noise_seed,
+                device=self.device,
+                fault=fault,
             )
             if dp_config.enabled
             else None
@@ -159,7 +195,11 @@ class TrainingEngine:
 
     # ------------------------------------------------------------------ input
     def to_batch(
-        self, batch: BatchInput, *, required_inputs: Sequence[str] = ("target_tokens",)
+        self,
+        batch: BatchInput,
+        *,
+        required_inputs: Sequence[str] = ("target_tokens",),
+        signed_weights: bool = False,
     ) -> TokenBatch:
         """Validate any accepted batch form and return a :class:`TokenBatch`.
 
@@ -190,17 +230,49 @@ class TrainingEngine:
             vocab_size=self.vocab_size,
             required_inputs=required_inputs,
             limits=self.limits,
+            signed_weights=signed_weights,
         )
 
-    def _logits(self, batch: TokenBatch) -> torch.Tensor:
+    def _model_inputs(self, batch: TokenBatch) -> dict[str, Any]:
         positions = torch.arange(batch.input_ids.shape[1], device=self.device)
-        out = self.model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=positions.unsqueeze(0).expand_as(batch.input_ids),
-            use_cache=False,
+        return {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "position_ids": positions.unsqueeze(0).expand_as(batch.input_ids),
+            "use_cache": False,
+        }
+
+    def _logits(self, batch: TokenBatch) -> torch.Tensor:
+        """The full ``(B, T, V)`` logits (the reference path)."""
+        return self.model(**self._model_inputs(batch)).logits
+
+    def _token_logprobs(self, batch: TokenBatch) -> torch.Tensor:
+        """``(B, T)`` float32 ``log p(target)``: the output head applied chunk by chunk
+        (``loss_chunk_tokens``) where the architecture allows, else from full logits."""
+        if self._split is None or self.loss_chunk_tokens is None:
+            return token_logprobs(self._logits(batch), batch.targets)
+        hidden = self._split.body(**self._model_inputs(batch)).last_hidden_state
+        return chunked_token_logprobs(
+            hidden,
+            head=self._split.head,
+            targets=batch.targets,
+            chunk_tokens=self.loss_chunk_tokens,
         )
-        return out.logits
+
+    def _repeated_modules(self, batch: TokenBatch) -> tuple[nn.Module, ...]:
+        """The modules :meth:`_token_logprobs` calls more than once for ``batch``
+        (the output head and its LoRA parts, when the positions span several chunks)."""
+        if self._split is None or self.loss_chunk_tokens is None:
+            return ()
+        batch_size, seq_len = batch.input_ids.shape
+        if num_chunks(batch_size, seq_len, chunk_tokens=self.loss_chunk_tokens) == 1:
+            return ()
+        return tuple(self._split.head.modules())
+
+    def _loss(
+        self, batch: TokenBatch, *, fn: LossFunction, config: Mapping[str, float]
+    ) -> LossOutput:
+        return loss_from_logprobs(self._token_logprobs(batch), batch, loss_fn=fn, config=config)
 
     # --------------------------------------------------------------- forward
     @holds_model_lock
@@ -214,12 +286,14 @@ class TrainingEngine:
         """Loss and log-probabilities without gradients; changes no state."""
         fn = get_loss_function(loss_fn)
         cfg = fn.resolve_config(loss_fn_config)
-        tb = self.to_batch(batch, required_inputs=fn.required_inputs).to(self.device)
+        tb = self.to_batch(
+            batch, required_inputs=fn.required_inputs, signed_weights=fn.signed_weights
+        ).to(self.device)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                out = compute_loss(self._logits(tb), tb, loss_fn=fn, config=cfg)
+                out = self._loss(tb, fn=fn, config=cfg)
         finally:
             self.model.train(was_training)
         return self._result(fn.name, tb, out, grad_norm=None, extra={})
@@ -253,7 +327,9 @@ class TrainingEngine:
         """
         fn = get_loss_function(loss_fn)
         cfg = fn.resolve_config(loss_fn_config)
-        tb = self.to_batch(batch, required_inputs=fn.required_inputs).to(self.device)
+        tb = self.to_batch(
+            batch, required_inputs=fn.required_inputs, signed_weights=fn.signed_weights
+        ).to(self.device)
         if groups is not None and self.dp is None:
             raise ConfigError("groups", "groups clip units together: a DP run's option")
         if self.dp is not None:
@@ -287,8 +363,10 @@ class TrainingEngine:
     ) -> tuple[LossOutput, dict[nn.Parameter, torch.Tensor], dict[str, float]]:
         """Per-example (per-unit, with ``groups``) gradients, each clipped to C, summed
         per parameter (DP path)."""
-        with dp.clipper.collect(batch_size=tb.batch_size, groups=groups) as collector:
-            out = compute_loss(self._logits(tb), tb, loss_fn=fn, config=config)
+        with dp.clipper.collect(
+            batch_size=tb.batch_size, groups=groups, repeated=self._repeated_modules(tb)
+        ) as collector:
+            out = self._loss(tb, fn=fn, config=config)
             out.per_example.sum().backward()
         # Per-example clipping sees only the hooked layers; a gradient that reached
         # .grad went around it and would be unclipped.
@@ -306,7 +384,7 @@ class TrainingEngine:
         self, tb: TokenBatch, *, fn: LossFunction, config: Mapping[str, float]
     ) -> tuple[LossOutput, dict[nn.Parameter, torch.Tensor]]:
         """The summed gradient of the batch per parameter (non-DP path)."""
-        out = compute_loss(self._logits(tb), tb, loss_fn=fn, config=config)
+        out = self._loss(tb, fn=fn, config=config)
         grads = torch.autograd.grad(out.per_example.sum(), self.params, allow_unused=True)
         return out, {p: g for p, g in zip(self.params, grads, strict=True) if g is not None}
 
@@ -357,6 +435,18 @@ class TrainingEngine:
             raise EngineStateError("this run does not use differential privacy")
         return self.dp.epsilon(delta)
 
+    def attach_probe(self, probe: StepProbe | None) -> None:
+        """Let ``probe`` add clipped contributions to every following DP step and see
+        its noisy gradient (a privacy audit's gradient canaries,
+        :mod:`tensafe.engine.probes`); ``None`` detaches it.
+
+        Raises:
+            EngineStateError: the run does not use differential privacy.
+        """
+        if self.dp is None and probe is not None:
+            raise EngineStateError("a step probe audits the DP step: this run has none")
+        self._probe = probe
+
     @holds_model_lock
     def optim_step(self, adam_params: AdamParams | None = None) -> OptimStepResult:
         """Apply the logical batch: noise once (DP), scale, optimizer step, account.
@@ -398,10 +488,16 @@ class TrainingEngine:
                 self.params, self._mean_gradients(), names=self._param_names, noisy=False
             )
         else:
+            extra = {} if self._probe is None else self._probe.contributions(self.dp)
             grads = finite_update(
-                self.params, self._noisy_gradients(self.dp), names=self._param_names, noisy=True
+                self.params,
+                self._noisy_gradients(self.dp, extra),
+                names=self._param_names,
+                noisy=True,
             )
         self._apply(grads, adam_params)  # from here on the engine has changed
+        if self.dp is not None and self._probe is not None:
+            self._probe.observe(grads, self.dp)
         dp_metrics = None if self.dp is None else self.dp.account()
         self.step += 1
         examples = self._acc_examples
@@ -422,15 +518,22 @@ class TrainingEngine:
             },
         )
 
-    def _noisy_gradients(self, dp: DPState) -> Iterator[torch.Tensor]:
-        """Per parameter, in ``self.params`` order: (clipped sum + noise) ÷ q·N.
+    def _noisy_gradients(
+        self, dp: DPState, extra: Mapping[nn.Parameter, torch.Tensor]
+    ) -> Iterator[torch.Tensor]:
+        """Per parameter, in ``self.params`` order: (clipped sum + noise) ÷ q·N, the
+        sum including a probe's ``extra`` clipped contributions (never stored, so a
+        refused step leaves the accumulator as it was).
 
         Lazy, so each gradient is cast to its parameter's dtype (by
         :func:`~tensafe.engine.guards.finite_update`) before the next one is drawn;
         the order of the noise draws is the parameter order.
         """
         for p in self.params:
-            yield dp.noisy_gradient(self._acc.get(p), like=p)
+            acc, more = self._acc.get(p), extra.get(p)
+            if more is not None:
+                acc = more if acc is None else acc + more
+            yield dp.noisy_gradient(acc, like=p)
 
     def _mean_gradients(self) -> Iterator[torch.Tensor | None]:
         """Per parameter: the summed gradient ÷ the number of examples (``None``

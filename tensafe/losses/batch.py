@@ -110,18 +110,22 @@ def _as_int_list(value: object, *, field: str) -> list[int]:
     return [int(v) for v in arr.tolist()]
 
 
-def _as_float_list(value: object, *, field: str, name: str) -> list[float]:
+def _as_float_list(
+    value: object, *, field: str, name: str, signed_weights: bool = False
+) -> list[float]:
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InvalidBatchError(field, f"must be a 1-D sequence of numbers ({exc})") from None
     if arr.ndim != 1:
         raise InvalidBatchError(field, f"must be a 1-D sequence of numbers, got shape {arr.shape}")
-    check_float_row(arr, field=field, name=name)
+    check_float_row(arr, field=field, name=name, signed_weights=signed_weights)
     return arr.tolist()
 
 
-def check_float_row(values: np.ndarray, *, field: str, name: str) -> None:
+def check_float_row(
+    values: np.ndarray, *, field: str, name: str, signed_weights: bool = False
+) -> None:
     """Refuse one example's per-token float input unless it is safe in :data:`FLOAT_DTYPE`.
 
     ``name`` is the input (``weights``, ``logprobs`` or ``advantages``); ``values``
@@ -130,7 +134,8 @@ def check_float_row(values: np.ndarray, *, field: str, name: str) -> None:
     Raises:
         InvalidBatchError: naming ``field`` and the first offending position: a
             value that is NaN, infinite or beyond float32's range; a negative
-            weight, or weights whose sum would overflow float32; a ``logprobs``
+            weight (unless ``signed_weights``, for losses that sum), or weights whose
+            sum would overflow float32; a ``logprobs``
             value below :data:`MIN_SAMPLING_LOGPROB`.
     """
     arr = np.asarray(values, dtype=np.float64)
@@ -143,9 +148,9 @@ def check_float_row(values: np.ndarray, *, field: str, name: str) -> None:
             f"(NaN, infinity, or magnitude above {_FINFO.max:.6g})",
         )
     if name == "weights":
-        if (arr < 0).any():
+        if not signed_weights and (arr < 0).any():
             raise InvalidBatchError(field, "weights must be non-negative")
-        if arr.sum() > _FINFO.max / 2:  # margin: float32 sums round differently
+        if np.abs(arr).sum() > _FINFO.max / 2:  # margin: float32 sums round differently
             raise InvalidBatchError(
                 field, f"weights sum to {arr.sum():.6g}, which overflows float32"
             )
@@ -218,8 +223,10 @@ def batch_from_datums(
     vocab_size: int,
     required_inputs: Sequence[str] = ("target_tokens",),
     limits: BatchLimits = BatchLimits(),
+    signed_weights: bool = False,
 ) -> TokenBatch:
-    """Validate Tinker datums and build a :class:`TokenBatch`.
+    """Validate Tinker datums and build a :class:`TokenBatch` (``signed_weights``:
+    negative weights are allowed, for losses that sum).
 
     Raises:
         InvalidBatchError: empty batch, length mismatch between ``model_input`` and
@@ -268,7 +275,9 @@ def batch_from_datums(
             field = f"{base}.loss_fn_inputs.{name}"
             if name in inputs:
                 present.add(name)
-                values = _as_float_list(inputs[name], field=field, name=name)
+                values = _as_float_list(
+                    inputs[name], field=field, name=name, signed_weights=signed_weights
+                )
                 if len(values) != len(tokens):
                     raise InvalidBatchError(
                         field, f"has length {len(values)} but model_input has {len(tokens)}"

@@ -45,6 +45,8 @@ _EXPORTS: dict[str, str] = {
     "model_info": "tensafe.models.info",
     "default_cache_dir": "tensafe.models.cache",
     "model_lock": "tensafe.models.locking",
+    "OutputHeadSplit": "tensafe.models.output_head",
+    "split_output_head": "tensafe.models.output_head",
 }
 
 if TYPE_CHECKING:
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from tensafe.models.loaded import LoadedModel, ModelSource
     from tensafe.models.locking import model_lock
     from tensafe.models.lora import LoRAConfig, apply_lora
+    from tensafe.models.output_head import OutputHeadSplit, split_output_head
     from tensafe.models.resolve import hub_offline, load_causal_lm
     from tensafe.models.smollm2 import (
         SMOLLM2_HUB_ID,
@@ -85,6 +88,7 @@ __all__ = [
     "LoadedModel",
     "ModelInfo",
     "ModelSource",
+    "OutputHeadSplit",
     "apply_lora",
     "build_tiny_llama",
     "default_cache_dir",
@@ -95,4 +99,5 @@ __all__ = [
     "model_lock",
     "prepare_default_model",
     "prepare_smollm2_tokenizer",
+    "split_output_head",
 ]

@@ -71,8 +71,12 @@ def load_causal_lm(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     cache_dir: Path | None = None,
+    allow_paths: bool = True,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, in eval mode, on ``device``.
+
+    ``allow_paths=False`` skips the first step (a directory named by ``model_ref``):
+    a server that lets tenants name models sets it, so a name never opens a path.
 
     ``dtype=None`` means float32 on CPU and bfloat16 on CUDA devices that support
     it (float32 otherwise); an explicit floating dtype is used as given. See the
@@ -100,12 +104,15 @@ def load_causal_lm(
     tried: list[str] = []
 
     path = Path(model_ref).expanduser()
-    if path.is_dir():
+    if not allow_paths:
+        tried.append("path: model paths are not allowed here")
+    elif path.is_dir():
         directory = path.resolve()
         return _load_directory(
             directory, name=str(directory), source="path", dtype=dtype, device=target
         )
-    tried.append(f"path {str(path)!r}: no such directory")
+    else:
+        tried.append(f"path {str(path)!r}: no such directory")
 
     cached = resolve_cache_dir(cache_dir) / "models" / ref.canonical
     if _is_model_dir(cached, packaged=ref.packaged):

@@ -21,6 +21,14 @@ from tensafe.privacy.calibration import calibrate_noise_multiplier
 from tensafe.privacy.delta import check_delta, default_delta
 from tensafe.privacy.epsilon import ACCOUNTANTS, AccountantName
 
+#: σ below this gives ε in the hundreds within a few steps (no meaningful privacy) and
+#: drives the accountants to their numerical limits (σ → 0 divides by zero).
+MIN_NOISE_MULTIPLIER = 0.1
+#: σ above this adds nothing but numerical overflow in the accountants.
+MAX_NOISE_MULTIPLIER = 1000.0
+#: A target ε above this is no privacy target at all.
+MAX_TARGET_EPSILON = 1000.0
+
 JSONScalar = bool | int | float | str | None
 
 
@@ -76,10 +84,11 @@ class DPConfig:
     Attributes:
         enabled: run DP-SGD. ``False`` trains without any privacy guarantee.
         max_grad_norm: per-example L2 clipping norm C; finite, > 0.
-        noise_multiplier: σ, noise std relative to C; finite, ≥ 0. ``0`` gives no
+        noise_multiplier: σ, noise std relative to C; in [0.1, 1000]
+            (:data:`MIN_NOISE_MULTIPLIER`, :data:`MAX_NOISE_MULTIPLIER`). ``0`` gives no
             privacy and is refused unless ``allow_zero_noise``. ``None``: calibrate
             σ from ``target_epsilon``.
-        target_epsilon: ε to reach after ``planned_steps`` steps; finite, > 0. σ is
+        target_epsilon: ε to reach after ``planned_steps`` steps; in (0, 1000]. σ is
             then the smallest value (rounded up) whose ε ≤ target.
         target_delta: δ of every reported ε; in (0, 1/N). ``None``: ``min(1e-5, N^-1.1)``.
         planned_steps: number of optimizer steps the run plans; integer ≥ 1.
@@ -212,9 +221,22 @@ class DPConfig:
                     UserWarning,
                     stacklevel=5,
                 )
+            elif not MIN_NOISE_MULTIPLIER <= self.noise_multiplier <= MAX_NOISE_MULTIPLIER:
+                raise ConfigError(
+                    "noise_multiplier",
+                    f"must be in [{MIN_NOISE_MULTIPLIER:g}, {MAX_NOISE_MULTIPLIER:g}], got "
+                    f"{self.noise_multiplier!r} (below, ε is in the hundreds within a few "
+                    "steps; above, the noise adds nothing)",
+                )
         if self.target_epsilon is not None:
             if self.target_epsilon <= 0:
                 raise ConfigError("target_epsilon", f"must be > 0, got {self.target_epsilon!r}")
+            if self.target_epsilon > MAX_TARGET_EPSILON:
+                raise ConfigError(
+                    "target_epsilon",
+                    f"must be at most {MAX_TARGET_EPSILON:g} (no privacy above), "
+                    f"got {self.target_epsilon!r}",
+                )
             if self.planned_steps is None:
                 raise ConfigError("planned_steps", "required with target_epsilon (integer ≥ 1)")
         if self.planned_steps is not None and self.planned_steps < 1:

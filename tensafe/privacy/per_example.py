@@ -14,6 +14,11 @@ Opacus' per-layer samplers:
   forward, only the per-example norm is computed from activation and gradient Gram
   matrices; the clipped sum is formed afterwards as one matmul of the stored
   activations and re-weighted output gradients (``2T² < in·out``, Bu et al.).
+  A layer the forward calls several times on purpose — the output head applied a
+  chunk of positions at a time (:mod:`tensafe.losses.chunked`) — is named in
+  ``collect(repeated=...)`` and instantiated instead: its per-example gradient is
+  summed over the calls (memory ``B × out × in``, independent of the sequence
+  length), where a ghost norm would need every call's output gradients at once.
 * **gram** (:mod:`tensafe.privacy.gram`): for an embedding table and for a weight
   shared by several modules (tied input embedding / LM head) when
   ``T·(rows + cols) < rows·cols`` (:func:`~tensafe.privacy.gram.gram_pays`): the
@@ -21,7 +26,8 @@ Opacus' per-layer samplers:
   activations and output gradients (and token-id equality for embedding lookups),
   cross terms included, so tied weights are clipped exactly without a
   ``(B, vocab, hidden)`` buffer; the clipped sum is a matmul plus an ``index_add``.
-  All uses of one weight take the same route (the first use in a pass decides).
+  All uses of one weight take the same route (the first use in a pass decides); a
+  head named in ``repeated`` (chunked) makes its weight take the instantiate route.
 
 After the backward pass, :meth:`ClipCollector.clip` computes the per-example
 global norms, the clip factors ``min(1, C / (‖g_i‖ + 1e-6))`` (Opacus' formula),
@@ -52,7 +58,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -212,10 +218,17 @@ _FORWARDS = {
 class ClipCollector:
     """Gathers per-example contributions during one backward pass of a batch of ``B``."""
 
-    def __init__(self, batch_size: int, grouping: Grouping | None = None) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        grouping: Grouping | None = None,
+        repeated: Collection[nn.Module] = (),
+    ) -> None:
         self.batch_size = batch_size if grouping is None else grouping.num_groups
         #: datums clipped together (per unit); ``batch_size`` then counts units
         self.grouping = grouping
+        #: ids of the modules called several times per forward (never ghost-clipped)
+        self.repeated = frozenset(id(m) for m in repeated)
         self._per_sample: dict[nn.Parameter, torch.Tensor] = {}
         self._ghost: list[tuple[_Site, torch.Tensor, torch.Tensor]] = []
         self._ghost_sq: torch.Tensor | None = None
@@ -224,8 +237,9 @@ class ClipCollector:
         self._gram: dict[nn.Parameter, list[gram.Use]] = {}
         #: weight → whether the Gram route was chosen (by its first use in this pass)
         self._gram_chosen: dict[nn.Parameter, bool] = {}
-        #: how many layer calls used each strategy in this pass (for tests and metrics)
-        self.strategy_counts: dict[str, int] = {"ghost": 0, "instantiate": 0, "gram": 0}
+        #: how many layer calls used each strategy in this pass (for tests and metrics);
+        #: "gram" appears once a use took the Gram route
+        self.strategy_counts: dict[str, int] = {"ghost": 0, "instantiate": 0}
 
     def _accumulate(self, param: nn.Parameter, grad_sample: torch.Tensor) -> None:
         prev = self._per_sample.get(param)
@@ -243,7 +257,20 @@ class ClipCollector:
 
     def _add_gram(self, weight: nn.Parameter, use: gram.Use) -> None:
         self._gram.setdefault(weight, []).append(use)
-        self.strategy_counts["gram"] += 1
+        self.strategy_counts["gram"] = self.strategy_counts.get("gram", 0) + 1
+
+    def _add_linear_in_place(
+        self, module: nn.Linear, inp: torch.Tensor, grad_out: torch.Tensor
+    ) -> None:
+        """Add one call's per-example ``grad_outᵀ · inp`` (and bias gradient) to the
+        existing ``(B, out, in)`` buffer in place — what Opacus' linear sampler computes,
+        without a second buffer-sized temporary (a head called once per chunk would
+        otherwise allocate one per call)."""
+        buf = self._per_sample[module.weight]
+        g = grad_out.reshape(self.batch_size, -1, grad_out.shape[-1]).to(buf.dtype)
+        buf.baddbmm_(g.transpose(1, 2), inp.reshape(self.batch_size, -1, inp.shape[-1]).to(g))
+        if module.bias is not None and module.bias.requires_grad:
+            self._accumulate(module.bias, g.sum(dim=1))
 
     def add(self, site: _Site, inp: torch.Tensor, grad_out: torch.Tensor) -> None:
         """Record one layer call's activations and output gradients."""
@@ -257,6 +284,10 @@ class ClipCollector:
         if site.kind == "linear":
             seq = inp.shape[1] if inp.dim() == 3 else 1
             shared_weight = site.shared and module.weight.requires_grad
+            if shared_weight and id(module) in self.repeated:
+                # a head applied chunk by chunk keeps its memory bound (B × out × in)
+                # instantiated; unless a use already chose the Gram route, which stays exact
+                self._gram_chosen.setdefault(module.weight, False)
             if shared_weight and self._use_gram(module.weight, tokens=seq):
                 self._add_gram(module.weight, gram.LinearUse(inp=inp, grad_out=grad_out))
                 if module.bias is not None and module.bias.requires_grad:
@@ -264,7 +295,8 @@ class ClipCollector:
                     self._accumulate(module.bias, bias)
                 return
             big = 2 * seq * seq < module.in_features * module.out_features
-            if big and not site.shared and id(module) not in self._ghost_seen:
+            once = not site.shared and id(module) not in self.repeated
+            if big and once and id(module) not in self._ghost_seen:
                 self._ghost_seen.add(id(module))
                 sampler = GradSampleModuleFastGradientClipping.NORM_SAMPLERS[nn.Linear]
                 exact = compute_dtype(grad_out.dtype)  # Gram matrices in bf16 misjudge norms
@@ -279,9 +311,12 @@ class ClipCollector:
                     f"{type(module).__name__} was used twice in one forward pass after ghost "
                     "clipping was chosen for it; this model is not supported"
                 )
-            sampler = GradSampleModule.GRAD_SAMPLERS[nn.Linear]
-            for param, gs in sampler(module, [inp], grad_out).items():
-                self._accumulate(param, gs)
+            if module.weight in self._per_sample:  # a repeated call or a tied weight's other use
+                self._add_linear_in_place(module, inp, grad_out)
+            else:
+                sampler = GradSampleModule.GRAD_SAMPLERS[nn.Linear]
+                for param, gs in sampler(module, [inp], grad_out).items():
+                    self._accumulate(param, gs)
             self.strategy_counts["instantiate"] += 1
         elif site.kind == "embedding":
             if not module.weight.requires_grad:
@@ -460,12 +495,19 @@ class PerExampleClipper:
 
     @contextlib.contextmanager
     def collect(
-        self, *, batch_size: int, groups: Sequence[int] | None = None
+        self,
+        *,
+        batch_size: int,
+        groups: Sequence[int] | None = None,
+        repeated: Collection[nn.Module] = (),
     ) -> Iterator[ClipCollector]:
         """Activate a fresh collector for one forward/backward of ``batch_size`` examples.
         With ``groups`` (a unit label per example), each unit's examples are clipped
         together as one contribution (:class:`~tensafe.privacy.groups.Grouping`): the
-        result's norms and factors are then per unit.
+        result's norms and factors are then per unit. ``repeated`` names modules the
+        forward calls more than once (an output head applied chunk by chunk): their
+        per-example gradients are instantiated and summed over the calls (a module
+        called twice without being named here is refused if it was ghost-clipped).
 
         Raises:
             PrivacyError: a collector is already active.
@@ -478,7 +520,7 @@ class PerExampleClipper:
             if len(groups) != batch_size:
                 raise ConfigError("groups", f"{len(groups)} labels for {batch_size} examples")
             grouping = Grouping.from_groups(groups)
-        collector = ClipCollector(batch_size, grouping)
+        collector = ClipCollector(batch_size, grouping, repeated)
         self._active = collector
         try:
             yield collector

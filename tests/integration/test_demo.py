@@ -47,6 +47,8 @@ def test_demo_runs_end_to_end_and_stops_its_server(tmp_path):
     assert "held-out loss after training" in text
     assert "pulled, decrypted and verified locally" in text
     assert "BEFORE" in text and "AFTER" in text
+    # the answers come from the server's SamplingClient; the pulled adapter answers locally
+    assert "generated on the server (SamplingClient)" in text and "LOCAL" in text
     assert "server stopped" in text
     report = data_dir / "privacy-audit-report.html"
     assert "privacy audit report:" in text and report.exists()

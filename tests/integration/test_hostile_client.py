@@ -80,6 +80,7 @@ def production_server(tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
             "TENSAFE_ENVIRONMENT": "production",
             "TENSAFE_DETERMINISTIC_NOISE": "false",
             "TENSAFE_DEFAULT_EPSILON_CAP": "none",
+            "TENSAFE_ALLOW_TEST_MODELS": "true",  # the tiny test model, in production
         },
     )
     server.start()

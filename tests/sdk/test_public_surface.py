@@ -52,7 +52,13 @@ def _public_methods(cls: type) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "cls", [tg_tinker.ServiceClient, tg_tinker.TrainingClient, tg_tinker.APIFuture]
+    "cls",
+    [
+        tg_tinker.ServiceClient,
+        tg_tinker.TrainingClient,
+        tg_tinker.SamplingClient,
+        tg_tinker.APIFuture,
+    ],
 )
 def test_every_public_method_is_documented(cls):
     docs = _docs()

@@ -225,9 +225,17 @@ def test_load_state_by_path_or_artifact_id(api, training_client):
     }
     api.on("GET", FUT, future_state("completed", operation="load_state", result=loaded))
     training_client.load_state("tensafe://run-1/weights/x")
-    assert _body(api, "load_state") == {"artifact_id": None, "path": "tensafe://run-1/weights/x"}
+    assert _body(api, "load_state") == {
+        "artifact_id": None,
+        "path": "tensafe://run-1/weights/x",
+        "include_optimizer": True,
+    }
     result = training_client.load_state(artifact_id="art-1")
-    assert _body(api, "load_state") == {"artifact_id": "art-1", "path": None}
+    assert _body(api, "load_state") == {
+        "artifact_id": "art-1",
+        "path": None,
+        "include_optimizer": True,
+    }
     assert result.step == 7 and result.status == "loaded"  # seed 001: no .result()
     assert training_client.step == 7
 

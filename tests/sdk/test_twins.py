@@ -27,6 +27,24 @@ ARTIFACT = {
     "step": 1,
     "created_at": "2025-01-01T00:00:00Z",
 }
+SAMPLER = {
+    "sampler_id": "smp-1",
+    "source": "checkpoint",
+    "base_model": "tiny-llama",
+    "model_path": "tensafe://run-1/sampler_weights/w",
+    "created_at": "2025-01-01T00:00:00Z",
+}
+SAMPLED = {
+    "sequences": [
+        {"tokens": [5], "logprobs": [-0.1], "model_logprobs": [-0.2], "stop_reason": "length"}
+    ]
+}
+SAVED_FOR_SAMPLER = {
+    "artifact_id": "art-2",
+    "path": "tensafe://run-1/sampler_weights/w",
+    "size_bytes": 3,
+    "content_hash": "00" * 32,
+}
 
 
 @pytest.fixture
@@ -44,6 +62,14 @@ def routes(api: FakeAPI) -> FakeAPI:
     api.on("GET", FUT, future_state("completed", result=OPTIM_RESULT))
     cancel = {"cancelled": True, "status": "cancelled"}
     api.on("POST", f"{FUT}/cancel", httpx.Response(200, json=cancel))
+    api.on("POST", "/v1/samplers", httpx.Response(201, json=SAMPLER))
+    api.on("GET", "/v1/samplers/smp-1", httpx.Response(200, json=SAMPLER))
+    sampled = future_ref("fut-2", operation="sample")
+    api.on("POST", "/v1/samplers/smp-1/[a-z_]+", httpx.Response(202, json=sampled))
+    api.on("GET", "/v1/futures/fut-2", future_state("completed", future_id="fut-2", result=SAMPLED))
+    saved = future_ref("fut-3", operation="save_weights_for_sampler")
+    api.on("POST", f"{RUN}/save_weights_for_sampler", httpx.Response(202, json=saved))
+    api.on("GET", "/v1/futures/fut-3", future_state("completed", result=SAVED_FOR_SAMPLER))
     return api
 
 
@@ -106,6 +132,24 @@ TWINS: dict[str, tuple[Call, ACall]] = {
         lambda s, t: t.save_weights_for_sampler_async("w"),
     ),
     "unload_model": (lambda s, t: t.unload_model(), lambda s, t: t.unload_model_async()),
+    "create_sampling_client": (
+        lambda s, t: s.create_sampling_client("tensafe://run-1/sampler_weights/w"),
+        lambda s, t: s.create_sampling_client_async("tensafe://run-1/sampler_weights/w"),
+    ),
+    "save_weights_and_get_sampling_client": (
+        lambda s, t: t.save_weights_and_get_sampling_client("w"),
+        lambda s, t: t.save_weights_and_get_sampling_client_async("w"),
+    ),
+    "sample": (
+        lambda s, t: (
+            s.create_sampling_client(base_model="m").sample([1, 2], 2, {"seed": 1}).result()
+        ),
+        lambda s, t: _sample_async(s),
+    ),
+    "compute_logprobs": (
+        lambda s, t: s.create_sampling_client(base_model="m").compute_logprobs([1], topk=2),
+        lambda s, t: _logprobs_async(s),
+    ),
     "result": (
         lambda s, t: t.optim_step().result(),
         lambda s, t: _then_result(t.optim_step_async()),
@@ -115,6 +159,16 @@ TWINS: dict[str, tuple[Call, ACall]] = {
         lambda s, t: _then_cancel(t.optim_step_async()),
     ),
 }
+
+
+async def _sample_async(service: ServiceClient) -> object:
+    sampler = await service.create_sampling_client_async(base_model="m")
+    return await (await sampler.sample_async([1, 2], 2, {"seed": 1})).result_async()
+
+
+async def _logprobs_async(service: ServiceClient) -> object:
+    sampler = await service.create_sampling_client_async(base_model="m")
+    return await sampler.compute_logprobs_async([1], topk=2)
 
 
 async def _then_result(submitted: Awaitable[object]) -> object:

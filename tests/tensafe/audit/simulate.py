@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from tensafe.audit.canary_result import CanaryAuditResult, privacy_audit_fields
 from tensafe.audit.history import accountant_history, carried_origins, steps_to_carry
 from tensafe.audit.ledger import GENESIS, ChainHead, LedgerEvent, append, utc_timestamp
 from tensafe.privacy.budget import DatasetBudget, accounting_versions
@@ -179,6 +180,12 @@ def raise_cap(ledger: Ledger, new_cap: float, *, key: bytes = KEY, actor: str, r
         actor=actor,
         reason=reason,
     )
+
+
+def record_audit(ledger: Ledger, result: CanaryAuditResult, *, key: bytes = KEY) -> None:
+    """Record a privacy audit (it charges nothing: the dataset's ε is unchanged)."""
+    spent = ledger.events[-1].epsilon_dataset_total
+    _write(ledger, key, epsilon_dataset_total=spent, **privacy_audit_fields(result))
 
 
 def _write(ledger: Ledger, key: bytes, **fields: object) -> None:

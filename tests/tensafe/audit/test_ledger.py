@@ -9,6 +9,7 @@ import pytest
 
 from tensafe.audit.ledger import (
     FORMAT_2_FIELDS,
+    FORMAT_3_FIELDS,
     GENESIS,
     GENESIS_LINK,
     ChainHead,
@@ -103,8 +104,9 @@ def test_changing_any_field_changes_the_link(name: str) -> None:
         row["kind"] = "step_refused"
     changed = LedgerEvent.from_row(row)
     assert compute_link(KAT_KEY, KAT_HEAD.link, changed) != KAT_LINK
-    # The format-2 fields have tamper tests of their own (test_ledger_format2.py).
-    assert set(CHANGES) | {"link", *FORMAT_2_FIELDS} == {
+    # The format-2 and -3 fields have tamper tests of their own (test_ledger_format2.py,
+    # test_privacy_audit_ledger.py).
+    assert set(CHANGES) | {"link", *FORMAT_2_FIELDS, *FORMAT_3_FIELDS} == {
         f.name for f in dataclasses.fields(LedgerEvent)
     }
 

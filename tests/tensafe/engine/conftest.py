@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tensafe.engine import OptimizerConfig, TrainingEngine
+from tensafe.losses import DEFAULT_CHUNK_TOKENS
 from tensafe.models import LoRAConfig, build_tiny_llama
 from tensafe.privacy import DPConfig
 
@@ -21,6 +22,9 @@ def make_engine(
     max_grad_norm: float = 1.0,
     seed: int = 0,
     secure_mode: bool = False,
+    tied: bool = True,
+    lora_config: LoRAConfig | None = None,
+    loss_chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS,
 ) -> TrainingEngine:
     dp_config = (
         DPConfig(
@@ -35,12 +39,13 @@ def make_engine(
         else DPConfig(enabled=False)
     )
     return TrainingEngine(
-        model=build_tiny_llama(dtype=dtype, seed=seed),
-        lora_config=LoRAConfig(rank=4, alpha=8) if lora else None,
+        model=build_tiny_llama(dtype=dtype, seed=seed, tie_word_embeddings=tied),
+        lora_config=(lora_config or LoRAConfig(rank=4, alpha=8)) if lora else None,
         dp_config=dp_config,
         optimizer=optimizer or OptimizerConfig(name="sgd", learning_rate=1.0),
         seed=seed,
         noise_seed=seed,  # deterministic noise: tests compare runs bit for bit
+        loss_chunk_tokens=loss_chunk_tokens,
     )
 
 

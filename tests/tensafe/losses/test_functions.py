@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tensafe.errors import ConfigError
+from tensafe.errors import ConfigError, InvalidBatchError
 from tensafe.losses import Datum, batch_from_datums, compute_loss, get_loss_function, token_logprobs
 
 V = 7
@@ -80,3 +80,47 @@ def test_unknown_loss_and_config_keys_name_the_field():
     with pytest.raises(ConfigError) as exc:
         get_loss_function("cross_entropy").resolve_config({"clip_low_threshold": 0.5})
     assert exc.value.field == "loss_fn_config.clip_low_threshold"
+
+
+def test_sum_losses_add_token_losses_and_accept_negative_weights():
+    data = [
+        Datum(tokens=[1, 2, 3], loss_fn_inputs={"target_tokens": [2, 3, 4], "weights": [2, -1, 0]})
+    ]
+    with pytest.raises(InvalidBatchError):  # the mean convention needs non-negative weights
+        batch_from_datums(data, vocab_size=V)
+    b = batch_from_datums(data, vocab_size=V, signed_weights=True)
+    logits = torch.randn(1, 3, V, generator=torch.Generator().manual_seed(1))
+    fn = get_loss_function("cross_entropy_sum")
+    assert fn.reduction == "sum" and fn.signed_weights
+    out = compute_loss(logits, b, loss_fn=fn, config={})
+    lp = torch.log_softmax(logits, -1)
+    torch.testing.assert_close(out.per_example, (-2 * lp[0, 0, 2] + lp[0, 1, 3]).view(1))
+
+
+def test_cispo_gradient_flows_through_logprobs_only_with_a_clipped_constant_weight():
+    b = _batch(logprobs=([-3.0, -3.0, -3.0], [-0.5]), advantages=([1.0, 1.0, 0.0], [2.0]))
+    logits = torch.zeros(2, 3, V, requires_grad=True)
+    fn = get_loss_function("cispo_sum")
+    out = compute_loss(logits, b, loss_fn=fn, config=fn.resolve_config(None))
+    lp = -torch.log(torch.tensor(float(V)))
+    w0 = torch.exp(lp + 3.0).clamp(0.8, 1.2)  # ratio > 1.2: clipped to 1.2
+    w1 = torch.exp(lp + 0.5).clamp(0.8, 1.2)  # ratio < 0.8: clipped to 0.8
+    torch.testing.assert_close(out.per_example.detach(), torch.stack([-2 * w0 * lp, -w1 * lp * 2]))
+    out.per_example.sum().backward()
+    # d/dlogit of -w*A*log p(target): -w*A*(1 - p) at the target, as for a scaled CE
+    assert logits.grad is not None
+    torch.testing.assert_close(logits.grad[1, 0, 6], -(w1 * 2) * (1 - 1 / V))
+
+
+def test_dro_known_answer_and_beta():
+    b = _batch(logprobs=([-1.0, -1.0, -1.0], [-2.0]), advantages=([1.0, -1.0, 0.0], [2.0]))
+    logits = torch.zeros(2, 3, V)
+    lp = -torch.log(torch.tensor(float(V)))
+    fn = get_loss_function("dro_sum")
+    cfg = fn.resolve_config({"beta": 0.5})
+    out = compute_loss(logits, b, loss_fn=fn, config=cfg)
+    pen0 = 0.25 * (lp + 1.0) ** 2
+    pen1 = 0.25 * (lp + 2.0) ** 2
+    want0 = -(lp * 1 - pen0) - (lp * -1 - pen0)
+    want1 = -(lp * 2 - pen1)
+    torch.testing.assert_close(out.per_example, torch.stack([want0, want1]))

@@ -1,7 +1,8 @@
 """The clipped sum's sensitivity bound in floating point.
 
 * Exactness: removing one of 48 aligned examples (identical records, the worst case
-  for rounding) moves the clipped sum by at most ``C·(1 + 1e-6)`` in bfloat16 and
+  for rounding) moves the clipped sum by at most ``C·(1 + 1e-6)`` plus the float32
+  rounding of the two sums themselves (``2^-24·(‖S(D)‖ + ‖S(D')‖)``) in bfloat16 and
   float32, for LoRA (adapters in float32 as peft makes them, or cast to bfloat16)
   and for full fine-tuning.
 * NaN-proofing: an example whose per-example gradient has NaN or infinite entries,
@@ -48,6 +49,10 @@ def _sums(model, clipper, ids, C, *, scale=None):
     return collector.clip(C)
 
 
+def _norm(sums) -> float:
+    return sum(float(t.double().pow(2).sum()) for t in sums.values()) ** 0.5
+
+
 @pytest.mark.parametrize("seq_len", [4, 12])  # LoRA: ghost at 4, instantiated at 12
 @pytest.mark.parametrize(
     ("kind", "dtype"),
@@ -71,7 +76,12 @@ def test_removing_one_of_48_aligned_examples_moves_the_sum_by_at_most_C(kind, dt
     moved = sum(
         float((s.double() - part.sums[p].double()).pow(2).sum()) for p, s in full.sums.items()
     )
-    assert moved**0.5 <= C * (1 + 1e-6)
+    # Each float32 sum is itself rounded: its stored coordinates are off by up to half an
+    # ulp, i.e. by at most 2^-24 of the sum's norm, so no float32 representation of
+    # S(D) and S(D minus x) can promise better than C·(1 + 1e-6) + 2^-24·(‖S(D)‖ + ‖S(D')‖)
+    # (with 48 aligned examples, about 2.9e-6·C). Within that, the bound holds.
+    representation = 2**-24 * (_norm(full.sums) + _norm(part.sums))
+    assert moved**0.5 <= C * (1 + 1e-6) + representation
     assert moved**0.5 >= C * (1 - 1e-3)  # and the example really was in the sum
 
 

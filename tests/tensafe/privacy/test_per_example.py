@@ -198,3 +198,34 @@ def test_detach_restores_plain_forward():
     ids, mask, targets, weights = _batch([4, 4])
     _per_example_loss(model, ids, mask, targets, weights).sum().backward()
     assert model.lm_head.weight.grad is not None
+
+
+def _chunked_head_pass(clipper, lin, x, *, pieces, repeated):
+    """A loss that calls ``lin`` once per slice of positions (a chunked output head)."""
+    with clipper.collect(batch_size=x.shape[0], repeated=repeated) as col:
+        outs = [lin(part) for part in torch.tensor_split(x, pieces, dim=1)]
+        torch.cat(outs, dim=1).sin().sum(dim=(1, 2)).sum().backward()
+    counts = dict(col.strategy_counts)
+    return col.clip(0.5), counts
+
+
+def test_repeated_module_is_instantiated_and_equals_one_call():
+    lin = torch.nn.Linear(8, 300).double()  # 2T² < in·out: ghost-clipped when called once
+    clipper = PerExampleClipper(lin)
+    x = torch.randn(3, 6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    once, once_counts = _chunked_head_pass(clipper, lin, x, pieces=1, repeated=())
+    split, split_counts = _chunked_head_pass(clipper, lin, x, pieces=3, repeated=(lin,))
+    assert once_counts == {"ghost": 1, "instantiate": 0}
+    assert split_counts == {"ghost": 0, "instantiate": 3}
+    assert float(once.norms.min()) > 0.5  # clipping active, so a wrong norm would show
+    torch.testing.assert_close(split.norms, once.norms, rtol=1e-12, atol=0)
+    for p in (lin.weight, lin.bias):
+        torch.testing.assert_close(split.sums[p], once.sums[p], rtol=1e-10, atol=1e-12)
+
+
+def test_module_called_twice_without_being_named_repeated_is_refused():
+    lin = torch.nn.Linear(8, 300).double()
+    clipper = PerExampleClipper(lin)
+    x = torch.randn(3, 6, 8, dtype=torch.float64)
+    with pytest.raises(PrivacyError, match="used twice"):
+        _chunked_head_pass(clipper, lin, x, pieces=2, repeated=())
