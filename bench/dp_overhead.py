@@ -1,20 +1,32 @@
-"""DP vs non-DP training step: time and peak memory, side by side in one run.
+"""DP vs non-DP training step, and vs plain transformers + peft: time and peak memory.
 
-For LoRA and for full fine-tuning, the same model and batch are trained with and
-without DP-SGD through :class:`tensafe.engine.TrainingEngine`.
+For LoRA and for full fine-tuning, the same model and batch are trained three ways:
 
-* **Time.** The DP and non-DP engines live in one process and take steps
-  alternately (DP, non-DP, DP, ...), so any drift in machine load hits both alike;
-  the median step time of each is reported after warm-up. A step is
-  ``forward_backward`` + ``optim_step`` — everything the user waits for,
-  including clipping, noise and privacy accounting.
-* **Memory.** Each configuration runs alone in a fresh subprocess: on CPU, the
-  peak resident memory (VmHWM) minus the resident memory before the model was
-  built, i.e. model + optimizer state + activations + per-example state; on
-  CUDA, ``torch.cuda.max_memory_allocated``.
+* ``dp``: :class:`tensafe.engine.TrainingEngine` with DP-SGD (per-example clipping,
+  CSPRNG noise, accounting);
+* ``nodp``: the same engine with ``DPConfig(enabled=False)`` (per-example losses,
+  finiteness guards, no clipping or noise);
+* ``plain``: what a user would run without TenSafe — transformers (+ peft for LoRA,
+  the same adapter shape), the model's own mean loss ``model(input_ids,
+  labels=input_ids).loss``, ``loss.backward()``, ``torch.optim.AdamW`` (same learning
+  rate), ``zero_grad(set_to_none=True)``: no engine, no handicap (same weights, dtype,
+  threads, batch and warm-up; no attention mask since the batch has no padding).
+
+* **Time.** All trainers of a kind live in one process and take steps in turns (dp,
+  nodp, plain, dp, ...), so drift in machine load hits them alike; the median step
+  time of each is reported after warm-up, with its split into forward+backward and
+  optimizer step and the process CPU time. A step is everything the user waits for
+  (for ``dp`` including clipping, noise and privacy accounting).
+* **Memory.** Each configuration runs alone in a fresh subprocess for two steps: on
+  CPU, the peak resident set size (``VmHWM`` from ``/proc/self/status``) minus the
+  resident size before the model was built, i.e. model + optimizer state +
+  activations + gradients + per-example state; on CUDA,
+  ``torch.cuda.max_memory_allocated``.
+
+Ratios ``dp/nodp``, ``dp/plain`` and ``nodp/plain`` are printed side by side.
 
     python bench/dp_overhead.py --json                 # tiny Llama, 8 × 128, CPU
-    python bench/dp_overhead.py --model smollm2-135m-instruct --steps 5
+    python bench/dp_overhead.py --model smollm2-135m-instruct --steps 3 --json
 
 With ``--loss-chunks`` it compares, instead, a DP engine that builds the full
 ``(B, T, V)`` logits (``loss_chunk_tokens=None``) with one that applies the output
@@ -36,6 +48,7 @@ import sys
 import time
 
 KINDS = ("lora", "full")
+MODES = ("dp", "nodp", "plain")
 
 
 def _rss_kib(field: str) -> int:
@@ -46,12 +59,26 @@ def _rss_kib(field: str) -> int:
     return 0
 
 
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _device(requested: str) -> str:
     import torch
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
+
+
+def _load(args: argparse.Namespace, device: str):
+    from tensafe.models import build_tiny_llama, load_causal_lm
+
+    if args.model == "tiny-llama":
+        return build_tiny_llama()
+    return load_causal_lm(args.model, device=device)
 
 
 def _engine(
@@ -63,14 +90,10 @@ def _engine(
     loss_chunk_tokens: int | None,
 ):
     from tensafe.engine import OptimizerConfig, TrainingEngine
-    from tensafe.models import LoRAConfig, build_tiny_llama, load_causal_lm
+    from tensafe.models import LoRAConfig
     from tensafe.privacy import DPConfig
 
-    loaded = (
-        build_tiny_llama()
-        if args.model == "tiny-llama"
-        else load_causal_lm(args.model, device=device)
-    )
+    loaded = _load(args, device)
     dp_config = (
         DPConfig(
             noise_multiplier=1.0,
@@ -130,17 +153,125 @@ def _chunk_tokens(args: argparse.Namespace) -> int | None:
     return args.loss_chunk_tokens or None
 
 
-def time_kind(args: argparse.Namespace, kind: str) -> dict[str, float]:
-    """Median step time of DP and non-DP engines stepping alternately."""
-    device = _device(args.device)
-    chunks = _chunk_tokens(args)
-    return _median_step_times(
-        args,
-        {
-            "dp": _engine(args, kind=kind, dp=True, device=device, loss_chunk_tokens=chunks),
-            "nodp": _engine(args, kind=kind, dp=False, device=device, loss_chunk_tokens=chunks),
-        },
+def _token_ids(args: argparse.Namespace, vocab_size: int):
+    """The benchmark's ``(B, T + 1)`` token ids (fixed seed)."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, vocab_size, (args.batch, args.seq + 1), generator=g)
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class _Timer:
+    """Wall-clock split of one step into forward+backward and optimizer step, and the
+    process CPU time of the whole step."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        _sync(device)
+        self.t0, self.cpu0 = time.perf_counter(), time.process_time()
+
+    def mark(self) -> None:
+        _sync(self.device)
+        self.t1 = time.perf_counter()
+
+    def stop(self) -> dict[str, float]:
+        _sync(self.device)
+        t2 = time.perf_counter()
+        return {
+            "step": t2 - self.t0,
+            "fb": self.t1 - self.t0,
+            "opt": t2 - self.t1,
+            "cpu": time.process_time() - self.cpu0,
+        }
+
+
+def engine_stepper(args: argparse.Namespace, *, kind: str, dp: bool, device: str):
+    """One TenSafe engine step (``forward_backward`` + ``optim_step``) as a callable."""
+    engine = _engine(args, kind=kind, dp=dp, device=device, loss_chunk_tokens=_chunk_tokens(args))
+    ids = _token_ids(args, engine.vocab_size)
+    batch = engine.to_batch({"input_ids": ids[:, :-1].tolist(), "labels": ids[:, 1:].tolist()}).to(
+        device
     )
+
+    def step() -> dict[str, float]:
+        timer = _Timer(device)
+        engine.forward_backward(batch)
+        timer.mark()
+        engine.optim_step()
+        return timer.stop()
+
+    return step
+
+
+def plain_stepper(args: argparse.Namespace, *, kind: str, device: str):
+    """The user's real alternative, as a callable: transformers (+ peft LoRA of the same
+    shape as TenSafe's default adapter), the model's own mean token loss, torch AdamW."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from tensafe.models import LoRAConfig
+
+    model = _load(args, device).model.to(device)
+    if kind == "lora":
+        ours = LoRAConfig(rank=args.lora_rank)
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=ours.rank,
+                lora_alpha=ours.alpha,
+                lora_dropout=0.0,
+                target_modules=list(ours.selected_modules),
+                task_type=TaskType.CAUSAL_LM,
+            ),
+        )
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    input_ids = _token_ids(args, vocab)[:, :-1].contiguous().to(device)
+
+    def step() -> dict[str, float]:
+        timer = _Timer(device)
+        loss = model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+        loss.backward()
+        timer.mark()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return timer.stop()
+
+    return step
+
+
+def _stepper(args: argparse.Namespace, *, kind: str, mode: str, device: str):
+    if mode == "plain":
+        return plain_stepper(args, kind=kind, device=device)
+    return engine_stepper(args, kind=kind, dp=mode == "dp", device=device)
+
+
+def time_kind(args: argparse.Namespace, kind: str) -> dict[str, dict[str, float]]:
+    """Median step time (and its parts) of the dp, nodp and plain trainers of ``kind``,
+    stepping in turns in this process."""
+    device = _device(args.device)
+    steppers = {mode: _stepper(args, kind=kind, mode=mode, device=device) for mode in MODES}
+    times: dict[str, list[dict[str, float]]] = {mode: [] for mode in steppers}
+    for i in range(args.warmup + args.steps):
+        for mode, step in steppers.items():
+            t = step()
+            if i >= args.warmup:
+                times[mode].append(t)
+    return {
+        mode: {part: statistics.median(t[part] for t in ts) for part in ts[0]}
+        for mode, ts in times.items()
+    }
 
 
 def _median_step_times(args: argparse.Namespace, engines: dict) -> dict[str, float]:
@@ -165,16 +296,12 @@ def memory_worker(args: argparse.Namespace) -> dict[str, float]:
     base = _rss_kib("VmRSS:")
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    engine = _engine(
-        args, kind=kind, dp=mode == "dp", device=device, loss_chunk_tokens=_chunk_tokens(args)
-    )
-    batch = _batch(engine, args).to(device)
-    # the step times are a by-product (a process of its own, not alternating): the
-    # side-by-side figures come from time_kind / _median_step_times
-    step_s = statistics.median(_step(engine, batch, device) for _ in range(args.memory_steps))
+    step = _stepper(args, kind=kind, mode=mode, device=device)
+    for _ in range(args.memory_steps):
+        step()
     if device.startswith("cuda"):
-        return {"mem_bytes": float(torch.cuda.max_memory_allocated()), "step_s": step_s}
-    return {"mem_bytes": float((_rss_kib("VmHWM:") - base) * 1024), "step_s": step_s}
+        return {"mem_bytes": float(torch.cuda.max_memory_allocated())}
+    return {"mem_bytes": float((_rss_kib("VmHWM:") - base) * 1024)}
 
 
 def _peak_memory(worker: str, passthrough: list[str]) -> float:
@@ -211,6 +338,41 @@ def _report_pair(
         f"{base} {mem[base] / 2**20:7.1f} MiB (×{mem_ratio})",
         file=sys.stderr,
     )
+
+
+def report_kind(
+    summary: dict[str, object],
+    kind: str,
+    *,
+    med: dict[str, dict[str, float]],
+    mem: dict[str, float],
+) -> None:
+    """Add each mode's figures and the ratios dp/nodp, dp/plain, nodp/plain to
+    ``summary``; print them side by side."""
+    for mode in MODES:
+        for part, key in (("step", "step"), ("fb", "fb"), ("opt", "opt"), ("cpu", "cpu")):
+            summary[f"{kind}_{mode}_{key}_ms"] = round(med[mode][part] * 1e3, 2)
+        summary[f"{kind}_{mode}_mem_mib"] = round(mem[mode] / 2**20, 1)
+    pairs = (
+        ("dp", "nodp", "dp"),
+        ("dp", "plain", "dp_vs_plain"),
+        ("nodp", "plain", "nodp_vs_plain"),
+    )
+    for new, base, name in pairs:
+        summary[f"{name}_{kind}_time_ratio"] = round(med[new]["step"] / med[base]["step"], 3)
+        summary[f"{name}_{kind}_mem_ratio"] = round(mem[new] / mem[base], 3)
+    lines = [
+        f"{kind:5s} {mode:5s} step {med[mode]['step'] * 1e3:9.1f} ms "
+        f"(fwd+bwd {med[mode]['fb'] * 1e3:9.1f}, optim {med[mode]['opt'] * 1e3:8.1f}, "
+        f"cpu {med[mode]['cpu'] * 1e3:9.1f}); peak memory {mem[mode] / 2**20:7.1f} MiB"
+        for mode in MODES
+    ]
+    lines += [
+        f"{kind:5s} {new}/{base}: time ×{summary[f'{name}_{kind}_time_ratio']}, "
+        f"memory ×{summary[f'{name}_{kind}_mem_ratio']}"
+        for new, base, name in pairs
+    ]
+    print("\n".join(lines), file=sys.stderr)
 
 
 def compare_loss_chunks(args: argparse.Namespace, passthrough: list[str]) -> dict[str, object]:
@@ -251,7 +413,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--kinds", default=",".join(KINDS), help="lora,full or one of them")
@@ -298,13 +460,20 @@ def main() -> None:
         "device": _device(args.device),
         "steps": args.steps,
     }
+    summary["memory"] = (
+        f"peak RSS (VmHWM) minus RSS before the model was built, fresh process, "
+        f"{args.memory_steps} steps"
+        if summary["device"] == "cpu"
+        else f"torch.cuda.max_memory_allocated, fresh process, {args.memory_steps} steps"
+    )
+    summary["threads"] = _threads()
     for kind in _kinds(args):
         med = time_kind(args, kind)
-        mem = {mode: _peak_memory(f"{kind}-{mode}", passthrough) for mode in ("dp", "nodp")}
-        _report_pair(summary, kind, med=med, mem=mem, new="dp", base="nodp")
+        mem = {mode: _peak_memory(f"{kind}-{mode}", passthrough) for mode in MODES}
+        report_kind(summary, kind, med=med, mem=mem)
     if not args.json:
         for key, value in summary.items():
-            print(f"{key:24s} {value}")
+            print(f"{key:32s} {value}")
     print(json.dumps(summary))
 
 

@@ -127,7 +127,8 @@ class DPState:
         std = faulted_noise_std(
             self.config.noise_multiplier * self.config.max_grad_norm, self.fault
         )
-        return clipped_sum + self.noise.gaussian_like(clipped_sum, std=std)
+        noise = self.noise.gaussian_like(clipped_sum, std=std)  # a fresh tensor we own
+        return noise.add_(clipped_sum)  # same value as clipped_sum + noise, one pass less
 
     def scale(self, noisy_sum: torch.Tensor) -> torch.Tensor:
         """Divide by the *expected* batch size q·N, whatever the realised batch size
@@ -148,7 +149,8 @@ class DPState:
             if clipped_sum is not None
             else torch.zeros_like(like, dtype=torch.promote_types(like.dtype, torch.float32))
         )
-        return self.scale(self.add_noise(total))
+        # scale() in place on the fresh noisy tensor: the same value, one pass less
+        return self.add_noise(total).div_(self.config.expected_batch_size)
 
     def account(self) -> DPMetrics:
         """Record one noisy step (σ, q) and return the privacy metrics after it."""

@@ -337,7 +337,12 @@ class TrainingEngine:
         else:
             out, sums = self._plain_backward(tb, fn=fn, config=cfg)
             extra = {}
-        grad_sq = sum(float(s.float().pow(2).sum()) for s in sums.values())
+        # one pass per tensor, no squared temporary (a vector norm, squared)
+        grad_sq = sum(
+            float(torch.linalg.vector_norm(s, dtype=torch.promote_types(s.dtype, torch.float32)))
+            ** 2
+            for s in sums.values()
+        )
         if not math.isfinite(grad_sq):  # the sums may still be finite (squares overflow)
             check_finite_sums(sums, names=self._param_names)
         self._accumulate(sums, examples=tb.batch_size)  # commit: from here on nothing can fail

@@ -20,9 +20,22 @@ from tensafe.errors import NonFiniteUpdateError, PrivacyError
 ParamNames = Mapping[int, str]  # id(parameter) → its name in the model
 
 
+def _finite_flag(tensor: torch.Tensor) -> torch.Tensor:
+    """A 0-d bool tensor: whether every entry of ``tensor`` is finite.
+
+    From the tensor's minimum and maximum (one pass, no temporary): both propagate a
+    NaN, and an infinity is the minimum or the maximum. ``isfinite().all()`` takes
+    several passes with full-size temporaries (``x == x``, ``abs``, ``!= inf``), which
+    cost seconds per step on a 135 M-parameter model."""
+    if tensor.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=tensor.device)
+    low, high = torch.aminmax(tensor.detach())
+    return torch.isfinite(low) & torch.isfinite(high)
+
+
 def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
     """Whether every tensor is finite, with one device sync for all of them."""
-    flags = [t.isfinite().all() for t in tensors]
+    flags = [_finite_flag(t) for t in tensors]
     return not flags or bool(torch.stack(flags).all())
 
 
@@ -34,7 +47,7 @@ def check_finite_sums(sums: Mapping[nn.Parameter, torch.Tensor], *, names: Param
     """
     if _all_finite(sums.values()):
         return
-    bad = [names[id(p)] for p, s in sums.items() if not bool(s.isfinite().all())]
+    bad = [names[id(p)] for p, s in sums.items() if not bool(_finite_flag(s))]
     raise NonFiniteUpdateError(
         "forward_backward: the batch's gradient is not finite (an example's loss or "
         "gradient overflowed) in " + ", ".join(bad[:5]) + "; nothing was accumulated"
@@ -61,7 +74,7 @@ def finite_update(
     bad = [
         names[id(p)]
         for p, g in zip(params, cast, strict=True)
-        if g is not None and not bool(g.isfinite().all())
+        if g is not None and not bool(_finite_flag(g))
     ]
     raise NonFiniteUpdateError(
         f"optim_step: the {'noisy ' if noisy else ''}update is not finite in its "
@@ -82,7 +95,7 @@ def check_weights_finite(params: Sequence[nn.Parameter], *, names: ParamNames) -
     """
     if _all_finite(p.detach() for p in params):
         return
-    bad = [names[id(p)] for p in params if not bool(p.detach().isfinite().all())]
+    bad = [names[id(p)] for p in params if not bool(_finite_flag(p))]
     raise PrivacyError(
         "trainable tensors are no longer finite after the optimizer step: "
         + ", ".join(bad[:5])

@@ -114,19 +114,49 @@ class KeystreamNormals:
             ConfigError: ``count`` is negative or not an integer (field ``count``).
             PrivacyError: the key's 2⁶⁴ call indices are used up.
         """
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ConfigError("count", f"must be an integer >= 0, got {count!r}")
+        _check_count(count)
+        return self.standard_normal_at(self.reserve(1), count)
+
+    def reserve(self, calls: int) -> int:
+        """Take the next ``calls`` call indices for :meth:`standard_normal_at` (so that
+        several threads can draw them at once); returns the first.
+
+        Raises:
+            ConfigError: ``calls`` is not an integer ≥ 1.
+            PrivacyError: fewer than ``calls`` of the key's 2⁶⁴ call indices are left.
+        """
+        if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
+            raise ConfigError("calls", f"must be an integer >= 1, got {calls!r}")
+        if self._calls + calls > _MAX_CALLS:
+            raise PrivacyError("the noise key's counter space is exhausted; re-key the source")
+        first = self._calls
+        self._calls += calls
+        return first
+
+    def standard_normal_at(self, call: int, count: int) -> torch.Tensor:
+        """``count`` N(0, 1) samples from call index ``call``, which must have been
+        taken by :meth:`reserve` (each reserved index is to be drawn once: the same
+        index gives the same keystream). Thread-safe for distinct indices.
+
+        Raises:
+            ConfigError: ``count`` is invalid, or ``call`` was not reserved.
+        """
+        _check_count(count)
+        if isinstance(call, bool) or not isinstance(call, int) or not 0 <= call < self._calls:
+            raise ConfigError("call", "must be a call index taken by reserve()")
         pairs = (count + 1) // 2
-        words = np.frombuffer(self._keystream(2 * pairs * _WORD_BYTES), dtype="<u8")
+        words = np.frombuffer(self._keystream(call, 2 * pairs * _WORD_BYTES), dtype="<u8")
         return box_muller(words)[:count]
 
-    def _keystream(self, nbytes: int) -> bytes:
-        if self._calls >= _MAX_CALLS:
-            raise PrivacyError("the noise key's counter space is exhausted; re-key the source")
-        counter_block = self._calls.to_bytes(8, "big") + bytes(8)
-        self._calls += 1
+    def _keystream(self, call: int, nbytes: int) -> bytes:
+        counter_block = call.to_bytes(8, "big") + bytes(8)
         encryptor = Cipher(algorithms.AES(self._key), modes.CTR(counter_block)).encryptor()
         return encryptor.update(bytes(nbytes))
+
+
+def _check_count(count: int) -> None:
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ConfigError("count", f"must be an integer >= 0, got {count!r}")
 
 
 def box_muller(words: np.ndarray) -> torch.Tensor:

@@ -34,7 +34,8 @@ import hashlib
 import math
 import secrets
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -125,19 +126,29 @@ class NoiseSource:
         host = torch.empty(reference.shape, dtype=reference.dtype, pin_memory=on_cuda)
         flat = host.view(-1)
         chunk = _CHUNK // SECURE_DRAWS if self.secure_mode else _CHUNK
-        for start in range(0, flat.numel(), chunk):
-            count = min(chunk, flat.numel() - start)
-            # scale in float64 and round to the reference dtype once
-            flat[start : start + count].copy_(self._standard_normal(count).mul_(std))
+        starts = range(0, flat.numel(), chunk)
+        if len(starts):
+            first = self._normals.reserve(len(starts))  # chunk k uses call first + k
+
+            def fill(k: int) -> None:
+                start = starts[k]
+                count = min(chunk, flat.numel() - start)
+                # scale in float64 and round to the reference dtype once
+                normals = self._standard_normal(first + k, count)
+                flat[start : start + count].copy_(normals.mul_(std))
+
+            _run_serial_tasks(fill, len(starts))
         if reference.device.type == "cpu":
             return host
         return host.to(reference.device, non_blocking=on_cuda)
 
-    def _standard_normal(self, count: int) -> torch.Tensor:
+    def _standard_normal(self, call: int, count: int) -> torch.Tensor:
+        """``count`` normals from reserved call index ``call`` (secure mode: the sum
+        of ``SECURE_DRAWS`` draws per value, from that one call)."""
         if not self.secure_mode:
-            return self._normals.standard_normal(count)
-        draws = self._normals.standard_normal(SECURE_DRAWS * count).view(SECURE_DRAWS, count)
-        return draws.sum(dim=0).div_(math.sqrt(SECURE_DRAWS))
+            return self._normals.standard_normal_at(call, count)
+        draws = self._normals.standard_normal_at(call, SECURE_DRAWS * count)
+        return draws.view(SECURE_DRAWS, count).sum(dim=0).div_(math.sqrt(SECURE_DRAWS))
 
     def _check_reference(self, reference: torch.Tensor) -> None:
         if not isinstance(reference, torch.Tensor) or not reference.is_floating_point():
@@ -182,6 +193,38 @@ class NoiseSource:
         normals = KeystreamNormals(key=_test_key(seed))
         normals.skip_to(calls)  # type: ignore[arg-type]
         self._seed, self._normals = seed, normals
+
+
+def _run_serial_tasks(task: Callable[[int], None], count: int) -> None:
+    """Run ``task(0)``, …, ``task(count - 1)`` (independent, any order) on up to
+    ``torch.get_num_threads()`` Python threads, each running torch on itself alone.
+
+    The noise is a long run of small elementwise ops (64 Ki values each). With several
+    torch threads each op is a parallel region, and on a machine with more busy threads
+    than cores every region waits for a descheduled thread: with two torch threads under
+    load, SmolLM2's 135 M normals took minutes. Here each worker runs its ops serially
+    (in cache, never waiting on another), and the workers share the chunks; AES (OpenSSL)
+    and torch release the GIL, so they run in parallel. torch's thread count is per
+    thread (OpenMP builds); each worker sets 1 for itself, and the caller's setting is
+    restored, also as the default for threads started later. The values do not depend
+    on the number of workers: chunk ``k`` always uses keystream call ``first + k``.
+    """
+    before = torch.get_num_threads()
+    workers = min(before, count)
+    if workers <= 1:
+        torch.set_num_threads(1)
+        try:
+            for k in range(count):
+                task(k)
+        finally:
+            torch.set_num_threads(before)
+        return
+    try:
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            for _ in pool.map(task, range(count)):  # re-raises a worker's error
+                pass
+    finally:
+        torch.set_num_threads(before)  # the workers' setting also became the default
 
 
 def _test_key(seed: int) -> bytes:

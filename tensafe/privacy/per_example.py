@@ -8,10 +8,8 @@ to a :class:`ClipCollector`, which computes each example's contribution with
 Opacus' per-layer samplers:
 
 * **instantiate** (Opacus ``GRAD_SAMPLERS``): the ``(B, *param.shape)`` per-example
-  gradient is materialised; used for small layers (all LoRA matrices), norms,
-  embeddings, and for any parameter shared by several modules (tied input
-  embedding / LM head), whose per-example gradient is the *sum* over its uses
-  before the norm is taken — so tied weights are clipped exactly.
+  gradient is materialised; used for small layers (all LoRA matrices), norms, and for
+  embeddings and shared weights when ``T·(rows + cols) ≥ rows·cols`` (long sequences).
 * **ghost** (Opacus ``NORM_SAMPLERS``): for a large linear layer used once per
   forward, only the per-example norm is computed from activation and gradient Gram
   matrices; the clipped sum is formed afterwards as one matmul of the stored
@@ -21,6 +19,15 @@ Opacus' per-layer samplers:
   ``collect(repeated=...)`` and instantiated instead: its per-example gradient is
   summed over the calls (memory ``B × out × in``, independent of the sequence
   length), where a ghost norm would need every call's output gradients at once.
+* **gram** (:mod:`tensafe.privacy.gram`): for an embedding table and for a weight
+  shared by several modules (tied input embedding / LM head) when
+  ``T·(rows + cols) < rows·cols`` (:func:`~tensafe.privacy.gram.gram_pays`): the
+  per-example norm of the *sum* over the weight's uses comes from Gram matrices of
+  activations and output gradients (and token-id equality for embedding lookups),
+  cross terms included, so tied weights are clipped exactly without a
+  ``(B, vocab, hidden)`` buffer; the clipped sum is a matmul plus an ``index_add``.
+  All uses of one weight take the same route (the first use in a pass decides); a
+  head named in ``repeated`` (chunked) makes its weight take the instantiate route.
 
 After the backward pass, :meth:`ClipCollector.clip` computes the per-example
 global norms, the clip factors ``min(1, C / (‖g_i‖ + 1e-6))`` (Opacus' formula),
@@ -63,6 +70,8 @@ from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
 from torch import nn
 
 from tensafe.errors import ConfigError, PrivacyError
+from tensafe.privacy import gram
+from tensafe.privacy.gram import compute_dtype, ghost_operands, zero_rows
 from tensafe.privacy.groups import Grouping
 
 # RMSNorm implementations whose forward is exactly ``weight * (x * rsqrt(mean(x²) + eps))``
@@ -224,12 +233,31 @@ class ClipCollector:
         self._ghost: list[tuple[_Site, torch.Tensor, torch.Tensor]] = []
         self._ghost_sq: torch.Tensor | None = None
         self._ghost_seen: set[int] = set()
-        #: how many layer calls used each strategy in this pass (for tests and metrics)
+        #: weight → its uses, for weights whose norm comes from Gram matrices
+        self._gram: dict[nn.Parameter, list[gram.Use]] = {}
+        #: weight → whether the Gram route was chosen (by its first use in this pass)
+        self._gram_chosen: dict[nn.Parameter, bool] = {}
+        #: how many layer calls used each strategy in this pass (for tests and metrics);
+        #: "gram" appears once a use took the Gram route
         self.strategy_counts: dict[str, int] = {"ghost": 0, "instantiate": 0}
 
     def _accumulate(self, param: nn.Parameter, grad_sample: torch.Tensor) -> None:
         prev = self._per_sample.get(param)
         self._per_sample[param] = grad_sample if prev is None else prev.add_(grad_sample)
+
+    def _use_gram(self, weight: nn.Parameter, *, tokens: int) -> bool:
+        """Whether ``weight`` (an embedding table or a shared linear weight) takes the
+        Gram route; decided by its first use in this pass so all its uses agree (mixing
+        routes would drop the cross terms between them from the norm)."""
+        chosen = self._gram_chosen.get(weight)
+        if chosen is None:
+            chosen = gram.gram_pays(tokens=tokens, shape=weight.shape)
+            self._gram_chosen[weight] = chosen
+        return chosen
+
+    def _add_gram(self, weight: nn.Parameter, use: gram.Use) -> None:
+        self._gram.setdefault(weight, []).append(use)
+        self.strategy_counts["gram"] = self.strategy_counts.get("gram", 0) + 1
 
     def _add_linear_in_place(
         self, module: nn.Linear, inp: torch.Tensor, grad_out: torch.Tensor
@@ -255,6 +283,17 @@ class ClipCollector:
         module = site.module
         if site.kind == "linear":
             seq = inp.shape[1] if inp.dim() == 3 else 1
+            shared_weight = site.shared and module.weight.requires_grad
+            if shared_weight and id(module) in self.repeated:
+                # a head applied chunk by chunk keeps its memory bound (B × out × in)
+                # instantiated; unless a use already chose the Gram route, which stays exact
+                self._gram_chosen.setdefault(module.weight, False)
+            if shared_weight and self._use_gram(module.weight, tokens=seq):
+                self._add_gram(module.weight, gram.LinearUse(inp=inp, grad_out=grad_out))
+                if module.bias is not None and module.bias.requires_grad:
+                    bias = grad_out.reshape(self.batch_size, -1, grad_out.shape[-1]).sum(1)
+                    self._accumulate(module.bias, bias)
+                return
             big = 2 * seq * seq < module.in_features * module.out_features
             once = not site.shared and id(module) not in self.repeated
             if big and once and id(module) not in self._ghost_seen:
@@ -287,6 +326,10 @@ class ClipCollector:
             g = grad_out.reshape(self.batch_size, -1, module.embedding_dim)
             if module.padding_idx is not None:  # F.embedding gives the padding row no gradient
                 g = g.masked_fill((ids == module.padding_idx).unsqueeze(-1), 0)
+            if self._use_gram(weight, tokens=ids.shape[1]):
+                self._add_gram(weight, gram.EmbeddingUse(ids=ids, grad_out=g))
+                return
+            self.strategy_counts["instantiate"] += 1
             buf = self._per_sample.get(weight)
             if buf is None:
                 buf = torch.zeros(self.batch_size, *weight.shape, dtype=g.dtype, device=g.device)
@@ -298,6 +341,7 @@ class ClipCollector:
                 return
             gs = (grad_out * inp).reshape(self.batch_size, -1, inp.shape[-1]).sum(dim=1)
             self._accumulate(module.weight, gs)
+            self.strategy_counts["instantiate"] += 1
 
     def clip(self, max_grad_norm: float) -> ClipResult:
         """Clip every example's gradient to ``max_grad_norm`` and sum over examples."""
@@ -310,36 +354,37 @@ class ClipCollector:
                 .sum(dim=1)
             )
             sq = contrib if sq is None else sq + contrib
+        for uses in self._gram.values():
+            contrib = gram.squared_norms(uses)
+            sq = contrib if sq is None else sq + contrib
         if sq is None:  # no trainable parameter was touched
             sq = torch.zeros(self.batch_size)
         norms = sq.clamp(min=0).sqrt()
         factors, finite = clip_factors(norms, max_grad_norm)
         _require_exact_matmul()
-        zero_rows = None if bool(finite.all()) else finite  # one sync: skip masking if clean
+        keep = None if bool(finite.all()) else finite  # one sync: skip masking if clean
         sums: dict[nn.Parameter, torch.Tensor] = {}
         for param, gs in self._per_sample.items():
-            sums[param] = clipped_sum(gs, factors=factors, finite=zero_rows)
+            sums[param] = clipped_sum(gs, factors=factors, finite=keep)
         for site, inp, grad_out in self._ghost:
             module = site.module
-            g, a = _ghost_operands(inp, grad_out, factors=factors, finite=zero_rows)
+            g, a = ghost_operands(inp, grad_out, factors=factors, finite=keep)
             if module.weight.requires_grad:
                 w = g.t().matmul(a)
                 sums[module.weight] = sums[module.weight] + w if module.weight in sums else w
             if module.bias is not None and module.bias.requires_grad:
                 b = g.sum(dim=0)
                 sums[module.bias] = sums[module.bias] + b if module.bias in sums else b
+        for weight, uses in self._gram.items():
+            w = gram.clipped_sum(uses, shape=weight.shape, factors=factors, finite=keep)
+            sums[weight] = sums[weight] + w if weight in sums else w
         self._per_sample.clear()
         self._ghost.clear()
+        self._gram.clear()
         return ClipResult(norms=norms, factors=factors, sums=sums, nonfinite=~finite)
 
 
 # ------------------------------------------- exact, NaN-proof clipping arithmetic
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype clip norms, factors and sums are formed in: ``dtype`` promoted to at
-    least float32 (bfloat16 and float16 gradients are summed in float32)."""
-    return torch.promote_types(dtype, torch.float32)
-
-
 def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Opacus' clip factors ``min(1, C / (‖g_i‖ + 1e-6))`` and the mask of finite norms.
 
@@ -367,13 +412,6 @@ def _require_exact_matmul() -> None:
         )
 
 
-def _zero_rows(values: torch.Tensor, finite: torch.Tensor | None) -> torch.Tensor:
-    """``values`` with the rows (leading dimension) of non-finite examples set to 0."""
-    if finite is None:
-        return values
-    return torch.where(finite.view((-1,) + (1,) * (values.dim() - 1)), values, 0.0)
-
-
 def clipped_sum(
     per_example: torch.Tensor, *, factors: torch.Tensor, finite: torch.Tensor | None
 ) -> torch.Tensor:
@@ -393,28 +431,10 @@ def clipped_sum(
     out = torch.empty(flat.shape[1], dtype=dtype, device=flat.device)
     step = max(1, _SUM_CHUNK_ELEMENTS // max(1, flat.shape[0]))
     for start in range(0, flat.shape[1], step):
-        out[start : start + step] = weights @ _zero_rows(
+        out[start : start + step] = weights @ zero_rows(
             flat[:, start : start + step].to(dtype), finite
         )
     return out.view(per_example.shape[1:])
-
-
-def _ghost_operands(
-    inp: torch.Tensor,
-    grad_out: torch.Tensor,
-    *,
-    factors: torch.Tensor,
-    finite: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``(B·T, out)`` re-weighted output gradients and ``(B·T, in)`` activations of
-    a ghost-clipped linear layer, in :func:`compute_dtype`, with the rows of examples
-    not ``finite`` zeroed (``None``: all finite): ``g.t() @ a`` is then the layer's
-    clipped weight sum and ``g.sum(0)`` its bias sum."""
-    dtype = compute_dtype(grad_out.dtype)
-    scale = factors.to(dtype).view((-1,) + (1,) * (grad_out.dim() - 1))
-    g = (_zero_rows(grad_out.to(dtype), finite) * scale).reshape(-1, grad_out.shape[-1])
-    a = _zero_rows(inp.to(dtype), finite).reshape(-1, inp.shape[-1])
-    return g, a
 
 
 class PerExampleClipper:

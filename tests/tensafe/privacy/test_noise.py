@@ -232,3 +232,44 @@ def test_cuda_noise_is_staged_on_the_host_and_lands_on_the_device(dtype):
     assert float(z.double().std()) == pytest.approx(SIGMA * C, rel=0.01)
     if dtype == torch.float32:
         assert _ks_pvalue(z.cpu(), SIGMA * C) > ALPHA
+
+
+def test_noise_workers_run_torch_serially_and_the_thread_count_is_restored():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        source = NoiseSource(secure_mode=False)
+        seen = []
+        real = source._standard_normal
+
+        def spy(call, count):
+            seen.append(torch.get_num_threads())
+            return real(call, count)
+
+        source._standard_normal = spy  # type: ignore[method-assign]
+        z = source.gaussian_like(torch.zeros(200_000), std=1.0)
+        assert seen and set(seen) == {1}  # serial while drawing (no parallel regions)
+        assert torch.get_num_threads() == 2  # restored
+        assert 0.98 < float(z.std()) < 1.02
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_noise_does_not_depend_on_the_number_of_worker_threads(secure):
+    before = torch.get_num_threads()
+    draws = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            with pytest.warns(InsecureNoiseWarning):
+                source = NoiseSource(secure_mode=False, seed=11)
+            source.secure_mode = secure  # the seeded stream, drawn the secure-mode way
+            first = source.gaussian_like(torch.zeros(300_001), std=0.5)
+            second = source.gaussian_like(torch.zeros(1_000), std=0.5)
+            draws.append((first, second))
+    finally:
+        torch.set_num_threads(before)
+    for first, second in draws[1:]:
+        assert torch.equal(first, draws[0][0]) and torch.equal(second, draws[0][1])
+    assert not torch.equal(draws[0][0][:1_000], draws[0][1])  # later calls: fresh keystream
