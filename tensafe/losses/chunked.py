@@ -5,7 +5,7 @@ vocabulary, 8 × 128 positions are 192 MiB in float32 and 4 × 4096 are 3 GiB, a
 log-softmax and its gradient add two more of the same size. Only one number per
 position is needed — ``log p(target)`` — so :func:`chunked_token_logprobs` applies the
 output head and the log-softmax to ``(B, w)`` slices of the positions and keeps only
-the ``(B, w)`` result. With autograd on, each slice is checkpointed
+the ``(B, w)`` result. With autograd on and more than one slice, each slice is checkpointed
 (:func:`torch.utils.checkpoint.checkpoint`, non-reentrant): its logits are dropped
 after the forward and recomputed, one slice at a time, in the backward pass. Peak
 memory for the logits is therefore a few ``B × w × V`` buffers, with
@@ -100,6 +100,9 @@ def chunked_token_logprobs(
     record = torch.is_grad_enabled() and (
         hidden.requires_grad or any(p.requires_grad for p in head.parameters())
     )
+    # One slice: recomputing it in the backward would lower no peak (the backward starts
+    # at the head, so its logits are needed at once) and cost a second head pass.
+    record = record and hidden.shape[1] > width
     pieces = []
     for start in range(0, hidden.shape[1], width):
         h, t = hidden[:, start : start + width], targets[:, start : start + width]
