@@ -32,10 +32,7 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -44,16 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _live_server import LiveServer
 
 POSTGRES = os.environ.get(
     "TENSAFE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -94,28 +86,20 @@ class Level:
         }
 
 
-class Server:
+class Server(LiveServer):
     """A ``tensafe serve`` subprocess on one database, with tenants made in-process."""
 
     def __init__(self, data_dir: Path, database_url: str) -> None:
-        self.data_dir = data_dir
+        super().__init__(
+            data_dir,
+            env={
+                "TENSAFE_DATABASE_URL": database_url,
+                "TENSAFE_WORKER_THREADS": "2",
+                "TENSAFE_DEFAULT_EPSILON_CAP": "1000",  # the trainers' runs get a budget
+                "TENSAFE_LOG_LEVEL": "WARNING",
+            },
+        )
         self.database_url = database_url
-        self.port = _free_port()
-        self.env = {
-            **os.environ,
-            "TENSAFE_ENVIRONMENT": "development",
-            "TENSAFE_DATABASE_URL": database_url,
-            "TENSAFE_WORKER_THREADS": "2",
-            "TENSAFE_DEFAULT_EPSILON_CAP": "1000",  # the trainers' runs get a budget
-            "TENSAFE_LOG_LEVEL": "WARNING",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def create_tenants(self, count: int) -> list[str]:
         """API keys of ``count`` fresh tenants (train + privacy-officer)."""
@@ -142,28 +126,6 @@ class Server:
                 keys.append(issued.api_key)
         db.dispose()
         return keys
-
-    def start(self) -> None:
-        log = (self.data_dir / "server.log").open("ab")
-        command = [sys.executable, "-m", "tensafe.cli", "serve", "--port", str(self.port)]
-        self.process = subprocess.Popen(
-            [*command, "--data-dir", str(self.data_dir)], env=self.env, stdout=log, stderr=log
-        )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("server exited; see " + str(self.data_dir / "server.log"))
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(60)
 
 
 _READS = ("/v1/training_runs", "/v1/artifacts", "/v1/datasets")
