@@ -71,6 +71,7 @@ from tensafe.losses import (
 from tensafe.models import LoadedModel, LoRAConfig, apply_lora
 from tensafe.models.locking import holds_model_lock
 from tensafe.models.output_head import split_output_head
+from tensafe.models.shared_base import privatize_trainable, shared_base_storages
 from tensafe.privacy.config import DPConfig
 
 BatchInput = TokenBatch | Sequence[Datum] | Mapping[str, Any]
@@ -126,9 +127,14 @@ class TrainingEngine:
 
     Raises:
         ConfigError: invalid LoRA, optimizer or DP settings, ``test_fault``, or
-            ``loss_chunk_tokens`` not ``None`` or a positive integer.
+            ``loss_chunk_tokens`` not ``None`` or a positive integer; on a model
+            from a :class:`~tensafe.models.BaseModelPool` (frozen base shared with
+            other runs): ``lora_config=None`` (full fine-tuning needs a model of its
+            own) or a ``device`` other than the pooled base's.
         PrivacyError: DP requested on a model with trainable layers whose
-            per-example gradients cannot be computed.
+            per-example gradients cannot be computed; on a pooled model, a
+            trainable parameter still sharing the base's storage after wrapping
+            (:func:`~tensafe.models.shared_base.privatize_trainable` copies those).
     """
 
     def __init__(
@@ -160,11 +166,13 @@ class TrainingEngine:
         self.dp_config = dp_config
         self.limits = limits
         self.vocab_size = int(model.model.get_input_embeddings().weight.shape[0])
+        _check_pooled(model, lora_config=lora_config, device=self.device)
         net: nn.Module = model.model.to(self.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if lora_config is not None:
                 net = apply_lora(net, lora_config)
+                privatize_trainable(net)  # a pooled base is never trained in place
             else:
                 for p in net.parameters():
                     p.requires_grad_(True)
@@ -655,6 +663,30 @@ class TrainingEngine:
             vocab_size=self.vocab_size,
             dp_enabled=self.dp is not None,
             step=self.step,
+        )
+
+
+def _check_pooled(
+    model: LoadedModel, *, lora_config: LoRAConfig | None, device: torch.device
+) -> None:
+    """Refuse what would write a pooled (shared, frozen) base model's tensors or copy them."""
+    if shared_base_storages(model.model) is None:
+        return
+    if lora_config is None:
+        raise ConfigError(
+            "lora_config",
+            "full fine-tuning would train the base model that other runs share; "
+            "load a model of its own for it (load_causal_lm), or give a LoRA config",
+        )
+    on = model.device
+    wanted = device
+    if wanted.type == "cuda" and wanted.index is None:
+        wanted = torch.device("cuda", torch.cuda.current_device())
+    if on != wanted:
+        raise ConfigError(
+            "device",
+            f"the pooled base model is on {on}, the run asks for {device}: moving it "
+            "would copy the shared weights; take it from a pool on that device",
         )
 
 

@@ -9,6 +9,7 @@ Public API::
     LoRAConfig(rank=16, alpha=32, ...), apply_lora(model, config) -> PeftModel
     model_info(model) -> ModelInfo
     model_lock(model) -> threading.RLock  (shared by training and generation on one model)
+    BaseModelPool().lora_model(model_ref=...) -> LoadedModel  (LoRA runs sharing one frozen base)
 
 Names are imported lazily (on first attribute access), so importing
 ``tensafe.models.cli`` to register the CLI does not pull in torch or transformers.
@@ -45,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "model_info": "tensafe.models.info",
     "default_cache_dir": "tensafe.models.cache",
     "model_lock": "tensafe.models.locking",
+    "BaseModelPool": "tensafe.models.shared_base",
     "OutputHeadSplit": "tensafe.models.output_head",
     "split_output_head": "tensafe.models.output_head",
 }
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from tensafe.models.lora import LoRAConfig, apply_lora
     from tensafe.models.output_head import OutputHeadSplit, split_output_head
     from tensafe.models.resolve import hub_offline, load_causal_lm
+    from tensafe.models.shared_base import BaseModelPool
     from tensafe.models.smollm2 import (
         SMOLLM2_HUB_ID,
         SMOLLM2_NAME,
@@ -84,6 +87,7 @@ __all__ = [
     "SMOLLM2_HUB_ID",
     "SMOLLM2_NAME",
     "TINY_LLAMA_NAME",
+    "BaseModelPool",
     "LoRAConfig",
     "LoadedModel",
     "ModelInfo",
