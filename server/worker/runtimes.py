@@ -43,6 +43,7 @@ from tensafe.artifacts import TenantKeyring
 from tensafe.engine import TrainingEngine
 from tensafe.errors import ModelLoadError
 from tensafe.losses import BatchLimits
+from tensafe.models import BaseModelPool
 
 log = logging.getLogger("tensafe.server.worker")
 
@@ -79,7 +80,12 @@ def tokenizer_as_files(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
 
 
 class RunEngines:
-    """The live engines of the server's runs (thread-safe registry + lifecycle)."""
+    """The live engines of the server's runs (thread-safe registry + lifecycle).
+
+    LoRA runs of one base model share its frozen weights in memory (``base_models``,
+    one pool per worker; a base is freed when no loaded run uses it); a full
+    fine-tuning run loads a model of its own.
+    """
 
     def __init__(
         self,
@@ -88,7 +94,9 @@ class RunEngines:
         store: ArtifactStore,
         keyring: TenantKeyring,
         settings: Settings,
+        base_models: BaseModelPool | None = None,
     ) -> None:
+        self.base_models = base_models if base_models is not None else BaseModelPool()
         self.db = db
         self.store = store
         self.keyring = keyring
@@ -140,18 +148,27 @@ class RunEngines:
         return runtime.tokenizer_files
 
     def build(self, run: TrainingRunRow) -> RunRuntime:
-        """A fresh engine for the run's config (loads the model)."""
+        """A fresh engine for the run's config (a LoRA run's base model from the
+        shared pool, a full fine-tuning run's loaded for it alone)."""
         from tensafe.models import load_causal_lm
 
         config = TrainingConfig.model_validate(run.config)
         spec = engine_spec(config, settings=self.settings, enforce_policy=False)
         try:
-            loaded = load_causal_lm(
-                spec.model_ref,
-                device=self.settings.device,
-                cache_dir=self.settings.model_cache_dir,
-                allow_paths=self.settings.allow_model_paths,
-            )
+            if spec.lora is not None:
+                loaded = self.base_models.lora_model(
+                    model_ref=spec.model_ref,
+                    device=self.settings.device,
+                    cache_dir=self.settings.model_cache_dir,
+                    allow_paths=self.settings.allow_model_paths,
+                )
+            else:
+                loaded = load_causal_lm(
+                    spec.model_ref,
+                    device=self.settings.device,
+                    cache_dir=self.settings.model_cache_dir,
+                    allow_paths=self.settings.allow_model_paths,
+                )
         except ModelLoadError as exc:
             # The details name the server's directories: the log gets them, the tenant not.
             log.warning("run %s: model %r did not load: %s", run.run_id, spec.model_ref, exc)

@@ -71,6 +71,7 @@ from tensafe.models.loaded import LoadedModel
 from tensafe.models.locking import lock_owner
 from tensafe.models.resolve import load_causal_lm
 
+
 class ModelLoader(Protocol):
     """What loads a base model: :func:`~tensafe.models.load_causal_lm`'s signature."""
 

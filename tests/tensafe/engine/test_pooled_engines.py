@@ -12,7 +12,7 @@ import torch
 
 from tensafe.engine import OptimizerConfig, TrainingEngine
 from tensafe.errors import ConfigError
-from tensafe.generation import SampleRequest, Sampler, SamplingParams
+from tensafe.generation import Sampler, SampleRequest, SamplingParams
 from tensafe.models import BaseModelPool, LoadedModel, LoRAConfig, build_tiny_llama, load_causal_lm
 from tensafe.models.locking import model_lock
 from tensafe.privacy import DPConfig
@@ -21,7 +21,9 @@ from .conftest import N, random_batch
 
 
 def _dp(sigma: float = 0.7) -> DPConfig:
-    return DPConfig(noise_multiplier=sigma, max_grad_norm=1.0, dataset_size=N, expected_batch_size=4)
+    return DPConfig(
+        noise_multiplier=sigma, max_grad_norm=1.0, dataset_size=N, expected_batch_size=4
+    )
 
 
 def _engine(model: LoadedModel, *, seed: int = 0, adam: bool = True) -> TrainingEngine:
@@ -41,7 +43,9 @@ def _engine(model: LoadedModel, *, seed: int = 0, adam: bool = True) -> Training
 
 
 def _adapter(engine: TrainingEngine) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in engine.model.named_parameters() if "lora_" in name}
+    return {
+        name: p.detach().clone() for name, p in engine.model.named_parameters() if "lora_" in name
+    }
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -119,7 +123,9 @@ def test_a_pooled_dp_step_equals_a_step_on_a_model_of_its_own() -> None:
 def test_full_fine_tuning_on_a_pooled_model_is_refused() -> None:
     pool = BaseModelPool()
     with pytest.raises(ConfigError) as info:
-        TrainingEngine(model=pool.lora_model(model_ref="tiny-llama"), lora_config=None, dp_config=_dp())
+        TrainingEngine(
+            model=pool.lora_model(model_ref="tiny-llama"), lora_config=None, dp_config=_dp()
+        )
     assert info.value.field == "lora_config"
     other = pool.lora_model(model_ref="tiny-llama")
     assert not any(p.requires_grad for p in other.model.parameters())
