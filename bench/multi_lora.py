@@ -77,8 +77,16 @@ def _optimizer_bytes(engine: object) -> int:
 
 
 def run_layout(
-    *, layout: str, runs: int, model: str, steps: int, warmup: int, batch: int, seq: int,
-    lora_rank: int, device: str,
+    *,
+    layout: str,
+    runs: int,
+    model: str,
+    steps: int,
+    warmup: int,
+    batch: int,
+    seq: int,
+    lora_rank: int,
+    device: str,
 ) -> dict[str, float]:
     """Build ``runs`` DP-LoRA engines in ``layout`` and train them round-robin (this
     process); their figures (memory is measured by the parent)."""

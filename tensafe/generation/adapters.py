@@ -137,8 +137,14 @@ class AdapterSet:
 
         Raises:
             ConfigError: adapters not allowed on this model, a bad or taken name,
-                too many adapters, a bad config, or tensors that do not match it.
-                Nothing is left loaded when it raises.
+                too many adapters, a bad config, or tensors that do not match it;
+                (``tensors``) a tensor that is not a LoRA weight (e.g. a bias trained
+                with ``bias="all"``) and differs from this model's: loading it would
+                overwrite the base model's own tensor, which the model's run, its other
+                adapters and (from a :class:`~tensafe.models.BaseModelPool`) other runs
+                share. Such a tensor equal to the model's is skipped (peft saves the
+                tied ``lm_head`` weight with an adapter of it). Nothing is left loaded
+                when it raises.
         """
         if not self._allow:
             raise ConfigError("lora_config", "LoRA adapters cannot be loaded on this model")
@@ -219,8 +225,9 @@ class AdapterSet:
             raise ConfigError("lora_config", f"does not fit this model: {exc}") from None
 
     def _set_weights(self, name: str, tensors: Mapping[str, torch.Tensor]) -> None:
+        adapter_tensors = self._adapter_only(tensors)
         try:
-            result = set_peft_model_state_dict(self.model, dict(tensors), adapter_name=name)
+            result = set_peft_model_state_dict(self.model, adapter_tensors, adapter_name=name)
         except (RuntimeError, ValueError) as exc:
             raise ConfigError("tensors", f"do not fit the adapter's config: {exc}") from None
         unexpected = sorted(result.unexpected_keys)
@@ -228,6 +235,27 @@ class AdapterSet:
         if unexpected or missing:
             detail = f"unexpected {unexpected[:3]}" if unexpected else f"missing {missing[:3]}"
             raise ConfigError("tensors", f"do not match the adapter's config: {detail}")
+
+    def _adapter_only(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``tensors`` without the base-model tensors peft would copy into the model in
+        place; each must equal the model's own (else ConfigError ``tensors``)."""
+        current = self.model.state_dict(keep_vars=True)
+        kept: dict[str, torch.Tensor] = {}
+        for key, value in tensors.items():
+            mine = current.get(key)
+            if mine is None or any(part.startswith("lora_") for part in key.split(".")):
+                kept[key] = value  # an adapter weight (or a key peft reports as unexpected)
+                continue
+            same = mine.shape == value.shape and torch.equal(
+                mine.detach(), value.to(mine.device, mine.dtype)
+            )
+            if not same:
+                raise ConfigError(
+                    "tensors",
+                    f"{key} is not a LoRA weight and differs from this model's own tensor: "
+                    "loading it would overwrite the base model that other weights share",
+                )
+        return kept
 
     def _drop(self, name: str, *, unwrap: bool) -> None:
         model = self.model

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import threading
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
+from peft import get_peft_model_state_dict
 
 from tensafe.engine import OptimizerConfig, TrainingEngine
 from tensafe.errors import ConfigError
@@ -17,6 +20,7 @@ from tensafe.models import BaseModelPool, LoadedModel, LoRAConfig, build_tiny_ll
 from tensafe.models.locking import model_lock
 from tensafe.privacy import DPConfig
 
+from ..models.biased_model import save_biased_model
 from .conftest import N, random_batch
 
 
@@ -202,3 +206,78 @@ def test_generation_on_one_run_while_another_trains() -> None:
         reference.optim_step()
     assert results and all(r == expected for r in results)
     assert _same(_adapter(b), _adapter(reference))
+
+
+@pytest.fixture(scope="module")
+def biased_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_biased_model(tmp_path_factory.mktemp("qwen2-biased"))
+
+
+def _q_bias(engine: TrainingEngine) -> torch.Tensor:
+    return engine.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.bias
+
+
+def _adapter_payload(engine: TrainingEngine) -> tuple[dict[str, torch.Tensor], dict]:
+    config = engine.model.peft_config["default"].to_dict()
+    config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+    config["peft_type"] = "LORA"
+    config["task_type"] = "CAUSAL_LM"
+    return get_peft_model_state_dict(engine.model), config
+
+
+def test_a_run_training_biases_trains_a_private_copy(biased_model_dir: Path) -> None:
+    pool = BaseModelPool()
+    dp = _dp()
+    biased = TrainingEngine(
+        model=pool.lora_model(model_ref=str(biased_model_dir)),
+        lora_config=LoRAConfig(rank=2, bias="all"),
+        dp_config=dp,
+        optimizer=OptimizerConfig(name="sgd", learning_rate=1.0),
+        noise_seed=0,
+    )
+    other = TrainingEngine(
+        model=pool.lora_model(model_ref=str(biased_model_dir)),
+        lora_config=LoRAConfig(rank=2),
+        dp_config=dp,
+        noise_seed=1,
+    )
+    base = _q_bias(other).detach().clone()
+    assert _q_bias(biased).requires_grad and not _q_bias(other).requires_grad
+    assert _q_bias(biased).data_ptr() != _q_bias(other).data_ptr()
+    biased.forward_backward({"input_ids": [[1, 2, 3, 4]] * 4, "labels": [[2, 3, 4, 5]] * 4})
+    biased.optim_step()
+    assert not torch.equal(_q_bias(biased), base)  # trained
+    assert torch.equal(_q_bias(other), base)  # the shared base was not
+
+    # Serving the biased adapter on the other run would write the shared bias: refused.
+    tensors, config = _adapter_payload(biased)
+    sampler = Sampler.for_engine(other)
+    with pytest.raises(ConfigError) as info:
+        sampler.load_adapter(name="biased", tensors=tensors, lora_config=config)
+    assert info.value.field == "tensors"
+    assert torch.equal(_q_bias(other), base) and sampler.adapters == ()
+
+
+def test_an_unembed_adapter_is_served_on_a_neighbour_without_writing_the_base() -> None:
+    """peft saves a tied lm_head's base weight with the adapter; it equals the pooled
+    base, so loading skips it instead of copying it into the shared storage."""
+    pool = BaseModelPool()
+    trained = TrainingEngine(
+        model=pool.lora_model(model_ref="tiny-llama"),
+        lora_config=LoRAConfig(rank=2, train_unembed=True),
+        dp_config=_dp(),
+        noise_seed=0,
+    )
+    trained.forward_backward(random_batch(seed=1))
+    trained.optim_step()
+    neighbour = _engine(pool.lora_model(model_ref="tiny-llama"), seed=1)
+    embedding = neighbour.model.get_base_model().model.embed_tokens.weight
+    before, version = embedding.detach().clone(), embedding._version
+    tensors, config = _adapter_payload(trained)
+    assert any("base_layer" in key for key in tensors)
+    sampler = Sampler.for_engine(neighbour)
+    sampler.load_adapter(name="unembed", tensors=tensors, lora_config=config)
+    request = SampleRequest(prompt=(1, 2, 3), params=SamplingParams(max_tokens=4, seed=1))
+    sampler.sample(dataclasses.replace(request, adapter="unembed"))
+    assert torch.equal(embedding, before)
+    assert embedding._version == version  # not even written with equal values

@@ -14,6 +14,8 @@ from tensafe.models import BaseModelPool, LoadedModel, LoRAConfig, apply_lora, l
 from tensafe.models.locking import model_lock
 from tensafe.models.shared_base import privatize_trainable, shared_base_storages
 
+from .biased_model import save_biased_model
+
 
 class CountingLoader:
     """The real loader, counting calls and keeping weak references to what it loaded."""
@@ -144,24 +146,4 @@ def test_models_not_from_a_pool_are_left_alone() -> None:
 
 @pytest.fixture(scope="module")
 def biased_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Qwen2 (q/k/v projections with biases) saved as a model directory."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from tensafe.models import load_smollm2_tokenizer
-
-    tokenizer = load_smollm2_tokenizer()
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("qwen2-biased")
-    Qwen2ForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_biased_model(tmp_path_factory.mktemp("qwen2-biased"))
