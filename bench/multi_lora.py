@@ -18,6 +18,10 @@ and an ``optim_step`` with CSPRNG noise; torch's intra-op threads are the proces
   optimizer state, activations); on CUDA, ``torch.cuda.max_memory_allocated``. Nothing
   is subtracted from ``peak``; the RSS the process had after its imports, before any
   model, is reported beside it (``baseline``), and ``peak - baseline`` under its own name.
+* **Held**: the RSS after the measured steps (activations freed, ``gc`` run): what the
+  worker holds between operations — models, adapters, optimizer states, interpreter
+  (CUDA: ``torch.cuda.memory_allocated``). One DP step's activations and per-example
+  state come on top of it, once per step in flight (runs here step one at a time).
 * **Floor**: from parameter byte counts: one base (its unique parameter and buffer
   storages) + N × (trainable adapter bytes + optimizer state bytes after a step);
   ``separate`` has N × base instead.
@@ -147,11 +151,18 @@ def run_layout(
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
+    import gc
+
+    gc.collect()
+    held = (
+        torch.cuda.memory_allocated() if device.startswith("cuda") else _rss_bytes()
+    )  # between steps: models, adapters, optimizer states (activations freed)
     first = engines[0]
     frozen = [p for p in first.model.parameters() if not p.requires_grad]
     base_bytes = _unique_bytes([*frozen, *first.model.buffers()])
     out = {
         "baseline_bytes": float(baseline),
+        "held_bytes": float(held),
         "build_s": build_s,
         "steps_per_s": runs * steps / elapsed if steps else 0.0,
         "base_bytes": float(base_bytes),
@@ -227,6 +238,7 @@ def run_benchmark(
                 "peak_minus_baseline_mib": (peak - figures["baseline_bytes"]) / 2**20
                 if "cuda_peak_bytes" not in figures
                 else peak / 2**20,
+                "held_mib": figures["held_bytes"] / 2**20,
                 "floor_mib": (copies * figures["base_bytes"] + n * per_run) / 2**20,
                 "steps_per_s": figures["steps_per_s"],
                 "build_s": figures["build_s"],
@@ -234,7 +246,8 @@ def run_benchmark(
             rows.append(row)
             print(
                 f"{layout:8s} N={n}: peak {row['peak_mib']:8.1f} MiB (baseline "
-                f"{row['baseline_mib']:6.1f}, floor {row['floor_mib']:8.1f}), "
+                f"{row['baseline_mib']:6.1f}, held {row['held_mib']:8.1f}, "
+                f"floor {row['floor_mib']:8.1f}), "
                 f"{row['steps_per_s']:6.2f} steps/s, built in {row['build_s']:.1f} s",
                 file=sys.stderr,
             )
@@ -244,6 +257,7 @@ def run_benchmark(
             "peak": by["shared", n]["peak_mib"] / by["separate", n]["peak_mib"],
             "peak_minus_baseline": by["shared", n]["peak_minus_baseline_mib"]
             / by["separate", n]["peak_minus_baseline_mib"],
+            "held": by["shared", n]["held_mib"] / by["separate", n]["held_mib"],
             "floor": by["shared", n]["floor_mib"] / by["separate", n]["floor_mib"],
             "steps_per_s": by["shared", n]["steps_per_s"] / by["separate", n]["steps_per_s"],
         }
@@ -252,7 +266,7 @@ def run_benchmark(
     for n, r in ratios.items():
         print(
             f"shared/separate N={n}: peak ×{r['peak']:.3f} (above baseline "
-            f"×{r['peak_minus_baseline']:.3f}, floor ×{r['floor']:.3f}), "
+            f"×{r['peak_minus_baseline']:.3f}, held ×{r['held']:.3f}, floor ×{r['floor']:.3f}), "
             f"steps/s ×{r['steps_per_s']:.3f}",
             file=sys.stderr,
         )
@@ -270,7 +284,8 @@ def run_benchmark(
         "torch_threads": torch.get_num_threads(),
         "memory": (
             "peak: ru_maxrss of the configuration's fresh subprocess (os.wait4); baseline: its "
-            "RSS after imports; floor: base + N x (adapter + optimizer state) parameter bytes"
+            "RSS after imports; held: its RSS after the steps; floor: base + N x (adapter + "
+            "optimizer state) parameter bytes"
             if not device.startswith("cuda")
             else "peak: torch.cuda.max_memory_allocated in a fresh subprocess"
         ),
