@@ -18,10 +18,11 @@ and an ``optim_step`` with CSPRNG noise; torch's intra-op threads are the proces
   optimizer state, activations); on CUDA, ``torch.cuda.max_memory_allocated``. Nothing
   is subtracted from ``peak``; the RSS the process had after its imports, before any
   model, is reported beside it (``baseline``), and ``peak - baseline`` under its own name.
-* **Held**: the RSS after the measured steps (activations freed, ``gc`` run): what the
-  worker holds between operations — models, adapters, optimizer states, interpreter
-  (CUDA: ``torch.cuda.memory_allocated``). One DP step's activations and per-example
-  state come on top of it, once per step in flight (runs here step one at a time).
+* **Held**: the RSS after the measured steps (activations freed, ``gc`` run, glibc's
+  freed heap returned with ``malloc_trim``): what the worker holds between
+  operations — models, adapters, optimizer states, interpreter (CUDA:
+  ``torch.cuda.memory_allocated``). One DP step's activations and per-example state
+  come on top of it, once per step in flight (runs here step one at a time).
 * **Floor**: from parameter byte counts: one base (its unique parameter and buffer
   storages) + N × (trainable adapter bytes + optimizer state bytes after a step);
   ``separate`` has N × base instead.
@@ -58,6 +59,19 @@ def _rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _release_free_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``), so that RSS shows
+    live memory rather than what the allocator keeps after a step; no-op elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name:
+        trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+        if trim is not None:
+            trim(0)
 
 
 def _unique_bytes(tensors: Sequence[object]) -> int:
@@ -154,9 +168,9 @@ def run_layout(
     import gc
 
     gc.collect()
-    held = (
-        torch.cuda.memory_allocated() if device.startswith("cuda") else _rss_bytes()
-    )  # between steps: models, adapters, optimizer states (activations freed)
+    _release_free_heap()
+    # between steps: models, adapters, optimizer states (activations freed)
+    held = torch.cuda.memory_allocated() if device.startswith("cuda") else _rss_bytes()
     first = engines[0]
     frozen = [p for p in first.model.parameters() if not p.requires_grad]
     base_bytes = _unique_bytes([*frozen, *first.model.buffers()])
@@ -283,9 +297,9 @@ def run_benchmark(
         "schedule": "round-robin, one thread",
         "torch_threads": torch.get_num_threads(),
         "memory": (
-            "peak: ru_maxrss of the configuration's fresh subprocess (os.wait4); baseline: its "
-            "RSS after imports; held: its RSS after the steps; floor: base + N x (adapter + "
-            "optimizer state) parameter bytes"
+            "peak: ru_maxrss of the configuration's fresh subprocess (os.wait4); baseline: "
+            "its RSS after imports; held: its RSS after the steps (gc + malloc_trim); "
+            "floor: base + N x (adapter + optimizer state) parameter bytes"
             if not device.startswith("cuda")
             else "peak: torch.cuda.max_memory_allocated in a fresh subprocess"
         ),
