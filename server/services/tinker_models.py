@@ -218,14 +218,7 @@ def dp_settings(metadata: Mapping[str, Any]) -> DPConfig | None:
         raise ValidationError(
             f"unknown DP setting; allowed: {allowed}", field=f"user_metadata.{DP_PREFIX}{bad}"
         )
-    try:
-        return DPConfig.model_validate(fields)
-    except PydanticValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error.get("loc", ()))
-        raise ValidationError(
-            str(error.get("msg", "invalid value")), field=f"user_metadata.{DP_PREFIX}{where}"
-        ) from None
+    return _config(fields)
 
 
 def _requested(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -249,6 +242,7 @@ def _policy_settings(policy: DPPolicyInfo | None, requested: Mapping[str, Any]) 
 
 
 def _config(fields: Mapping[str, Any]) -> DPConfig:
+    """``fields`` as a :class:`DPConfig`; a refusal names the ``tensafe.dp.*`` key."""
     try:
         return DPConfig.model_validate(fields)
     except PydanticValidationError as exc:

@@ -25,7 +25,7 @@ from tinker import types as tt
 from tensafe.artifacts import decrypt_to_directory, read_key_file
 from tensafe.models.smollm2 import prepare_smollm2_tokenizer
 from tests.integration.conftest import LiveServer
-from tests.integration.test_privacy_budget import cap_for
+from tests.integration.test_privacy_budget import cap_for, ledger
 from tests.server.databases import postgres_available, postgres_database
 
 pytestmark = pytest.mark.integration
@@ -245,6 +245,72 @@ def test_a_step_over_the_budget_is_a_failed_future_a_person_understands(
     # another model on the spent budget is refused at creation, not retried for minutes
     with pytest.raises(Exception, match="budget"):
         service.create_lora_training_client(base_model="tiny-llama", rank=2).result(timeout=120)
+    service.close("success").result(timeout=60)
+
+
+def test_the_privacy_officers_dp_policy_sets_a_tinker_models_dp(server: LiveServer) -> None:
+    """The officer's policy gives the dataset, σ and C; the client names only N and q,
+    may tighten σ, and is refused (naming the key) when it loosens anything."""
+    tenant, other = server.create_tenant(), server.create_tenant()
+    dataset = "policy-" + uuid.uuid4().hex[:6]
+    officer = {"Authorization": "Bearer " + tenant["privacy_officer_api_key"]}
+    trainer = {"Authorization": "Bearer " + tenant["api_key"]}
+    policy = {"dataset_id": dataset, "noise_multiplier": 1.3, "max_grad_norm": 0.7}
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        budget = {"dataset_id": dataset, "epsilon_cap": 100.0}
+        assert http.post("/v1/budgets", json=budget, headers=officer).status_code == 201
+        assert http.put("/v1/dp_policy", json=policy, headers=trainer).status_code == 403
+        assert http.put("/v1/dp_policy", json=policy, headers=officer).status_code == 200
+        assert http.get("/v1/dp_policy", headers=trainer).status_code == 403
+        others = {"Authorization": "Bearer " + other["privacy_officer_api_key"]}
+        assert http.get("/v1/dp_policy", headers=others).status_code == 404
+
+    declared = {"tensafe.dp.dataset_size": "1000", "tensafe.dp.expected_batch_size": "4"}
+    service = tinker.ServiceClient(
+        user_metadata=declared, base_url=server.url, api_key="tml-" + tenant["api_key"]
+    )
+
+    def one_step(tc: tinker.TrainingClient, seed: int) -> dict[str, float]:
+        tc.forward_backward([_datum(seed), _datum(seed + 1)], "cross_entropy").result(timeout=120)
+        step = tc.optim_step(tt.AdamParams(learning_rate=1e-3)).result(timeout=120)
+        assert step.metrics is not None
+        return step.metrics
+
+    plain = service.create_lora_training_client(base_model="tiny-llama", rank=2).result(
+        timeout=120
+    )
+    metrics = one_step(plain, 1)
+    assert metrics["dp/noise_multiplier:max"] == 1.3 and metrics["dp/max_grad_norm:max"] == 0.7
+    tighter = service.create_lora_training_client(
+        base_model="tiny-llama", rank=2, user_metadata={"tensafe.dp.noise_multiplier": "2.5"}
+    ).result(timeout=120)
+    assert one_step(tighter, 10)["dp/noise_multiplier:max"] == 2.5
+    steps = [r for r in ledger(server, dataset) if r["kind"] == "dp_step"]
+    assert [(r["noise_multiplier"], r["max_grad_norm"], r["sample_rate"]) for r in steps] == [
+        (1.3, 0.7, 0.004),
+        (2.5, 0.7, 0.004),
+    ]
+    assert {r["tenant_id"] for r in steps} == {tenant["tenant_id"]}
+
+    for loosened, key in (
+        ({"tensafe.dp.noise_multiplier": "0.5"}, "tensafe.dp.noise_multiplier"),
+        ({"tensafe.dp.max_grad_norm": "5"}, "tensafe.dp.max_grad_norm"),
+        ({"tensafe.dp.dataset_id": "elsewhere"}, "tensafe.dp.dataset_id"),
+        ({"tensafe.dp": "off"}, "tensafe.dp"),
+    ):
+        with pytest.raises(tinker.APIStatusError, match="privacy officer") as refused:
+            service.create_lora_training_client(
+                base_model="tiny-llama", rank=2, user_metadata=loosened
+            ).result(timeout=60)
+        assert refused.value.status_code == 422
+        assert refused.value.body["field"] == f"user_metadata.{key}"  # type: ignore[index]
+    with pytest.raises(tinker.APIStatusError, match="tensafe.dp.max_grad_norm"):
+        loose = tinker.ServiceClient(  # the session is refused: its keys loosen C
+            user_metadata={**declared, "tensafe.dp.max_grad_norm": "5"},
+            base_url=server.url,
+            api_key="tml-" + tenant["api_key"],
+        )
+        loose.create_lora_training_client(base_model="tiny-llama", rank=2).result(timeout=60)
     service.close("success").result(timeout=60)
 
 
