@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tinker
 import torch
-from tg_tinker import ServiceClient
+from tg_tinker import NotFoundError, PermissionDeniedError, ServiceClient
 from tinker import types as tt
 
 from tensafe.artifacts import decrypt_to_directory, read_key_file
@@ -253,17 +253,21 @@ def test_the_privacy_officers_dp_policy_sets_a_tinker_models_dp(server: LiveServ
     may tighten σ, and is refused (naming the key) when it loosens anything."""
     tenant, other = server.create_tenant(), server.create_tenant()
     dataset = "policy-" + uuid.uuid4().hex[:6]
-    officer = {"Authorization": "Bearer " + tenant["privacy_officer_api_key"]}
-    trainer = {"Authorization": "Bearer " + tenant["api_key"]}
     policy = {"dataset_id": dataset, "noise_multiplier": 1.3, "max_grad_norm": 0.7}
-    with httpx.Client(base_url=server.url, timeout=60) as http:
-        budget = {"dataset_id": dataset, "epsilon_cap": 100.0}
-        assert http.post("/v1/budgets", json=budget, headers=officer).status_code == 201
-        assert http.put("/v1/dp_policy", json=policy, headers=trainer).status_code == 403
-        assert http.put("/v1/dp_policy", json=policy, headers=officer).status_code == 200
-        assert http.get("/v1/dp_policy", headers=trainer).status_code == 403
-        others = {"Authorization": "Bearer " + other["privacy_officer_api_key"]}
-        assert http.get("/v1/dp_policy", headers=others).status_code == 404
+    with (
+        ServiceClient(server.url, api_key=tenant["privacy_officer_api_key"]) as officer,
+        ServiceClient(server.url, api_key=tenant["api_key"], max_retries=0) as trainer,
+        ServiceClient(server.url, api_key=other["privacy_officer_api_key"]) as others,
+    ):
+        officer.create_privacy_budget(dataset, epsilon_cap=100.0)
+        with pytest.raises(PermissionDeniedError, match="privacy-officer"):
+            trainer.set_dp_policy(**policy)  # type: ignore[arg-type]
+        assert officer.set_dp_policy(**policy).noise_multiplier == 1.3  # type: ignore[arg-type]
+        assert officer.get_dp_policy().dataset_id == dataset
+        with pytest.raises(PermissionDeniedError):
+            trainer.get_dp_policy()
+        with pytest.raises(NotFoundError):
+            others.get_dp_policy()
 
     declared = {"tensafe.dp.dataset_size": "1000", "tensafe.dp.expected_batch_size": "4"}
     service = tinker.ServiceClient(
@@ -276,9 +280,7 @@ def test_the_privacy_officers_dp_policy_sets_a_tinker_models_dp(server: LiveServ
         assert step.metrics is not None
         return step.metrics
 
-    plain = service.create_lora_training_client(base_model="tiny-llama", rank=2).result(
-        timeout=120
-    )
+    plain = service.create_lora_training_client(base_model="tiny-llama", rank=2).result(timeout=120)
     metrics = one_step(plain, 1)
     assert metrics["dp/noise_multiplier:max"] == 1.3 and metrics["dp/max_grad_norm:max"] == 0.7
     tighter = service.create_lora_training_client(
@@ -304,7 +306,7 @@ def test_the_privacy_officers_dp_policy_sets_a_tinker_models_dp(server: LiveServ
             ).result(timeout=60)
         assert refused.value.status_code == 422
         assert refused.value.body["field"] == f"user_metadata.{key}"  # type: ignore[index]
-    with pytest.raises(tinker.APIStatusError, match="tensafe.dp.max_grad_norm"):
+    with pytest.raises(tinker.APIStatusError, match=r"tensafe\.dp\.max_grad_norm"):
         loose = tinker.ServiceClient(  # the session is refused: its keys loosen C
             user_metadata={**declared, "tensafe.dp.max_grad_norm": "5"},
             base_url=server.url,
