@@ -35,11 +35,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from tg_tinker.types import DPConfig, DPPolicy, DPPolicyInfo, TrainingConfig
 
 from server.db.models import DPPolicyRow, utcnow
 from server.db.session import Database
-from server.errors import NotFoundError, ValidationError
+from server.errors import ConflictError, NotFoundError, ValidationError
 from server.services.budgets import BudgetService, no_budget
 from tensafe.privacy.config import (
     MAX_NOISE_MULTIPLIER,
@@ -105,7 +106,8 @@ def set_dp_policy(
     Raises:
         ValidationError: a σ or target ε outside what a run accepts (naming the field).
         ConflictError: (``dataset_id``) the dataset has no privacy budget and the
-            server creates none on first use.
+            server creates none on first use; (``dp_policy``) a concurrent request
+            created the tenant's first policy.
     """
     _check_ranges(policy)
     with db.sessions() as session:
@@ -115,17 +117,23 @@ def set_dp_policy(
     if not has_budget and budgets.default_epsilon_cap is None:
         raise no_budget(policy.dataset_id)
     values = policy.model_dump()
-    with db.transaction() as session:
-        row = session.get(DPPolicyRow, tenant_id)
-        if row is None:
-            row = DPPolicyRow(tenant_id=tenant_id)
-            session.add(row)
-        for name, value in values.items():
-            setattr(row, name, value)
-        row.updated_by = actor
-        row.updated_at = utcnow()
-        session.flush()
-        return _info(row)
+    try:
+        with db.transaction() as session:
+            row = session.get(DPPolicyRow, tenant_id)
+            if row is None:
+                row = DPPolicyRow(tenant_id=tenant_id)
+                session.add(row)
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.updated_by = actor
+            row.updated_at = utcnow()
+            session.flush()
+            return _info(row)
+    except SAIntegrityError:  # another request created the tenant's first policy meanwhile
+        raise ConflictError(
+            "the DP policy was set by another request at the same time; read it and retry",
+            field="dp_policy",
+        ) from None
 
 
 def delete_dp_policy(db: Database, *, tenant_id: str) -> None:
