@@ -195,3 +195,26 @@ def _batch() -> dict[str, Any]:
     from .harness import batch
 
     return batch(1, rows=2, length=8)
+
+
+def test_a_target_epsilon_policy_calibrates_sigma_for_each_run(api: Harness) -> None:
+    train, officer = _tenant(api)
+    dataset = "target-" + uuid.uuid4().hex[:6]
+    policy = {"dataset_id": dataset, "target_epsilon": 2.0, "planned_steps": 50}
+    assert api.client.put("/v1/dp_policy", json=policy, headers=officer).status_code == 200
+    dp = {"dataset_size": 1000, "expected_batch_size": 4, "accountant": "rdp"}
+    loose = api.client.post(
+        "/v1/training_runs",
+        json=run_config(dp_config={**dp, "noise_multiplier": 5.0}),
+        headers=train,
+    )
+    assert loose.status_code == 422 and loose.json()["field"] == "dp_config.noise_multiplier"
+    wider = run_config(dp_config={**dp, "target_epsilon": 2.0, "planned_steps": 10})
+    fewer = api.client.post("/v1/training_runs", json=wider, headers=train)
+    assert fewer.status_code == 422 and fewer.json()["field"] == "dp_config.planned_steps"
+    sigmas = []
+    for target in (2.0, 1.0):  # the policy's ε, then a tighter one
+        run_id = api.create_run(train, dp_config={**dp, "target_epsilon": target})
+        api.call(train, run_id, "forward_backward", _batch())
+        sigmas.append(api.call(train, run_id, "optim_step", {})["dp_metrics"]["noise_multiplier"])
+    assert 0 < sigmas[0] < sigmas[1]  # a smaller ε over the same 50 steps needs more noise
