@@ -94,6 +94,7 @@ class ServerContext:
         self._stop_sweeper.set()
         self.queue.stop(timeout=timeout)
         self.sampling.stop()
+        self.executor.engines.close()
         if self._sweeper is not None:
             self._sweeper.join(timeout)
         self.db.dispose()
