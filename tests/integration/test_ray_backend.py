@@ -21,12 +21,15 @@ from typing import Any
 
 import httpx
 import pytest
-from tg_tinker import ServiceClient
+from tg_tinker import SamplingParams, ServiceClient
+from tg_tinker.errors import TGTinkerError
 
 from tests.integration.conftest import LiveServer
 from tests.integration.test_end_to_end import dp_config, random_batch, tiny_config
 
 ray = pytest.importorskip("ray")
+
+PROMPT = [1, 504, 3303, 314, 253, 1136]
 
 pytestmark = pytest.mark.integration
 
@@ -194,6 +197,16 @@ def test_two_tenants_on_one_actor_are_isolated(cluster: tuple[LiveServer, str]) 
         assert theirs.optim_step().result(timeout=120).step == 1
         assert digest(handle, mine.run_id) == after
 
+        # sealed in the actor, opened by the server's sampler; live weights: refused
+        sc = mine.save_weights_and_get_sampling_client()
+        tokenizer = sc.get_tokenizer()
+        assert tokenizer.decode(tokenizer.encode("hello world")) == "hello world"
+        greedy = SamplingParams(max_tokens=4, temperature=0.0, stop=[])
+        assert len(sc.sample(PROMPT, 1, greedy).result(timeout=120).sequences[0].tokens) == 4
+        with pytest.raises(TGTinkerError, match="Ray backend"):
+            live = alice.create_sampling_client(run_id=mine.run_id)
+            live.sample(PROMPT, 1, greedy).result(timeout=120)
+
         response = httpx.get(
             f"{server.url}/v1/training_runs/{theirs.run_id}",
             headers={"Authorization": f"Bearer {tenants[0]['api_key']}"},
@@ -201,3 +214,42 @@ def test_two_tenants_on_one_actor_are_isolated(cluster: tuple[LiveServer, str]) 
         assert response.status_code == 404
         for tc in (mine, theirs):
             tc.unload_model().result(timeout=120)
+
+
+def test_restart_reattaches_only_an_actor_in_step_with_the_ledger(
+    cluster: tuple[LiveServer, str],
+) -> None:
+    """On an existing cluster the actors are detached: a restarted server re-attaches a
+    run whose actor copy is at the database's step (no checkpoint needed) and drops one
+    that stepped without a ledger row (that run must be restored from a checkpoint)."""
+    from server.worker.engine_calls import call_method
+
+    server, namespace = cluster
+    tenant = server.create_tenant()
+    with ServiceClient(server.url, api_key=tenant["api_key"]) as service:
+        kept = service.create_training_client(tiny_config(dp_config=dp_config()))
+        ahead = service.create_training_client(tiny_config(dp_config=dp_config()))
+        for tc in (kept, ahead):
+            tc.forward_backward(random_batch(1)).result(timeout=120)
+            assert tc.optim_step().result(timeout=120).step == 1
+    # an actor that steps a run behind the server's back (no budget check, no ledger row)
+    handle = actor_of(namespace, ahead.run_id)
+    kwargs = {"method": "optim_step", "args": (), "kwargs": {}}
+    ray.get(handle.call.remote(ahead.run_id, call_method, kwargs), timeout=60)
+
+    server.restart()
+
+    with ServiceClient(server.url, api_key=tenant["api_key"], max_retries=0) as service:
+        kept = service.get_training_client(kept.run_id)
+        kept.forward_backward(random_batch(2)).result(timeout=120)
+        resumed = kept.optim_step().result(timeout=120)
+        assert resumed.step == 2 and resumed.dp_metrics is not None
+        assert resumed.dp_metrics.steps == 2  # the live weights, re-attached
+        ahead = service.get_training_client(ahead.run_id)
+        with pytest.raises(TGTinkerError, match="load_state"):
+            ahead.forward_backward(random_batch(2)).result(timeout=120)
+        held = {
+            run: state for _, runs in placement(namespace).values() for run, state in runs.items()
+        }
+        assert held[ahead.run_id] == (0, 0)  # the stale step-2 copy is gone; a fresh one waits
+        assert held[kept.run_id] == (2, 0)
