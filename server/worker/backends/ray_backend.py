@@ -74,7 +74,8 @@ class RayBackend:
         self._on_lost = on_lost
         self._settings = settings
         self._detached = settings.ray_address is not None
-        if not ray.is_initialized():
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
             ray.init(
                 address=settings.ray_address,
                 namespace=settings.ray_namespace,
@@ -255,9 +256,11 @@ class RayBackend:
 
     def close(self) -> None:
         """Forget the actors. Detached ones (an existing cluster) keep their runs for a
-        restarted server to re-attach; a local Ray ends with this process."""
+        restarted server to re-attach; a local Ray the server started is shut down."""
         with self._lock:
             self._slots.clear()
+        if self._owns_ray:
+            self._ray.shutdown()
 
     def actor_names(self) -> dict[str, list[str]]:
         """``{actor name: [run ids]}`` of the live actors (tests, diagnostics)."""
