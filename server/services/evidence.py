@@ -48,7 +48,8 @@ def checkpoint_bundle(
 ) -> bytes:
     """The signed bundle (DSSE envelope JSON) of a checkpoint just sealed, signed with
     ``private_key`` (:func:`tensafe.evidence.keys.signing_key`, fetched before
-    ``session`` opened: the keyring uses its own connection)."""
+    ``session`` opened: the keyring uses its own connection). ``base_model_sha256`` is
+    the frozen base weights' hash, computed where the engine lives."""
     dataset = session.get(DatasetRow, dataset_id) if dataset_id else None
     budget = session.scalars(
         select(PrivacyBudgetRow).where(
