@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 from tg_tinker import SamplingParams, ServiceClient
 from tg_tinker.errors import TGTinkerError
 
@@ -101,11 +102,31 @@ def digest(handle: Any, run_id: str) -> dict[str, str]:
     return ray.get(handle.call.remote(run_id, state_digest, {}), timeout=60)
 
 
-def ledger_epsilon(run_dp: dict[str, float], steps: int) -> float:
+def ledger_epsilon(server: LiveServer, run_id: str) -> tuple[int, float]:
+    """The run's noisy steps in the ledger and the ε an independent recomputation of
+    them gives (the run's own δ and accountant, as recorded)."""
     from tensafe.privacy import compute_epsilon
 
-    history = [(run_dp["sigma"], run_dp["q"], steps)]
-    return compute_epsilon(history=history, delta=run_dp["delta"], accountant="prv")
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "select noise_multiplier, sample_rate, run_delta, run_accountant "
+                    "from ledger_events where run_id = :r and kind = 'dp_step' order by seq"
+                ),
+                {"r": run_id},
+            ).all()
+    finally:
+        engine.dispose()
+    history: list[tuple[float, float, int]] = []
+    for sigma, q, _, _ in rows:  # consecutive equal steps as one segment, as the run keeps them
+        if history and history[-1][:2] == (float(sigma), float(q)):
+            history[-1] = (float(sigma), float(q), history[-1][2] + 1)
+        else:
+            history.append((float(sigma), float(q), 1))
+    delta, accountant = float(rows[-1][2]), str(rows[-1][3])
+    return len(rows), compute_epsilon(history=history, delta=delta, accountant=accountant)
 
 
 def test_runs_share_actors_and_survive_a_killed_actor(
@@ -153,8 +174,8 @@ def test_runs_share_actors_and_survive_a_killed_actor(
             assert resumed.step == checkpoints[label].step + 1 == 2
             dp = resumed.dp_metrics
             assert dp is not None and dp.steps == 3  # both ledger steps + this one
-            expected = ledger_epsilon({"sigma": 1.0, "q": 4 / 1000, "delta": dp.delta}, 3)
-            assert dp.epsilon_spent == pytest.approx(expected, rel=1e-6)
+            steps, expected = ledger_epsilon(server, tc.run_id)
+            assert steps == 3 and dp.epsilon_spent == pytest.approx(expected, rel=1e-6)
         for label in ("A2", "B2"):  # the other actor's runs never noticed
             tc = runs[label]
             tc.forward_backward(random_batch(40)).result(timeout=120)
@@ -253,3 +274,11 @@ def test_restart_reattaches_only_an_actor_in_step_with_the_ledger(
         }
         assert held[ahead.run_id] == (0, 0)  # the stale step-2 copy is gone; a fresh one waits
         assert held[kept.run_id] == (2, 0)
+
+        # load_state in the actor: another run's checkpoint, its privacy history carried
+        checkpoint = kept.save_state("kept-2").result(timeout=120)
+        assert ahead.load_state(artifact_id=checkpoint.artifact_id).result(timeout=120).step == 2
+        ahead.forward_backward(random_batch(3)).result(timeout=120)
+        loaded = ahead.optim_step().result(timeout=120)
+        assert loaded.step == 3 and loaded.dp_metrics is not None
+        assert loaded.dp_metrics.steps == 1 + 2 + 1  # its own ledger step + kept's two + this
