@@ -81,6 +81,10 @@ class ServerContext:
             log.warning(
                 "%d operation(s) interrupted by the previous shutdown were failed", len(failed)
             )
+        if self.settings.worker_backend != "inprocess":
+            # connect to the Ray cluster (or start a local one) now: a bad address fails
+            # the start instead of the first run's load
+            log.info("worker backend: %s", self.executor.engines.backend.name)
         self.queue.start()
         self._stop_sweeper.clear()
         self._sweeper = threading.Thread(
