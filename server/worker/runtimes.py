@@ -1,6 +1,11 @@
 """Each run's live engine: build it, rebuild it after a restart, hand it out.
 
-Rebuilding a run whose engine is gone (server restart, eviction):
+Engines are built by the worker backend (:mod:`server.worker.backends`: this process,
+or Ray actors). Rebuilding a run whose engine is gone (server restart, eviction, a
+lost actor):
+
+* a live actor still holds it at exactly the database's step with no pending
+  gradients (a restart on an existing Ray cluster): it is re-attached as it is;
 
 * it has a checkpoint (the last one saved or loaded): weights and optimizer come
   from it, the accountant from the run's whole privacy history in the ledger
@@ -40,7 +45,6 @@ from server.storage import ArtifactStore
 from server.worker import sealed_state
 from server.worker.backends import Engine, WorkerBackend, make_backend
 from tensafe.artifacts import TenantKeyring
-from tensafe.losses import BatchLimits
 
 log = logging.getLogger("tensafe.server.worker")
 
@@ -91,9 +95,6 @@ class RunEngines:
         self.store = store
         self.keyring = keyring
         self.settings = settings
-        self.limits = BatchLimits(
-            max_batch_size=settings.max_batch_size, max_seq_len=settings.max_seq_len
-        )
         self._runtimes: dict[str, RunRuntime] = {}
         self._lock = threading.Lock()
         self._backend: WorkerBackend | None = None

@@ -173,7 +173,9 @@ class RayBackend:
         re-raised as itself; a dead actor becomes :class:`WorkerLostError`."""
         from ray.exceptions import RayActorError, RayTaskError
 
-        if not slot.alive:
+        if not slot.alive:  # lost earlier: this run's engine was placed there meanwhile
+            if args and isinstance(args[0], str):
+                self._on_lost([args[0]])
             raise self._lost_error(slot, args)
         try:
             return self._ray.get(getattr(slot.handle, method).remote(*args))
