@@ -3,11 +3,12 @@ server, offline: only its command-line config changes (base URL, model name, a l
 JSONL file as its dataset, small sizes), its key comes from ``TINKER_API_KEY``, and its
 DP settings from the tenant's privacy officer (the recipe names none).
 
-The recipe runs in a subprocess of a Python where ``tinker_cookbook`` imports:
-``$TENSAFE_COOKBOOK_PYTHON``, else this interpreter. The project's own environment
-cannot hold it (tinker-cookbook 0.6.1 requires ``tml-renderers>=0.4.1``, which the
-package index lacks; 0.5.x requires ``transformers<=5.5.4``): see docs/tinker.md,
-"tinker-cookbook", for the environment this test was run with.
+The recipe runs in a subprocess of ``$TENSAFE_COOKBOOK_PYTHON``, else this interpreter.
+``make install`` puts tinker-cookbook 0.6.1 in the project's environment with
+``--no-deps`` (it asks for ``tml-renderers>=0.4.1``, which the package index lacks;
+``sl_basic`` does not use it) and its other dependencies through the ``cookbook``
+extra, so the recipe not importing is a failed install: the test fails, it does not
+skip (docs/tinker.md, "tinker-cookbook").
 
 The model name must be one the cookbook knows (it picks the renderer from it):
 ``meta-llama/Llama-3.2-1B``. The server serves the tiny test model under that name from
@@ -41,7 +42,7 @@ CONVERSATIONS = 24  # 3 steps of 8
 
 
 def _cookbook_python() -> str:
-    """A Python that imports the recipe, or skip saying which one did not and why."""
+    """A Python that imports the recipe; fails saying which one did not and why."""
     python = os.environ.get(COOKBOOK_PYTHON) or sys.executable
     probe = subprocess.run(
         [python, "-c", "import tinker_cookbook.recipes.sl_basic"],
@@ -51,10 +52,10 @@ def _cookbook_python() -> str:
     )
     if probe.returncode != 0:
         why = (probe.stderr.strip().splitlines() or ["no output"])[-1]
-        pytest.skip(
-            f"tinker-cookbook is not importable with {python} ({why}); set "
-            f"{COOKBOOK_PYTHON} to a Python that has tinker==0.38.0 and tinker-cookbook "
-            "(docs/tinker.md, 'tinker-cookbook')"
+        pytest.fail(
+            f"tinker-cookbook is not importable with {python} ({why}); `make install` "
+            f"installs it, or set {COOKBOOK_PYTHON} to a Python that has tinker==0.38.0 "
+            "and tinker-cookbook (docs/tinker.md, 'tinker-cookbook')"
         )
     return python
 
