@@ -23,12 +23,12 @@ def test_lora_runs_share_the_workers_base_and_full_runs_do_not(make_settings) ->
         full = engines.build(TrainingRunRow(run_id="f", config=run_config(lora_config=None))).engine
         assert _frozen(a) == _frozen(b) and _frozen(a)
         assert not {p.data_ptr() for p in a.params} & {p.data_ptr() for p in b.params}
-        assert engines.base_models.loaded_bases() == ["tiny-llama"]
+        assert engines.backend.base_models.loaded_bases() == ["tiny-llama"]
         embed = a.model.get_base_model().model.embed_tokens.weight
         assert full.model.model.embed_tokens.weight.data_ptr() != embed.data_ptr()
         assert full.model.model.embed_tokens.weight.requires_grad
         del a, b, embed
         gc.collect()
-        assert engines.base_models.loaded_bases() == []  # freed with its last run
+        assert engines.backend.base_models.loaded_bases() == []  # freed with its last run
     finally:
         context.db.dispose()
