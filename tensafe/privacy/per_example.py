@@ -406,23 +406,22 @@ class ClipCollector:
             inp = calls[0][1]
             outs = sum(grad_out.shape[-1] for _, _, grad_out in calls)
             scaled_inp = (
-                example_rows(inp, finite=finite, factors=factors)
-                if inp.shape[-1] <= outs
-                else None
+                example_rows(inp, finite=finite, factors=factors) if inp.shape[-1] <= outs else None
             )
             plain_inp = None if scaled_inp is not None else example_rows(inp, finite=finite)
-            del inp
+            del inp  # the calls' own references go as each is popped
             while calls:
                 site, _, grad_out = calls.pop()
                 module = site.module
                 weight = module.weight if module.weight.requires_grad else None
-                bias = module.bias if module.bias is not None and module.bias.requires_grad else None
+                bias = module.bias
+                bias = bias if bias is not None and bias.requires_grad else None
                 w = b = None
                 if scaled_inp is not None:
                     g = example_rows(grad_out, finite=finite)
                     w = None if weight is None else g.t().matmul(scaled_inp)
                     if bias is not None:  # Σ_i c_i Σ_t g_{i,t}
-                        per_example = g.view(factors.shape[0], -1, g.shape[-1]).sum(dim=1)
+                        per_example = g.reshape(factors.shape[0], -1, g.shape[-1]).sum(dim=1)
                         b = factors.to(g.dtype) @ per_example
                 else:
                     g = example_rows(grad_out, finite=finite, factors=factors)
