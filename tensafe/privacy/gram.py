@@ -17,10 +17,11 @@ products of uses, each a sum over pairs of token positions ``(t, s)``:
 
 ``‖Σ_u U_u‖² = Σ_{u,v} ⟨U_u, U_v⟩``, exact in real arithmetic; computed in at least float32
 (:func:`compute_dtype`). The clipped sum ``Σ_i c_i Σ_u U_{u,i}`` is then formed per use
-without any per-example tensor: ``gᵀ (c·a)`` or ``(c·g)ᵀ a`` (the narrower side scaled) for a
-linear use, an ``index_add`` of ``c·e`` rows for an embedding use. Cost per example is ``O(T²·(rows + cols))`` instead of
-``O(T·rows·cols)``, and it keeps ``T·(rows + cols)`` values per example instead of
-``rows·cols``: it pays when ``T·(rows + cols) < rows·cols`` (:func:`gram_pays`).
+without any per-example tensor: ``gᵀ (c·a)`` or ``(c·g)ᵀ a`` (the narrower side scaled) for
+a linear use, an ``index_add`` of ``c·e`` rows for an embedding use. Cost per example is
+``O(T²·(rows + cols))`` instead of ``O(T·rows·cols)``, and it keeps ``T·(rows + cols)`` values
+per example instead of ``rows·cols``: it pays when ``T·(rows + cols) < rows·cols``
+(:func:`gram_pays`).
 
 Example:
     >>> import torch
