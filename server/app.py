@@ -29,6 +29,7 @@ from server.api import (
     artifacts,
     budgets,
     datasets,
+    dp_policy,
     evidence,
     futures,
     keys,
@@ -137,9 +138,34 @@ def _render_unexpected(exc: BaseException) -> tuple[int, bytes]:
     return status, body.model_dump_json().encode()
 
 
+#: Tinker-protocol (``/api/v1``) routes whose bodies are small JSON (ids, names, Adam
+#: parameters, user metadata): they get the configuration routes' limit.
+TINKER_CONFIG_ROUTES = (
+    "client/config",
+    "create_session",
+    "session_heartbeat",
+    "sessions/*/finish",
+    "telemetry",
+    "create_model",
+    "get_info",
+    "optim_step",
+    "save_weights",
+    "save_weights_for_sampler",
+    "load_weights",
+    "tensafe/draw_batch",
+    "retrieve_future",
+    "weights_info",
+    "create_sampling_session",
+    "save_weights_external",
+    "copy_weights",
+    "create_custom_loss",
+)
+
+
 def body_limits(settings: Settings) -> BodyLimits:
-    """Request body limits per route: configuration routes get
-    ``max_metadata_bytes`` plus :data:`CONFIG_BODY_BYTES`; batch routes
+    """Request body limits per route: configuration routes (``/v1`` and ``/api/v1``)
+    get ``max_metadata_bytes`` plus :data:`CONFIG_BODY_BYTES`; batch routes
+    (``forward``/``forward_backward`` on both protocols, Tinker's ``asample``)
     :data:`BATCH_BYTES_PER_TOKEN` per token of ``max_tokens_per_batch``; dataset
     uploads and everything else ``max_body_bytes`` (which also caps the others)."""
     config = min(settings.max_body_bytes, settings.max_metadata_bytes + CONFIG_BODY_BYTES)
@@ -158,6 +184,13 @@ def body_limits(settings: Settings) -> BodyLimits:
             ("PATCH /v1/budgets/*", config),
             ("POST /v1/datasets", config),
             ("POST /v1/futures/*/cancel", config),
+            ("PUT /v1/dp_policy", config),
+            # Tinker protocol: JSON config-sized bodies, except the batches (forward_backward
+            # is protobuf, maybe zstd-compressed: the limit is on the wire body; the
+            # decompressed size is bounded by the codec) and sampling prompts
+            *((f"POST /api/v1/{route}", config) for route in TINKER_CONFIG_ROUTES),
+            ("POST /api/v1/forward_backward", batch),
+            ("POST /api/v1/asample", batch),
         ),
         idle_timeout_s=settings.body_idle_timeout_s,
         total_timeout_s=settings.body_total_timeout_s,
@@ -233,7 +266,18 @@ def create_app(settings: Settings, *, context: ServerContext | None = None) -> F
         """Liveness: ``{"status": "ok"}`` (no authentication)."""
         return {"status": "ok"}
 
-    routers = (runs, futures, artifacts, keys, budgets, datasets, samplers, tinker, evidence)
+    routers = (
+        runs,
+        futures,
+        artifacts,
+        keys,
+        budgets,
+        dp_policy,
+        datasets,
+        samplers,
+        tinker,
+        evidence,
+    )
     for module in routers:
         app.include_router(module.router, responses=ERROR_RESPONSES)
     return app

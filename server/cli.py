@@ -70,6 +70,13 @@ def _guarded(handler):  # type: ignore[no-untyped-def]
 
 
 # ----------------------------------------------------------------- serve
+#: How long an idle keep-alive connection stays open. Longer than the clients' own
+#: expiry (httpx: 5 s, the same as uvicorn's default), so the client drops an idle
+#: connection first: with equal timeouts a POST sent just as the server closes it is
+#: reset, and a client cannot safely resend a POST that may have arrived.
+KEEP_ALIVE_S = 30
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -86,6 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     return 0
 

@@ -81,6 +81,10 @@ class ServerContext:
             log.warning(
                 "%d operation(s) interrupted by the previous shutdown were failed", len(failed)
             )
+        if self.settings.worker_backend != "inprocess":
+            # connect to the Ray cluster (or start a local one) now: a bad address fails
+            # the start instead of the first run's load
+            log.info("worker backend: %s", self.executor.engines.backend.name)
         self.queue.start()
         self._stop_sweeper.clear()
         self._sweeper = threading.Thread(
@@ -94,6 +98,7 @@ class ServerContext:
         self._stop_sweeper.set()
         self.queue.stop(timeout=timeout)
         self.sampling.stop()
+        self.executor.engines.close()
         if self._sweeper is not None:
             self._sweeper.join(timeout)
         self.db.dispose()

@@ -120,6 +120,12 @@ class ServiceUnavailableError(ServerError):
     status_code = 503
 
 
+class WorkerLostError(ServiceUnavailableError):
+    """The worker (a Ray actor) holding the run died or became unreachable (503). The
+    operation was not applied; retrying is safe: the next operation rebuilds the run
+    from its last checkpoint, with its privacy accounting from the ledger."""
+
+
 class EngineAheadError(RuntimeError):
     """A run's engine changed (a noisy step, a restored checkpoint) but the change
     could not be committed: the engine is ahead of the database and must be discarded
@@ -193,6 +199,7 @@ __all__ = [
     "ServiceError",
     "ServiceUnavailableError",
     "ValidationError",
+    "WorkerLostError",
     "describe_error",
     "prefix_field",
 ]

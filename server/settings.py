@@ -105,6 +105,17 @@ class Settings(BaseSettings):
         worker_threads: training runs executing concurrently (operations of one run
             always run one at a time, in submission order).
         device: torch device for models (``cpu``, ``cuda``, ``cuda:1``).
+        worker_backend: where runs' engines live: ``inprocess`` (default: worker threads
+            of this process) or ``ray`` (Ray actors; needs the ``ray`` extra; docs/ray.md).
+        ray_address: an existing Ray cluster (``host:port`` or ``ray://host:10001``);
+            ``None`` starts a local Ray with the server. Only with ``worker_backend=ray``.
+        ray_namespace: the Ray namespace of the server's worker actors.
+        ray_actors: most worker actors (default: the cluster's GPUs when ``device`` is
+            CUDA, else 1); each takes one GPU (CUDA) or ``ray_cpus_per_actor`` CPUs.
+        ray_runs_per_actor: runs one actor holds (LoRA runs of one base model share an
+            actor; a full fine-tuning run takes an actor of its own).
+        ray_cpus_per_actor: CPUs each actor reserves when ``device`` is not CUDA.
+        ray_num_cpus: CPUs of the local Ray the server starts (``None``: all).
         sampling_threads: threads that prepare sampling operations (resolve the
             sampler's model, decrypt and load a checkpoint's adapter); generation itself
             runs batched, one batch at a time per model, never in a run's training queue.
@@ -174,6 +185,13 @@ class Settings(BaseSettings):
     long_poll_max_s: float = Field(30.0, ge=0, le=600)
     worker_threads: int = Field(2, ge=1, le=64)
     device: str = "cpu"
+    worker_backend: Literal["inprocess", "ray"] = "inprocess"
+    ray_address: str | None = None
+    ray_namespace: str = Field("tensafe", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    ray_actors: int | None = Field(None, ge=1, le=1024)
+    ray_runs_per_actor: int = Field(4, ge=1, le=256)
+    ray_cpus_per_actor: float = Field(1.0, gt=0, le=256)
+    ray_num_cpus: int | None = Field(None, ge=1)
     tinker_tokenizer_id: str | None = None
     tinker_default_dp: dict[str, float | int | str] | None = None
     tinker_fwdbwd_max_chunk_len: int = Field(1024, gt=0)
@@ -217,6 +235,8 @@ class Settings(BaseSettings):
             )
         if self.storage_backend == "s3" and not self.s3_bucket:
             raise ValueError("s3_bucket: required when storage_backend is 's3'")
+        if self.ray_address is not None and self.worker_backend != "ray":
+            raise ValueError("ray_address: only used with worker_backend 'ray'")
         return self
 
     def insecure_settings(self) -> list[str]:
@@ -238,6 +258,16 @@ class Settings(BaseSettings):
             local = url.hostname in {"localhost", "127.0.0.1", "::1"}
             if url.scheme == "http" and not local:
                 problems.append("s3_endpoint_url uses plain http to a non-local host")
+        if self.worker_backend == "ray" and self.ray_address:
+            host = urlparse(
+                self.ray_address if "://" in self.ray_address else "ray://" + self.ray_address
+            ).hostname
+            local = host in {"localhost", "127.0.0.1", "::1"}
+            if not local and os.environ.get("RAY_USE_TLS", "0").lower() not in ("1", "true"):
+                problems.append(
+                    "ray_address names a remote Ray cluster but RAY_USE_TLS is not set: "
+                    "tenant keys and training data would cross Ray's transport unencrypted"
+                )
         return problems
 
     # ------------------------------------------------------------ derived paths

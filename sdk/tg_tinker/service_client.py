@@ -39,9 +39,12 @@ from tg_tinker.types import (
     ArtifactList,
     BudgetCreate,
     BudgetUpdate,
+    ClientOverrides,
     DatasetInfo,
     DatasetList,
     DPConfig,
+    DPPolicy,
+    DPPolicyInfo,
     OptimizerConfig,
     PrivacyBudget,
     SamplingPolicy,
@@ -573,6 +576,64 @@ class ServiceClient:
         path = f"/v1/budgets/{quote(dataset_id, safe='')}"
         response = self._http.send(RawRequest("PATCH", path, body=body))
         return PrivacyBudget.model_validate_json(response.content)
+
+    # ---------------------------------------------------------------- DP policy
+    def set_dp_policy(
+        self,
+        *,
+        dataset_id: str,
+        noise_multiplier: float | None = None,
+        target_epsilon: float | None = None,
+        planned_steps: int | None = None,
+        max_grad_norm: float = 1.0,
+        target_delta: float | None = None,
+        client_overrides: ClientOverrides = "tighten",
+    ) -> DPPolicyInfo:
+        """Set (or replace) your tenant's DP policy: every new DP run — native or through
+        the Tinker protocol — is charged to ``dataset_id`` with σ (``noise_multiplier``)
+        or a target ε (``target_epsilon`` + ``planned_steps``) and C (``max_grad_norm``);
+        runs may only tighten them (``client_overrides="tighten"``) or not change them
+        (``"none"``). Existing runs keep their settings.
+
+        Example:
+            >>> officer.set_dp_policy(dataset_id="notes", noise_multiplier=1.0)  # doctest: +SKIP
+
+        Raises:
+            PermissionDeniedError: the API key lacks the ``privacy-officer`` scope.
+            ConflictError: the dataset has no privacy budget (and the server creates
+                none on first use).
+            ValidationError: neither or both of σ and target ε; a value out of range.
+        """
+        body = DPPolicy(
+            dataset_id=dataset_id,
+            noise_multiplier=noise_multiplier,
+            target_epsilon=target_epsilon,
+            planned_steps=planned_steps,
+            max_grad_norm=max_grad_norm,
+            target_delta=target_delta,
+            client_overrides=client_overrides,
+        )
+        response = self._http.send(RawRequest("PUT", "/v1/dp_policy", body=body))
+        return DPPolicyInfo.model_validate_json(response.content)
+
+    def get_dp_policy(self) -> DPPolicyInfo:
+        """Your tenant's DP policy.
+
+        Raises:
+            PermissionDeniedError: the API key lacks the ``privacy-officer`` scope.
+            NotFoundError: the tenant has no DP policy.
+        """
+        return self._http.call(Request("GET", "/v1/dp_policy", response=DPPolicyInfo))
+
+    def delete_dp_policy(self) -> None:
+        """Remove your tenant's DP policy (new runs then take their DP settings from
+        the client again).
+
+        Raises:
+            PermissionDeniedError: the API key lacks the ``privacy-officer`` scope.
+            NotFoundError: the tenant has no DP policy.
+        """
+        self._http.send(RawRequest("DELETE", "/v1/dp_policy"))
 
     # ---------------------------------------------------------------- datasets
     def create_dataset(

@@ -532,6 +532,53 @@ class BudgetUpdate(_Wire):
     reason: str | None = None
 
 
+ClientOverrides = Literal["tighten", "none"]
+"""Whether clients may change a DP policy's settings: ``tighten`` — only towards more
+privacy (larger σ, smaller target ε, more planned steps, smaller C, smaller δ);
+``none`` — not at all."""
+
+
+class DPPolicy(_Wire):
+    """``PUT /v1/dp_policy`` (privacy officer): the DP settings of every new DP run of
+    the tenant, native or Tinker.
+
+    Attributes:
+        dataset_id: the dataset (privacy budget) every run is charged to.
+        noise_multiplier: σ; or give ``target_epsilon`` and ``planned_steps``.
+        target_epsilon: ε each run may reach after ``planned_steps`` steps (σ is
+            calibrated from it and the run's N and q).
+        planned_steps: the steps σ is calibrated for (required with ``target_epsilon``).
+        max_grad_norm: C, the per-example clipping norm.
+        target_delta: δ of the runs' ε; ``None``: the server's default
+            ``min(1e-5, N^-1.1)``.
+        client_overrides: ``tighten`` (default) or ``none`` (see :data:`ClientOverrides`).
+    """
+
+    dataset_id: str = Field(min_length=1, max_length=200)
+    noise_multiplier: float | None = Field(None, gt=0)
+    target_epsilon: float | None = Field(None, gt=0)
+    planned_steps: int | None = Field(None, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    target_delta: float | None = Field(None, gt=0, lt=1)
+    client_overrides: ClientOverrides = "tighten"
+
+    @model_validator(mode="after")
+    def _one_noise_setting(self) -> DPPolicy:
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("give exactly one of noise_multiplier or target_epsilon")
+        if self.target_epsilon is not None and self.planned_steps is None:
+            raise ValueError("target_epsilon needs planned_steps")
+        return self
+
+
+class DPPolicyInfo(DPPolicy):
+    """A tenant's DP policy as stored: the settings, who set them (``api:<key_id>``) and
+    when."""
+
+    updated_by: str
+    updated_at: datetime
+
+
 class PrivacyBudgetRun(_Wire):
     """One run's use of a dataset's budget (ε of its own steps, conservative)."""
 
@@ -632,8 +679,11 @@ __all__ = [
     "BudgetCreate",
     "BudgetUpdate",
     "CancelResponse",
+    "ClientOverrides",
     "DPConfig",
     "DPMetrics",
+    "DPPolicy",
+    "DPPolicyInfo",
     "DatasetCreate",
     "DatasetInfo",
     "DatasetList",

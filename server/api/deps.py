@@ -17,6 +17,9 @@ Routes ask for what they use, never the whole server:
   ledgers and audit reports.
 * ``PrivacyOfficer`` — a key with ``privacy-officer``: creating budgets, changing
   caps. (``admin`` passes every scope check; see :mod:`server.services.scopes`.)
+* ``DPPolicyOfficer`` — the same scope, for setting and reading the tenant's DP policy
+  (only the privacy officer reads it: a ``train`` key is told its settings only when
+  a run asks for looser ones).
 * ``IdempotencyKey`` — the optional ``Idempotency-Key`` header.
 """
 
@@ -220,6 +223,11 @@ PrivacyOfficer = Annotated[
     Depends(RequireScope(PRIVACY_OFFICER, action="creating or changing a privacy budget")),
 ]
 
+DPPolicyOfficer = Annotated[
+    AuthenticatedTenant,
+    Depends(RequireScope(PRIVACY_OFFICER, action="setting or reading the tenant's DP policy")),
+]
+
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -235,6 +243,7 @@ __all__ = [
     "BudgetReader",
     "BudgetsDep",
     "CurrentTenant",
+    "DPPolicyOfficer",
     "DatabaseDep",
     "DatasetsDep",
     "IdempotencyKey",

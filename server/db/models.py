@@ -26,6 +26,9 @@ Tables (see ``docs/operations.md`` for what each keeps across restarts):
   settings), heartbeat. Their models are ordinary training runs.
 * ``samplers`` — what each sampler samples from (a run, a checkpoint, a base model;
   migration 0010). Samples are never stored.
+* ``dp_policies`` — each tenant's DP policy for new runs, set by its privacy officer
+  (migration 0011; :mod:`server.services.dp_policy`): the dataset runs are charged to,
+  σ or a target ε, C, and whether clients may tighten them.
 * ``dp_steps`` — a read-only *view* of the ledger's noisy steps per run
   (:class:`DPStepRow`, migration 0004), for operators' queries.
 
@@ -388,6 +391,26 @@ class SamplerRow(Base):
     artifact_id: Mapped[str | None] = mapped_column(String(64))
     model_path: Mapped[str | None] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DPPolicyRow(Base):
+    """A tenant's DP policy (migration 0011): what every new DP run of the tenant trains
+    with, set by a ``privacy-officer`` key (:mod:`server.services.dp_policy`)."""
+
+    __tablename__ = "dp_policies"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.tenant_id", ondelete="CASCADE"), primary_key=True
+    )
+    dataset_id: Mapped[str] = mapped_column(String(200))
+    noise_multiplier: Mapped[float | None] = mapped_column(Double)
+    target_epsilon: Mapped[float | None] = mapped_column(Double)
+    planned_steps: Mapped[int | None] = mapped_column(BigInteger)
+    target_delta: Mapped[float | None] = mapped_column(Double)
+    max_grad_norm: Mapped[float] = mapped_column(Double)
+    client_overrides: Mapped[str] = mapped_column(String(16))  # tighten | none
+    updated_by: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ViewBase(DeclarativeBase):

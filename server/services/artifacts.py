@@ -15,11 +15,13 @@ ledger is never touched by an artifact's deletion.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import BinaryIO, Literal
 
@@ -193,15 +195,46 @@ def open_from_store(store: ArtifactStore, keyring: TenantKeyring, row: ArtifactR
     """
     from tensafe.artifacts import open_checkpoint
 
+    with opaque_failures(keyring, row), open_content(store, row) as src:
+        return open_checkpoint(
+            src,
+            keys=keyring,
+            tenant_id=row.tenant_id,
+            artifact_id=row.artifact_id,
+            expected_content_hash=row.content_hash,
+        )
+
+
+def fetch_sealed(store: ArtifactStore, keyring: TenantKeyring, row: ArtifactRow) -> SealedBlob:
+    """An artifact's whole ciphertext and the one tenant key that opens it, for opening
+    elsewhere (a Ray worker); nothing is decrypted here. Failures as :func:`open_from_store`.
+    """
+    from tensafe.artifacts import read_header
+
+    with opaque_failures(keyring, row), open_content(store, row) as src:
+        data = src.read()
+        header = read_header(io.BytesIO(data))
+        key = keyring.resolve_key(
+            tenant_id=row.tenant_id, key_id=header.key_id, version=header.key_version
+        )
+    return SealedBlob(data=data, key=key)
+
+
+@dataclass(frozen=True)
+class SealedBlob:
+    """A stored artifact's ciphertext and the tenant key version it names."""
+
+    data: bytes = field(repr=False)
+    key: TenantKey
+
+
+@contextmanager
+def opaque_failures(keyring: TenantKeyring, row: ArtifactRow) -> Iterator[None]:
+    """Every way opening ``row``'s artifact can fail on its bytes becomes one opaque
+    :class:`~tensafe.errors.IntegrityError` (details to the log); a destroyed tenant key
+    is said as such."""
     try:
-        with open_content(store, row) as src:
-            return open_checkpoint(
-                src,
-                keys=keyring,
-                tenant_id=row.tenant_id,
-                artifact_id=row.artifact_id,
-                expected_content_hash=row.content_hash,
-            )
+        yield
     except (ArtifactFormatError, IntegrityError) as exc:
         raise _integrity_failure(row, exc) from None
     except KeyProviderError as exc:
@@ -289,11 +322,14 @@ __all__ = [
     "PATH_SCHEME",
     "ArtifactKind",
     "SealedArtifact",
+    "SealedBlob",
     "artifact_path",
     "artifact_to_wire",
+    "fetch_sealed",
     "get_artifact",
     "list_artifacts",
     "name_taken",
+    "opaque_failures",
     "open_content",
     "open_from_store",
     "open_tenant_artifact",

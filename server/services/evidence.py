@@ -12,7 +12,6 @@ beside the artifact; the public keys, old ones included, at a well-known route.
 from __future__ import annotations
 
 import math
-import weakref
 from datetime import datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,7 +24,6 @@ from tensafe.artifacts import TenantKey, TenantKeyring
 from tensafe.artifacts.manifest import library_versions
 from tensafe.engine import TrainingEngine
 from tensafe.evidence import CheckpointEvidence, sign_statement, statement_for
-from tensafe.evidence.weights import frozen_weights_sha256
 from tensafe.privacy import compute_epsilon
 
 
@@ -46,10 +44,12 @@ def checkpoint_bundle(
     content_sha256: str,
     plaintext_sha256: str,
     tenant_key: TenantKey,
+    base_model_sha256: str | None,
 ) -> bytes:
     """The signed bundle (DSSE envelope JSON) of a checkpoint just sealed, signed with
     ``private_key`` (:func:`tensafe.evidence.keys.signing_key`, fetched before
-    ``session`` opened: the keyring uses its own connection)."""
+    ``session`` opened: the keyring uses its own connection). ``base_model_sha256`` is
+    the frozen base weights' hash, computed where the engine lives."""
     dataset = session.get(DatasetRow, dataset_id) if dataset_id else None
     budget = session.scalars(
         select(PrivacyBudgetRow).where(
@@ -83,7 +83,7 @@ def checkpoint_bundle(
         content_sha256=content_sha256,
         plaintext_sha256=plaintext_sha256,
         base_model=engine.name,
-        base_model_sha256=_base_weights_sha256(engine),
+        base_model_sha256=base_model_sha256,
         dataset_id=dataset_id,
         dataset_version=None if dataset is None else dataset.version,
         dataset_commitment=None if dataset is None else dataset.commitment,
@@ -100,16 +100,6 @@ def checkpoint_bundle(
         **fields,  # type: ignore[arg-type]
     )
     return sign_statement(statement_for(evidence), private_key)
-
-
-_BASE_HASHES: weakref.WeakKeyDictionary[TrainingEngine, str | None] = weakref.WeakKeyDictionary()
-
-
-def _base_weights_sha256(engine: TrainingEngine) -> str | None:
-    """The frozen base weights' hash, computed once per engine (they never change)."""
-    if engine not in _BASE_HASHES:
-        _BASE_HASHES[engine] = frozen_weights_sha256(engine.model)
-    return _BASE_HASHES[engine]
 
 
 def _pld(history: tuple[tuple[float, float, int], ...], delta: float) -> float | None:

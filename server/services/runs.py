@@ -23,6 +23,7 @@ from server.errors import ConflictError, NotFoundError, ValidationError
 from server.queue import OperationQueue, QueuedOperation
 from server.services.admission import admit_run
 from server.services.budgets import BudgetService
+from server.services.dp_policy import config_under_policy, get_dp_policy
 from server.services.wire import DEFAULT_DATASET_ID, EngineSpec, engine_spec
 from server.settings import Settings
 
@@ -134,8 +135,12 @@ def create_training_run(
     (status ``INITIALIZING``). A retry with the same ``Idempotency-Key`` returns the
     run it created, whatever the budget says now, and queues nothing.
 
-    A DP run is charged to its dataset's budget (``dp_config.dataset_id``, else the
-    tenant's ``default`` dataset): it is refused if that dataset has no budget (and
+    If the tenant has a DP policy (set by its privacy officer,
+    :mod:`server.services.dp_policy`), the run's ``dp_config`` is put under it first:
+    the policy's dataset, noise and clipping norm, tightened where the config asks and
+    the policy allows. A DP run is charged to its dataset's budget
+    (``dp_config.dataset_id``, else the tenant's ``default`` dataset): it is refused
+    if that dataset has no budget (and
     the server sets no default cap), or if the budget cannot afford the run's first
     step, or if its δ is not below 1/N for the run's ``dataset_size`` N (a budget's δ
     is fixed at creation; a run's own δ defaults to ``min(1e-5, N^-1.1)``). The
@@ -144,11 +149,15 @@ def create_training_run(
 
     Raises:
         ValidationError: invalid config or one the server's policy refuses, e.g.
-            ``dp_config.target_delta`` ≥ 1/N (422).
+            ``dp_config.target_delta`` ≥ 1/N, or one that loosens the tenant's DP
+            policy (422, naming the field).
         ConflictError: the budget refuses the run (its δ ≥ 1/N: field
             ``dp_config.dataset_id``); the idempotency key was used for a different
             config (409).
     """
+    policy = get_dp_policy(db, tenant_id=tenant_id)
+    if policy is not None:  # the privacy officer's settings, tightened where allowed
+        config = config_under_policy(config, policy)
     with db.sessions() as session:  # N of a server-held dataset comes from the dataset
         config = resolve_sampling(session, tenant_id=tenant_id, config=config)
     spec = engine_spec(config, settings=settings)  # 422 before anything is stored

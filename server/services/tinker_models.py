@@ -5,11 +5,15 @@ derives itself (``{session_id}:train:{seq}``), stored as the run's idempotency k
 ``tinker:{model_id}``: a retried ``create_model`` finds the run it created, another
 tenant's model id finds nothing (404), and no table maps the two.
 
-DP settings come from ``user_metadata`` keys ``tensafe.dp.<field>`` (any field of
-:class:`tg_tinker.types.DPConfig`, e.g. ``tensafe.dp.noise_multiplier``), given on
-``create_session`` (defaults for its models) or ``create_model`` (they win);
-``tensafe.dp`` = ``"off"`` asks for a run without DP, which a server with
-``require_dp`` refuses. Checkpoint paths are ``tinker://{model_id}/weights/{name}``
+DP settings come from the tenant's DP policy (set by its privacy officer,
+:mod:`server.services.dp_policy`) and from ``user_metadata`` keys
+``tensafe.dp.<field>`` (any field of :class:`tg_tinker.types.DPConfig`, e.g.
+``tensafe.dp.noise_multiplier``), given on ``create_session`` (defaults for its
+models) or ``create_model`` (they win). Under a policy the keys may only tighten the
+policy's settings (or not change them at all), and fill in what it leaves to the client
+(N and q of a client-declared run); without one, the server's ``tinker_default_dp``
+fills in what the keys leave out. ``tensafe.dp`` = ``"off"`` asks for a run without
+DP, which a policy and a server with ``require_dp`` refuse. Checkpoint paths are ``tinker://{model_id}/weights/{name}``
 and ``tinker://{model_id}/sampler_weights/{name}``; they name the same encrypted
 artifacts as ``tensafe://{run_id}/…``.
 """
@@ -24,12 +28,13 @@ from typing import Any
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
-from tg_tinker.types import DPConfig, LoRAConfig, TrainingConfig
+from tg_tinker.types import DPConfig, DPPolicyInfo, LoRAConfig, TrainingConfig
 
 from server.db.models import ArtifactRow, OperationRow, TinkerSessionRow, TrainingRunRow, utcnow
 from server.db.session import Database
 from server.errors import ConflictError, NotFoundError, ValidationError
 from server.services import artifacts as artifact_service
+from server.services.dp_policy import POLICY_FIELDS, apply_dp_policy
 from server.services.runs import LOAD_MODEL, run_for_key
 from tensafe.models.smollm2 import SMOLLM2_HUB_ID, SMOLLM2_NAME
 from tensafe.models.tiny import is_tiny_llama_ref
@@ -50,16 +55,18 @@ def create_session(
     tags: list[str],
     user_metadata: Mapping[str, Any] | None,
     sdk_version: str | None,
+    policy: DPPolicyInfo | None = None,
 ) -> str:
     """Start a session for the tenant; returns its id.
 
     Raises:
         ValidationError: ``user_metadata`` over 16 KiB as JSON, or ``tensafe.dp.*``
-            keys that do not make a valid DP config (checked now, not at the first model).
+            keys that do not make a valid DP config or that loosen the tenant's
+            ``policy`` (checked now, not at the first model).
     """
     metadata = dict(user_metadata or {})
     _check_metadata(metadata)
-    dp_settings(metadata)
+    _policy_settings(policy, _requested(metadata))
     session_id = "ses_" + secrets.token_hex(12)
     with db.transaction() as session:
         session.add(
@@ -211,13 +218,38 @@ def dp_settings(metadata: Mapping[str, Any]) -> DPConfig | None:
         raise ValidationError(
             f"unknown DP setting; allowed: {allowed}", field=f"user_metadata.{DP_PREFIX}{bad}"
         )
+    return _config(fields)
+
+
+def _requested(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``DPConfig`` fields ``metadata``'s ``tensafe.dp*`` keys give (validated as
+    :func:`dp_settings` does, and raising what it raises)."""
+    dp = dp_settings(metadata)
+    if dp is None:
+        return {}
+    return {"enabled": False} if not dp.enabled else dp.model_dump(exclude_unset=True)
+
+
+def _metadata_key(field: str) -> str:
+    return f"user_metadata.{DP_SWITCH if field == 'enabled' else DP_PREFIX + field}"
+
+
+def _policy_settings(policy: DPPolicyInfo | None, requested: Mapping[str, Any]) -> dict[str, Any]:
+    """``requested`` under ``policy`` (itself without one)."""
+    if policy is None:
+        return dict(requested)
+    return apply_dp_policy(policy, requested=requested, field=_metadata_key)
+
+
+def _config(fields: Mapping[str, Any]) -> DPConfig:
+    """``fields`` as a :class:`DPConfig`; a refusal names the ``tensafe.dp.*`` key."""
     try:
         return DPConfig.model_validate(fields)
     except PydanticValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error.get("loc", ()))
         raise ValidationError(
-            str(error.get("msg", "invalid value")), field=f"user_metadata.{DP_PREFIX}{where}"
+            str(error.get("msg", "invalid value")), field=_metadata_key(where)
         ) from None
 
 
@@ -226,14 +258,26 @@ def merged_dp(
     model_metadata: Mapping[str, Any],
     *,
     defaults: Mapping[str, Any] | None = None,
+    policy: DPPolicyInfo | None = None,
 ) -> DPConfig:
-    """The DP config of a new model: the server's ``defaults`` (``DPConfig`` fields,
-    the ``tinker_default_dp`` setting) overlaid by the session's ``tensafe.dp.*`` keys,
-    overlaid by the model's (``enabled=False`` when ``tensafe.dp`` is ``off``).
+    """The DP config of a new model.
+
+    Without a ``policy``: the server's ``defaults`` (``DPConfig`` fields, the
+    ``tinker_default_dp`` setting) overlaid by the session's ``tensafe.dp.*`` keys,
+    overlaid by the model's (``enabled=False`` when ``tensafe.dp`` is ``off``). With
+    one: the policy's settings, tightened by the session's and the model's keys where
+    the policy allows (:func:`~server.services.dp_policy.apply_dp_policy`), with the
+    fields the policy leaves to the client (N, q, ...) from the keys, else from
+    ``defaults``.
 
     Raises:
-        ValidationError: as :func:`dp_settings`; no DP settings at all (naming the keys).
+        ValidationError: as :func:`dp_settings`; a key the policy refuses (naming it);
+            no DP settings at all (naming the keys).
     """
+    if policy is not None:
+        requested = _requested({**session_metadata, **model_metadata})
+        base = {k: v for k, v in (defaults or {}).items() if k not in POLICY_FIELDS}
+        return _config({**base, **_policy_settings(policy, requested)})
     server = {DP_PREFIX + key: value for key, value in (defaults or {}).items()}
     merged = {**server, **session_metadata, **model_metadata}
     dp = dp_settings(merged)
@@ -295,14 +339,31 @@ def config_from_checkpoint(
     *,
     session_metadata: Mapping[str, Any],
     metadata: Mapping[str, Any],
+    policy: DPPolicyInfo | None = None,
 ) -> TrainingConfig:
     """The config of a model created from a checkpoint: the source run's model and LoRA
     shape; DP from the new ``tensafe.dp.*`` metadata if any, else the source run's.
+    Under a ``policy`` the policy's settings apply (tightened by the new keys as
+    :func:`merged_dp` allows), the rest from the keys, else from the source run.
 
     Raises:
-        ValidationError: as :func:`dp_settings`.
+        ValidationError: as :func:`dp_settings`; a key the policy refuses.
     """
     merged = {**session_metadata, **metadata}
+    if policy is not None:
+        source_dp = (
+            {}
+            if source.dp_config is None
+            else source.dp_config.model_dump(exclude_unset=True, exclude={"sampling"})
+        )
+        return source.model_copy(
+            update={
+                "dp_config": merged_dp(
+                    session_metadata, metadata, defaults=source_dp, policy=policy
+                ),
+                "metadata": {"tinker": True, **{str(k): v for k, v in metadata.items()}},
+            }
+        )
     dp = dp_settings(merged)
     return source.model_copy(
         update={

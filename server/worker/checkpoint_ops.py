@@ -34,11 +34,12 @@ from server.services.evidence import checkpoint_bundle
 from server.services.wire import DEFAULT_DATASET_ID
 from server.settings import Settings
 from server.storage import ArtifactStore
-from server.worker import engine_checkpoints
+from server.worker import engine_calls, engine_checkpoints, sealed_state
+from server.worker.backends import Engine
+from server.worker.engine_calls import SealRequest, on_engine
 from server.worker.outcomes import Outcome, Request
 from server.worker.runtimes import RunEngines, RunRuntime
 from tensafe.artifacts import TenantKeyring, new_artifact_id
-from tensafe.engine import TrainingEngine
 from tensafe.evidence.keys import signing_key
 
 log = logging.getLogger("tensafe.server.worker")
@@ -71,10 +72,8 @@ class CheckpointOperations:
         *,
         kind: artifact_service.ArtifactKind,
         name: str,
-        tensors: dict,
-        manifest: object,
-        include_optimizer: bool,
-        engine: TrainingEngine,
+        request: SealRequest,
+        engine: Engine,
     ) -> tuple[ArtifactRow, Callable[[], None]]:
         path = artifact_service.artifact_path(run_id=run.run_id, kind=kind, name=name)
         with self.db.sessions() as session:
@@ -85,10 +84,10 @@ class CheckpointOperations:
                 )
             dp_seq = run_history.history_length(session, run.run_id)
         artifact_id = new_artifact_id()
-        sealed = artifact_service.seal_into_store(
-            self.store,
-            tensors=tensors,
-            manifest=manifest,  # type: ignore[arg-type]
+        sealed = sealed_state.seal_to_store(
+            engine,
+            store=self.store,
+            request=request,
             tenant_key=self.keyring.current_key(run.tenant_id),
             artifact_id=artifact_id,
             ttl=self._ttl(),
@@ -109,6 +108,7 @@ class CheckpointOperations:
                 content_sha256=sealed.stored.content_hash,
                 plaintext_sha256=sealed.manifest.plaintext_sha256 or "",
                 tenant_key=sealed.key,
+                base_model_sha256=on_engine(engine, engine_calls.base_weights_sha256),
             )
         except Exception:
             self.store.delete(artifact_id)  # nothing is published without its evidence
@@ -127,7 +127,7 @@ class CheckpointOperations:
             dp_seq=dp_seq,
             base_model=engine.name,
             shape_signature=engine_checkpoints.engine_signature(engine),
-            include_optimizer=include_optimizer,
+            include_optimizer=request.include_optimizer,
             user_metadata=dict(sealed.manifest.metadata),
             key_id=sealed.key.key_id,
             key_version=sealed.key.version,
@@ -155,22 +155,15 @@ class CheckpointOperations:
         runtime = self.engines.for_operation(op, run)
         engine = runtime.engine
         request = SaveStateRequest.model_validate(payload or {})
-        tensors, manifest = engine_checkpoints.training_state_payload(
-            engine,
+        seal = SealRequest(
+            kind="training_state",
             include_optimizer=request.include_optimizer,
             metadata=request.metadata,
             labels=self._labels(runtime, run),
         )
         name = request.name or f"step-{engine.step}-{op.seq}"
         row, discard = self._store_artifact(
-            op,
-            run,
-            kind="training_state",
-            name=name,
-            tensors=tensors,
-            manifest=manifest,
-            include_optimizer=request.include_optimizer,
-            engine=engine,
+            op, run, kind="training_state", name=name, request=seal, engine=engine
         )
 
         def effects(session: Session, run_row: TrainingRunRow) -> None:
@@ -194,17 +187,13 @@ class CheckpointOperations:
         runtime = self.engines.for_operation(op, run)
         engine = runtime.engine
         request = SaveWeightsForSamplerRequest.model_validate(payload or {})
-        kind, tensors, manifest = engine_checkpoints.sampler_payload(
-            engine, metadata={}, labels=self._labels(runtime, run)
-        )
+        seal = SealRequest(kind="sampler", labels=self._labels(runtime, run))
         row, discard = self._store_artifact(
             op,
             run,
-            kind=kind,  # type: ignore[arg-type]
+            kind=sealed_state.sampler_kind(engine),  # type: ignore[arg-type]
             name=request.name,
-            tensors=tensors,
-            manifest=manifest,
-            include_optimizer=False,
+            request=seal,
             engine=engine,
         )
 
@@ -244,12 +233,12 @@ class CheckpointOperations:
                 )
             own = run_history.accountant_history(session, run.run_id)
             session.expunge(artifact)
-        opened = artifact_service.open_from_store(self.store, self.keyring, artifact)
         history = own + [(c.noise_multiplier, c.sample_rate) for c in carried]
-        step = engine_checkpoints.restore_engine(
+        step = sealed_state.restore_from_artifact(
             engine,
-            tensors=opened.tensors,
-            manifest=opened.manifest,
+            store=self.store,
+            keyring=self.keyring,
+            artifact=artifact,
             history=history,
             include_optimizer=request.include_optimizer,
         )

@@ -1,7 +1,9 @@
 """Run one operation: claim it, call the run's engine, persist result or error.
 
 One :class:`~tensafe.engine.TrainingEngine` per run lives in memory
-(:class:`RunRuntime`). Each operation's outcome is committed in one transaction
+(:class:`RunRuntime`): in this process, or in a Ray actor behind a
+:class:`~server.worker.backends.remote_engine.RemoteEngine`
+(:mod:`server.worker.backends`). Each operation's outcome is committed in one transaction
 together with its side effects (:func:`~server.services.operations.complete_operation`
 is the one path that completes a future). Two operations commit through a service of
 their own, because their effects are privacy records:

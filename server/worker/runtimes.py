@@ -1,6 +1,11 @@
 """Each run's live engine: build it, rebuild it after a restart, hand it out.
 
-Rebuilding a run whose engine is gone (server restart, eviction):
+Engines are built by the worker backend (:mod:`server.worker.backends`: this process,
+or Ray actors). Rebuilding a run whose engine is gone (server restart, eviction, a
+lost actor):
+
+* a live actor still holds it at exactly the database's step with no pending
+  gradients (a restart on an existing Ray cluster): it is re-attached as it is;
 
 * it has a checkpoint (the last one saved or loaded): weights and optimizer come
   from it, the accountant from the run's whole privacy history in the ledger
@@ -30,19 +35,16 @@ from transformers import PreTrainedTokenizerBase
 
 from server.db.models import ArtifactRow, OperationRow, TrainingRunRow, utcnow
 from server.db.session import Database
-from server.errors import ConflictError
-from server.services import artifacts as artifact_service
+from server.errors import ConflictError, WorkerLostError
 from server.services import run_history
 from server.services.dataset_reader import DatasetReader
 from server.services.declared_batches import DeclaredBatchGuard
 from server.services.wire import EngineSpec, engine_spec
 from server.settings import Settings
 from server.storage import ArtifactStore
-from server.worker import engine_checkpoints
+from server.worker import sealed_state
+from server.worker.backends import Engine, WorkerBackend, make_backend
 from tensafe.artifacts import TenantKeyring
-from tensafe.engine import TrainingEngine
-from tensafe.errors import ModelLoadError
-from tensafe.losses import BatchLimits
 
 log = logging.getLogger("tensafe.server.worker")
 
@@ -51,7 +53,7 @@ log = logging.getLogger("tensafe.server.worker")
 class RunRuntime:
     """A run's live engine and what the worker must remember about it."""
 
-    engine: TrainingEngine
+    engine: Engine
     spec: EngineSpec
     needs_restore: str | None = None
     lost_examples: int = 0
@@ -93,11 +95,10 @@ class RunEngines:
         self.store = store
         self.keyring = keyring
         self.settings = settings
-        self.limits = BatchLimits(
-            max_batch_size=settings.max_batch_size, max_seq_len=settings.max_seq_len
-        )
         self._runtimes: dict[str, RunRuntime] = {}
         self._lock = threading.Lock()
+        self._backend: WorkerBackend | None = None
+        self._backend_lock = threading.Lock()
 
     def loaded_runs(self) -> list[str]:
         with self._lock:
@@ -115,6 +116,8 @@ class RunEngines:
         """Forget a run's engine (frees the model); the run is rebuilt on next use."""
         with self._lock:
             self._runtimes.pop(run_id, None)
+        if self._backend is not None:
+            self._backend.release(run_id)
 
     def tokenizer_files(self, run_id: str, *, model_name: str | None) -> dict[str, str] | None:
         """The run's tokenizer as ``{file name: text}``, from its loaded engine or, when
@@ -139,39 +142,40 @@ class RunEngines:
                 os.replace(partial, cached)
         return runtime.tokenizer_files
 
-    def build(self, run: TrainingRunRow) -> RunRuntime:
-        """A fresh engine for the run's config (loads the model)."""
-        from tensafe.models import load_causal_lm
+    @property
+    def backend(self) -> WorkerBackend:
+        """Where the engines live (created on first use: a Ray backend connects then)."""
+        with self._backend_lock:
+            if self._backend is None:
+                self._backend = make_backend(self.settings, on_lost=self._on_lost)
+            return self._backend
 
+    def build(self, run: TrainingRunRow) -> RunRuntime:
+        """A fresh engine for the run's config (loads the model, here or in an actor).
+
+        Raises:
+            ModelLoadError: the model did not load.
+            ServiceUnavailableError: no worker can take the run now (retry).
+        """
         config = TrainingConfig.model_validate(run.config)
         spec = engine_spec(config, settings=self.settings, enforce_policy=False)
-        try:
-            loaded = load_causal_lm(
-                spec.model_ref,
-                device=self.settings.device,
-                cache_dir=self.settings.model_cache_dir,
-                allow_paths=self.settings.allow_model_paths,
-            )
-        except ModelLoadError as exc:
-            # The details name the server's directories: the log gets them, the tenant not.
-            log.warning("run %s: model %r did not load: %s", run.run_id, spec.model_ref, exc)
-            raise ModelLoadError(
-                f"model {spec.model_ref!r} could not be loaded on this server; ask the "
-                "operator which models it serves"
-            ) from None
-        engine = TrainingEngine(
-            model=loaded,
-            lora_config=spec.lora,
-            dp_config=spec.dp,
-            optimizer=spec.optimizer,
-            seed=spec.seed,
-            # Noise is keyed from the OS CSPRNG; a fixed seed only in development
-            # (tests comparing runs), since a known seed lets anyone subtract the noise.
-            noise_seed=spec.seed if self.settings.deterministic_noise else None,
-            device=self.settings.device,
-            limits=self.limits,
-        )
+        engine = self.backend.build(run_id=run.run_id, spec=spec)
         return RunRuntime(engine=engine, spec=spec)
+
+    def _on_lost(self, run_ids: list[str]) -> None:
+        """The backend lost these runs' engines (a dead actor): forget them; each is
+        rebuilt on its next operation."""
+        with self._lock:
+            for run_id in run_ids:
+                self._runtimes.pop(run_id, None)
+
+    def close(self) -> None:
+        """Forget every engine and let the backend go (the server is stopping)."""
+        with self._lock:
+            self._runtimes.clear()
+        with self._backend_lock:
+            if self._backend is not None:
+                self._backend.close()
 
     def for_operation(self, op: OperationRow, run: TrainingRunRow) -> RunRuntime:
         """The run's engine for ``op``, rebuilt if needed.
@@ -203,6 +207,15 @@ class RunEngines:
         return runtime
 
     def _rebuild(self, run: TrainingRunRow, *, for_load_state: bool) -> RunRuntime:
+        if run.pending_examples == 0:
+            # after a server restart a live actor may still hold the run: only at exactly
+            # the database's step (an actor that stepped without a committed ledger row
+            # is never re-attached)
+            attached = self.backend.attach(run_id=run.run_id, step=run.step)
+            if attached is not None:
+                config = TrainingConfig.model_validate(run.config)
+                spec = engine_spec(config, settings=self.settings, enforce_policy=False)
+                return RunRuntime(engine=attached, spec=spec)
         runtime = self.build(run)
         self.set_model_info(run.run_id, runtime.engine)
         if for_load_state:
@@ -223,13 +236,15 @@ class RunEngines:
                     session.expunge(checkpoint)
         if checkpoint is not None:
             try:
-                opened = artifact_service.open_from_store(self.store, self.keyring, checkpoint)
-                step = engine_checkpoints.restore_engine(
+                step = sealed_state.restore_from_artifact(
                     runtime.engine,
-                    tensors=opened.tensors,
-                    manifest=opened.manifest,
+                    store=self.store,
+                    keyring=self.keyring,
+                    artifact=checkpoint,
                     history=history,
                 )
+            except WorkerLostError:
+                raise
             except Exception as exc:
                 log.error(
                     "restoring %s from %s failed", run.run_id, checkpoint.artifact_id, exc_info=exc
@@ -253,7 +268,7 @@ class RunEngines:
         )
         return runtime
 
-    def set_model_info(self, run_id: str, engine: TrainingEngine) -> None:
+    def set_model_info(self, run_id: str, engine: Engine) -> None:
         info = engine.info()
         with self.db.transaction() as session:
             row = session.get(TrainingRunRow, run_id)

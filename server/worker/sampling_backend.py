@@ -40,6 +40,7 @@ from server.services import artifacts as artifact_service
 from server.services.sampling import SamplerTarget
 from server.settings import Settings
 from server.storage import ArtifactStore
+from server.worker.backends import RemoteEngine
 from server.worker.runtimes import RunEngines, tokenizer_as_files
 from tensafe import generation as gen
 from tensafe.artifacts import TenantKeyring
@@ -253,6 +254,13 @@ class SamplingWorker:
         return self._host_of_engine(run_id, runtime.engine)
 
     def _host_of_engine(self, run_id: str, engine: object) -> _Host:
+        if isinstance(engine, RemoteEngine):
+            raise ConflictError(
+                f"training run {run_id} trains on a Ray worker: sampling from its live "
+                "weights is not available on the Ray backend; call save_weights_for_sampler "
+                "and sample that checkpoint",
+                field="sampler_id",
+            )
         stale: list[_Host] = []
         with self._lock:
             host = self._run_hosts.get(run_id)
@@ -276,6 +284,8 @@ class SamplingWorker:
         if runtime is None or runtime.needs_restore:
             return None
         engine = runtime.engine
+        if isinstance(engine, RemoteEngine):  # its weights are in an actor
+            return None
         if engine.lora_config is None or engine.name != target.base_model:
             return None
         return self._host_of_engine(target.run_id or "", engine)
@@ -297,7 +307,11 @@ class SamplingWorker:
             )
         for run_id in run_ids:
             runtime = self.engines.get(run_id)
-            if runtime is not None and runtime.engine.lora_config is not None:
+            if (
+                runtime is not None
+                and not isinstance(runtime.engine, RemoteEngine)
+                and runtime.engine.lora_config is not None
+            ):
                 return self._host_of_engine(run_id, runtime.engine)
         return None
 

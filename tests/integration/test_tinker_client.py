@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import tinker
 import torch
-from tg_tinker import ServiceClient
+from tg_tinker import NotFoundError, PermissionDeniedError, ServiceClient
 from tinker import types as tt
 
 from tensafe.artifacts import decrypt_to_directory, read_key_file
 from tensafe.models.smollm2 import prepare_smollm2_tokenizer
 from tests.integration.conftest import LiveServer
-from tests.integration.test_privacy_budget import cap_for
+from tests.integration.test_privacy_budget import cap_for, ledger
 from tests.server.databases import postgres_available, postgres_database
 
 pytestmark = pytest.mark.integration
@@ -245,6 +245,74 @@ def test_a_step_over_the_budget_is_a_failed_future_a_person_understands(
     # another model on the spent budget is refused at creation, not retried for minutes
     with pytest.raises(Exception, match="budget"):
         service.create_lora_training_client(base_model="tiny-llama", rank=2).result(timeout=120)
+    service.close("success").result(timeout=60)
+
+
+def test_the_privacy_officers_dp_policy_sets_a_tinker_models_dp(server: LiveServer) -> None:
+    """The officer's policy gives the dataset, σ and C; the client names only N and q,
+    may tighten σ, and is refused (naming the key) when it loosens anything."""
+    tenant, other = server.create_tenant(), server.create_tenant()
+    dataset = "policy-" + uuid.uuid4().hex[:6]
+    policy = {"dataset_id": dataset, "noise_multiplier": 1.3, "max_grad_norm": 0.7}
+    with (
+        ServiceClient(server.url, api_key=tenant["privacy_officer_api_key"]) as officer,
+        ServiceClient(server.url, api_key=tenant["api_key"], max_retries=0) as trainer,
+        ServiceClient(server.url, api_key=other["privacy_officer_api_key"]) as others,
+    ):
+        officer.create_privacy_budget(dataset, epsilon_cap=100.0)
+        with pytest.raises(PermissionDeniedError, match="privacy-officer"):
+            trainer.set_dp_policy(**policy)  # type: ignore[arg-type]
+        assert officer.set_dp_policy(**policy).noise_multiplier == 1.3  # type: ignore[arg-type]
+        assert officer.get_dp_policy().dataset_id == dataset
+        with pytest.raises(PermissionDeniedError):
+            trainer.get_dp_policy()
+        with pytest.raises(NotFoundError):
+            others.get_dp_policy()
+
+    declared = {"tensafe.dp.dataset_size": "1000", "tensafe.dp.expected_batch_size": "4"}
+    service = tinker.ServiceClient(
+        user_metadata=declared, base_url=server.url, api_key="tml-" + tenant["api_key"]
+    )
+
+    def one_step(tc: tinker.TrainingClient, seed: int) -> dict[str, float]:
+        tc.forward_backward([_datum(seed), _datum(seed + 1)], "cross_entropy").result(timeout=120)
+        step = tc.optim_step(tt.AdamParams(learning_rate=1e-3)).result(timeout=120)
+        assert step.metrics is not None
+        return step.metrics
+
+    plain = service.create_lora_training_client(base_model="tiny-llama", rank=2).result(timeout=120)
+    metrics = one_step(plain, 1)
+    assert metrics["dp/noise_multiplier:max"] == 1.3 and metrics["dp/max_grad_norm:max"] == 0.7
+    tighter = service.create_lora_training_client(
+        base_model="tiny-llama", rank=2, user_metadata={"tensafe.dp.noise_multiplier": "2.5"}
+    ).result(timeout=120)
+    assert one_step(tighter, 10)["dp/noise_multiplier:max"] == 2.5
+    steps = [r for r in ledger(server, dataset) if r["kind"] == "dp_step"]
+    assert [(r["noise_multiplier"], r["max_grad_norm"], r["sample_rate"]) for r in steps] == [
+        (1.3, 0.7, 0.004),
+        (2.5, 0.7, 0.004),
+    ]
+    assert {r["tenant_id"] for r in steps} == {tenant["tenant_id"]}
+
+    for loosened, key in (
+        ({"tensafe.dp.noise_multiplier": "0.5"}, "tensafe.dp.noise_multiplier"),
+        ({"tensafe.dp.max_grad_norm": "5"}, "tensafe.dp.max_grad_norm"),
+        ({"tensafe.dp.dataset_id": "elsewhere"}, "tensafe.dp.dataset_id"),
+        ({"tensafe.dp": "off"}, "tensafe.dp"),
+    ):
+        with pytest.raises(tinker.APIStatusError, match="privacy officer") as refused:
+            service.create_lora_training_client(
+                base_model="tiny-llama", rank=2, user_metadata=loosened
+            ).result(timeout=60)
+        assert refused.value.status_code == 422
+        assert refused.value.body["field"] == f"user_metadata.{key}"  # type: ignore[index]
+    with pytest.raises(tinker.APIStatusError, match=r"tensafe\.dp\.max_grad_norm"):
+        loose = tinker.ServiceClient(  # the session is refused: its keys loosen C
+            user_metadata={**declared, "tensafe.dp.max_grad_norm": "5"},
+            base_url=server.url,
+            api_key="tml-" + tenant["api_key"],
+        )
+        loose.create_lora_training_client(base_model="tiny-llama", rank=2).result(timeout=60)
     service.close("success").result(timeout=60)
 
 

@@ -128,6 +128,34 @@ def test_a_body_above_its_route_limit_is_refused_unread(
     assert str(limit) in json.loads(body)["detail"]
 
 
+def test_tinker_routes_have_their_own_limits(live: tuple[int, Harness, FastAPI]) -> None:
+    """``/api/v1``: a config-sized route refuses a body above the configuration limit, the
+    fwd/bwd route one above the batch limit (on the wire body, zstd-compressed or not)."""
+    port, api, _app = live
+    api.tenant()
+    key = "tml-" + api.last_key
+    limits = body_limits(api.context.settings)
+    config = limits.limit_for("POST", "/api/v1/create_model")
+    batch = limits.limit_for("POST", "/api/v1/forward_backward")
+    assert config == limits.limit_for("POST", "/v1/training_runs")
+    assert config < batch == limits.limit_for("POST", "/v1/training_runs/r/forward_backward")
+    assert batch < api.context.settings.max_body_bytes
+    assert limits.limit_for("POST", "/api/v1/sessions/ses_1/finish") == config
+    for route, limit, content_type in (
+        ("create_model", config, "application/json"),
+        ("optim_step", config, "application/json"),
+        ("forward_backward", batch, "application/x-protobuf\r\nContent-Encoding: zstd"),
+    ):
+        request = (
+            f"POST /api/v1/{route} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+            f"X-API-Key: {key}\r\nContent-Length: {limit + 1}\r\n\r\n"
+        ).encode()
+        head, body = _raw(port, request)
+        assert head.startswith("HTTP/1.1 413"), (route, head)
+        assert json.loads(body)["error"] == "PayloadTooLargeError"
+        assert str(limit) in json.loads(body)["detail"]
+
+
 def test_a_tenant_above_its_rate_gets_429_with_retry_after(
     live: tuple[int, Harness, FastAPI],
 ) -> None:

@@ -12,6 +12,7 @@ from tinker import types as tt
 from server.api.deps import DatabaseDep, SettingsDep
 from server.api.tinker.deps import TinkerTenant
 from server.services import tinker_models as models
+from server.services.dp_policy import get_dp_policy
 
 router = APIRouter(tags=["tinker: service"])
 
@@ -55,13 +56,14 @@ def create_session(
     body: tt.CreateSessionRequest, tenant: TinkerTenant, db: DatabaseDep
 ) -> dict[str, Any]:
     """A session; its ``user_metadata`` ``tensafe.dp.*`` keys are the DP defaults of
-    its models (checked now)."""
+    its models (checked now, against the tenant's DP policy too)."""
     session_id = models.create_session(
         db,
         tenant_id=tenant.tenant_id,
         tags=list(body.tags),
         user_metadata=body.user_metadata,
         sdk_version=body.sdk_version,
+        policy=get_dp_policy(db, tenant_id=tenant.tenant_id),
     )
     return {"type": "create_session", "session_id": session_id}
 

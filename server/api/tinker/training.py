@@ -42,6 +42,7 @@ from server.api.tinker.futures import EPHEMERAL_PREFIX
 from server.errors import ValidationError
 from server.services import runs
 from server.services import tinker_models as models
+from server.services.dp_policy import get_dp_policy
 from server.services.submissions import OperationRequest, submit_training_operation
 from server.settings import Settings
 
@@ -119,8 +120,9 @@ def create_model(
     settings: SettingsDep,
 ) -> dict[str, Any]:
     """A LoRA training run for ``base_model`` (full fine-tuning is not offered on this
-    route); its DP settings come from the session's and the request's
-    ``tensafe.dp.*`` metadata. → ``CreateModelResponse`` once the model is loaded."""
+    route); its DP settings come from the tenant's DP policy and the session's and the
+    request's ``tensafe.dp.*`` metadata (which may only tighten the policy).
+    → ``CreateModelResponse`` once the model is loaded."""
     if body.lora_config is None:
         raise ValidationError("give a lora_config (rank)", field="lora_config")
     if body.optimizer_config.type != "adamw":
@@ -144,7 +146,12 @@ def create_model(
         train_attn=lora.train_attn,
         train_mlp=lora.train_mlp,
         train_unembed=lora.train_unembed,
-        dp=models.merged_dp(session_metadata, metadata, defaults=settings.tinker_default_dp),
+        dp=models.merged_dp(
+            session_metadata,
+            metadata,
+            defaults=settings.tinker_default_dp,
+            policy=get_dp_policy(db, tenant_id=tenant.tenant_id),
+        ),
         metadata=metadata,
     )
     model_id = models.model_id_for(session_id=body.session_id, seq=body.model_seq_id)
@@ -340,6 +347,7 @@ def load_weights(
         TrainingConfig.model_validate(source_config),
         session_metadata=session_metadata,
         metadata=metadata,
+        policy=get_dp_policy(db, tenant_id=tenant.tenant_id),
     )
     _create_run(
         db, queue, budgets, settings, tenant_id=tenant.tenant_id, model_id=model_id, config=config

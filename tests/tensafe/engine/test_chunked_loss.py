@@ -68,9 +68,12 @@ def _assert_same_outputs(got, want) -> None:
 
 
 def _assert_same_gradients(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
+    # float32 sums taken in another order (slice by slice; and the thread count changes
+    # the reduction order): 1e-5 of the largest entry was exceeded (1.1e-5) with one
+    # torch thread; a wrong slice or a missing term is off by far more.
     for g, w in zip(got, want, strict=True):
         scale = max(float(w.abs().max()), 1e-12)
-        assert float((g - w).abs().max()) / scale <= 1e-5
+        assert float((g - w).abs().max()) / scale <= 5e-5
 
 
 def _count_head_calls(engine: TrainingEngine) -> list[tuple[int, ...]]:

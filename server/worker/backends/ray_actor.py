@@ -1,0 +1,70 @@
+"""The Ray actor that holds runs' engines (a plain class; :mod:`ray_backend` makes it
+an actor). Ray runs one method at a time per actor (no ``max_concurrency``), in the
+order the server submitted them, so a run's operations keep their queue order and two
+runs on one actor never interleave inside an operation.
+
+Each run has its own :class:`~tensafe.engine.TrainingEngine` — its own adapter,
+optimizer, clipper accumulator and noise generator — keyed by run id; a call names
+its run and touches only that engine.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Callable
+from typing import Any
+
+from server.services.wire import EngineSpec
+from server.worker import engine_calls
+from server.worker.engine_calls import EngineFacts
+from server.worker.engine_factory import EngineOptions, build_engine
+from tensafe.engine import TrainingEngine
+
+
+class RunNotHeldError(LookupError):
+    """The actor holds no engine for the run (it was released or never built)."""
+
+
+class EngineHost:
+    """Runs' engines in one actor process."""
+
+    def __init__(self, options: EngineOptions) -> None:
+        self._options = options
+        self._engines: dict[str, TrainingEngine] = {}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def build(self, run_id: str, spec: EngineSpec) -> EngineFacts:
+        """Build (or replace) the run's engine; its public facts."""
+        self._engines.pop(run_id, None)
+        engine = build_engine(run_id=run_id, spec=spec, options=self._options)
+        self._engines[run_id] = engine
+        return engine_calls.facts(engine)
+
+    def facts(self, run_id: str) -> EngineFacts:
+        return engine_calls.facts(self._engine(run_id))
+
+    def call(self, run_id: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        return fn(self._engine(run_id), **kwargs)
+
+    def release(self, run_id: str) -> None:
+        if self._engines.pop(run_id, None) is not None:
+            gc.collect()
+
+    def runs(self) -> dict[str, tuple[int, int]]:
+        """``{run_id: (step, pending examples)}`` of the engines held."""
+        return {
+            run_id: (engine_calls.step(e), engine_calls.pending_examples(e))
+            for run_id, e in self._engines.items()
+        }
+
+    def _engine(self, run_id: str) -> TrainingEngine:
+        engine = self._engines.get(run_id)
+        if engine is None:
+            raise RunNotHeldError(f"this worker holds no engine for run {run_id}")
+        return engine
+
+
+__all__ = ["EngineHost", "RunNotHeldError"]
