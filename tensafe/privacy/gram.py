@@ -17,10 +17,11 @@ products of uses, each a sum over pairs of token positions ``(t, s)``:
 
 ``‖Σ_u U_u‖² = Σ_{u,v} ⟨U_u, U_v⟩``, exact in real arithmetic; computed in at least float32
 (:func:`compute_dtype`). The clipped sum ``Σ_i c_i Σ_u U_{u,i}`` is then formed per use
-without any per-example tensor: ``(c·g)ᵀ a`` for a linear use, an ``index_add`` of ``c·e``
-rows for an embedding use. Cost per example is ``O(T²·(rows + cols))`` instead of
-``O(T·rows·cols)``, and it keeps ``T·(rows + cols)`` values per example instead of
-``rows·cols``: it pays when ``T·(rows + cols) < rows·cols`` (:func:`gram_pays`).
+without any per-example tensor: ``gᵀ (c·a)`` or ``(c·g)ᵀ a`` (the narrower side scaled) for
+a linear use, an ``index_add`` of ``c·e`` rows for an embedding use. Cost per example is
+``O(T²·(rows + cols))`` instead of ``O(T·rows·cols)``, and it keeps ``T·(rows + cols)`` values
+per example instead of ``rows·cols``: it pays when ``T·(rows + cols) < rows·cols``
+(:func:`gram_pays`).
 
 Example:
     >>> import torch
@@ -51,6 +52,26 @@ def zero_rows(values: torch.Tensor, finite: torch.Tensor | None) -> torch.Tensor
     return torch.where(finite.view((-1,) + (1,) * (values.dim() - 1)), values, 0.0)
 
 
+def example_rows(
+    values: torch.Tensor,
+    *,
+    finite: torch.Tensor | None,
+    factors: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``values`` ``(B, …, d)`` as ``(B·P, d)`` rows in :func:`compute_dtype`, the rows
+    of examples not ``finite`` zeroed (``None``: all finite) and, with ``factors``
+    ``(B,)``, every example's rows multiplied by its factor. For a linear use with
+    activations ``a`` and output gradients ``g``, ``rows(g)ᵀ · rows(a, factors=c)`` and
+    ``rows(g, factors=c)ᵀ · rows(a)`` are both its clipped weight sum; scaling the
+    narrower side (or an input several layers share) costs fewer passes."""
+    dtype = compute_dtype(values.dtype)
+    rows = zero_rows(values.to(dtype), finite)
+    if factors is not None:
+        scale = factors.to(dtype).view((-1,) + (1,) * (values.dim() - 1))
+        rows = rows * scale
+    return rows.reshape(-1, values.shape[-1])
+
+
 def ghost_operands(
     inp: torch.Tensor,
     grad_out: torch.Tensor,
@@ -62,11 +83,30 @@ def ghost_operands(
     a linear use, in :func:`compute_dtype`, with the rows of examples not ``finite``
     zeroed (``None``: all finite): ``g.t() @ a`` is then the use's clipped weight sum
     and ``g.sum(0)`` its bias sum."""
-    dtype = compute_dtype(grad_out.dtype)
-    scale = factors.to(dtype).view((-1,) + (1,) * (grad_out.dim() - 1))
-    g = (zero_rows(grad_out.to(dtype), finite) * scale).reshape(-1, grad_out.shape[-1])
-    a = zero_rows(inp.to(dtype), finite).reshape(-1, inp.shape[-1])
-    return g, a
+    g = example_rows(grad_out, finite=finite, factors=factors)
+    return g, example_rows(inp, finite=finite)
+
+
+def position_gram(values: torch.Tensor) -> torch.Tensor:
+    """``values`` ``(B, …, d)`` read as ``(B, P, d)`` (``P`` positions per example) →
+    the per-example Gram matrices ``(B, P, P)`` of inner products between positions,
+    in :func:`compute_dtype`."""
+    b = values.shape[0]
+    v = values.reshape(b, -1, values.shape[-1]).to(compute_dtype(values.dtype))
+    return v.bmm(v.transpose(1, 2))
+
+
+def ghost_squared_norms(
+    *, input_gram: torch.Tensor, grad_out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example squared norms of a linear layer's weight and bias gradients,
+    ``(B,)`` each, in :func:`compute_dtype`, from the activations' position Gram
+    ``input_gram`` (:func:`position_gram` of the input, which layers fed the same
+    tensor can share) and the output gradients ``(B, …, out)``:
+    ``‖Σ_t g_t a_tᵀ‖² = Σ_{t,s} ⟨g_t, g_s⟩·⟨a_t, a_s⟩`` and ``‖Σ_t g_t‖² = Σ_{t,s} ⟨g_t, g_s⟩``.
+    Not clamped: rounding can leave a tiny negative value (the caller clamps)."""
+    grad_gram = position_gram(grad_out)
+    return (grad_gram * input_gram).sum(dim=(1, 2)), grad_gram.sum(dim=(1, 2))
 
 
 @dataclass(frozen=True)
@@ -154,7 +194,13 @@ def clipped_sum(
     out = torch.zeros(shape, dtype=dtype, device=uses[0].grad_out.device)
     for use in uses:
         if isinstance(use, LinearUse):
-            g, a = ghost_operands(use.inp, use.grad_out, factors=factors, finite=finite)
+            # scale the narrower side (a tied head's activations, not its vocab-wide
+            # output gradients): the same sum, one small scaled copy
+            if use.inp.shape[-1] <= use.grad_out.shape[-1]:
+                g = example_rows(use.grad_out, finite=finite)
+                a = example_rows(use.inp, finite=finite, factors=factors)
+            else:
+                g, a = ghost_operands(use.inp, use.grad_out, factors=factors, finite=finite)
             out.addmm_(g.t(), a)
         else:
             ids, e = use.operands()
@@ -182,7 +228,10 @@ __all__ = [
     "Use",
     "clipped_sum",
     "compute_dtype",
+    "example_rows",
     "ghost_operands",
+    "ghost_squared_norms",
     "gram_pays",
+    "position_gram",
     "squared_norms",
 ]

@@ -4,16 +4,20 @@ How it works. Every module that owns a trainable parameter has its ``forward``
 routed through a custom autograd function. In the backward pass that function
 returns the gradient for the module *input* only — autograd never builds the
 summed weight gradient — and hands the layer's activations and output gradients
-to a :class:`ClipCollector`, which computes each example's contribution with
-Opacus' per-layer samplers:
+to a :class:`ClipCollector`, which computes each example's contribution by one of
+three routes:
 
 * **instantiate** (Opacus ``GRAD_SAMPLERS``): the ``(B, *param.shape)`` per-example
   gradient is materialised; used for small layers (all LoRA matrices), norms, and for
   embeddings and shared weights when ``T·(rows + cols) ≥ rows·cols`` (long sequences).
-* **ghost** (Opacus ``NORM_SAMPLERS``): for a large linear layer used once per
-  forward, only the per-example norm is computed from activation and gradient Gram
-  matrices; the clipped sum is formed afterwards as one matmul of the stored
-  activations and re-weighted output gradients (``2T² < in·out``, Bu et al.).
+* **ghost** (:func:`~tensafe.privacy.gram.ghost_squared_norms`): for a large linear
+  layer used once per forward (``2T² < in·out``, Bu et al.), only the per-example norm
+  is computed, from the position Gram matrices of activations and output gradients;
+  layers fed the same tensor (q/k/v, gate/up) share the activations' Gram. The
+  clipped sum is formed afterwards as one matmul per layer of the stored activations
+  and output gradients, the clip factors applied to the narrower side (the shared
+  activations once for q/k/v and gate/up), and each layer's stored tensors are
+  released once its sum is formed.
   A layer the forward calls several times on purpose — the output head applied a
   chunk of positions at a time (:mod:`tensafe.losses.chunked`) — is named in
   ``collect(repeated=...)`` and instantiated instead: its per-example gradient is
@@ -64,14 +68,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from opacus.grad_sample import GradSampleModule
-from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
-    GradSampleModuleFastGradientClipping,
-)
 from torch import nn
 
 from tensafe.errors import ConfigError, PrivacyError
 from tensafe.privacy import gram
-from tensafe.privacy.gram import compute_dtype, ghost_operands, zero_rows
+from tensafe.privacy.gram import (
+    compute_dtype,
+    example_rows,
+    ghost_squared_norms,
+    position_gram,
+    zero_rows,
+)
 from tensafe.privacy.groups import Grouping
 
 # RMSNorm implementations whose forward is exactly ``weight * (x * rsqrt(mean(x²) + eps))``
@@ -85,6 +92,18 @@ CLIP_EPS = 1e-6  # as in opacus.optimizers.optimizer: C / (norm + 1e-6)
 
 # Elements of the (at least) float32 working copy used per slice of a clipped sum.
 _SUM_CHUNK_ELEMENTS = 1 << 22
+
+# Input position Grams kept for reuse by the next ghost layers fed the same tensor
+# (q/k/v, gate/up run their backward one after another).
+_INPUT_GRAM_CACHE = 2
+
+_TensorKey = tuple[object, ...]
+
+
+def _tensor_key(t: torch.Tensor) -> _TensorKey:
+    """Identifies the values of ``t`` while ``t`` is alive: same memory, layout, dtype
+    and version counter (an in-place write bumps it) mean the same values."""
+    return (t.device, t.dtype, t.data_ptr(), tuple(t.shape), t.stride(), t._version)
 
 
 @dataclass(frozen=True)
@@ -230,8 +249,14 @@ class ClipCollector:
         #: ids of the modules called several times per forward (never ghost-clipped)
         self.repeated = frozenset(id(m) for m in repeated)
         self._per_sample: dict[nn.Parameter, torch.Tensor] = {}
-        self._ghost: list[tuple[_Site, torch.Tensor, torch.Tensor]] = []
+        #: ghost-clipped calls: (site, activations, output gradients, activations' key)
+        self._ghost: list[tuple[_Site, torch.Tensor, torch.Tensor, _TensorKey]] = []
         self._ghost_sq: torch.Tensor | None = None
+        #: the latest input position Grams: (key, the input itself — held so that its
+        #: memory cannot be reused while the key is cached —, its Gram)
+        self._input_grams: list[tuple[_TensorKey, torch.Tensor, torch.Tensor]] = []
+        #: ghost calls whose input Gram was reused from a layer fed the same tensor
+        self.shared_input_grams = 0
         self._ghost_seen: set[int] = set()
         #: weight → its uses, for weights whose norm comes from Gram matrices
         self._gram: dict[nn.Parameter, list[gram.Use]] = {}
@@ -272,6 +297,18 @@ class ClipCollector:
         if module.bias is not None and module.bias.requires_grad:
             self._accumulate(module.bias, g.sum(dim=1))
 
+    def _input_gram(self, inp: torch.Tensor, key: _TensorKey) -> torch.Tensor:
+        """The position Gram of a ghost layer's input, reused when the previous ghost
+        layers were fed the same tensor (q/k/v, gate/up): their weight norms share
+        the activations' half of the work."""
+        for cached_key, _, gram_matrix in self._input_grams:
+            if cached_key == key:
+                self.shared_input_grams += 1
+                return gram_matrix
+        gram_matrix = position_gram(inp)
+        self._input_grams = [*self._input_grams[1 - _INPUT_GRAM_CACHE :], (key, inp, gram_matrix)]
+        return gram_matrix
+
     def add(self, site: _Site, inp: torch.Tensor, grad_out: torch.Tensor) -> None:
         """Record one layer call's activations and output gradients."""
         if inp.shape[0] != self.batch_size or grad_out.shape[0] != self.batch_size:
@@ -298,12 +335,15 @@ class ClipCollector:
             once = not site.shared and id(module) not in self.repeated
             if big and once and id(module) not in self._ghost_seen:
                 self._ghost_seen.add(id(module))
-                sampler = GradSampleModuleFastGradientClipping.NORM_SAMPLERS[nn.Linear]
-                exact = compute_dtype(grad_out.dtype)  # Gram matrices in bf16 misjudge norms
-                for norm in sampler(module, [inp.to(exact)], grad_out.to(exact)).values():
-                    sq = norm.to(torch.promote_types(norm.dtype, torch.float32)).pow(2)
-                    self._ghost_sq = sq if self._ghost_sq is None else self._ghost_sq + sq
-                self._ghost.append((site, inp, grad_out))
+                key = _tensor_key(inp)
+                # Gram matrices in at least float32 (in bf16 they misjudge norms)
+                weight_sq, bias_sq = ghost_squared_norms(
+                    input_gram=self._input_gram(inp, key), grad_out=grad_out
+                )
+                for sq, param in ((weight_sq, module.weight), (bias_sq, module.bias)):
+                    if param is not None and param.requires_grad:
+                        self._ghost_sq = sq if self._ghost_sq is None else self._ghost_sq + sq
+                self._ghost.append((site, inp, grad_out, key))
                 self.strategy_counts["ghost"] += 1
                 return
             if id(module) in self._ghost_seen:
@@ -343,6 +383,56 @@ class ClipCollector:
             self._accumulate(module.weight, gs)
             self.strategy_counts["instantiate"] += 1
 
+    def _ghost_sums(
+        self,
+        sums: dict[nn.Parameter, torch.Tensor],
+        *,
+        factors: torch.Tensor,
+        finite: torch.Tensor | None,
+    ) -> None:
+        """Add the ghost-clipped layers' clipped sums ``Σ_i c_i g_iᵀ a_i`` to ``sums``,
+        releasing each layer's activations and output gradients once used (the sums
+        grow while they shrink, so the peak stays near the backward's).
+
+        Layers fed the same input are done together: the factors multiply the shared
+        activations once when that is narrower than their output gradients together
+        (q/k/v, gate/up, a wide output), else each layer's output gradients."""
+        groups: dict[_TensorKey, list[tuple[_Site, torch.Tensor, torch.Tensor]]] = {}
+        for site, inp, grad_out, key in self._ghost:
+            groups.setdefault(key, []).append((site, inp, grad_out))
+        self._ghost.clear()
+        while groups:
+            _, calls = groups.popitem()  # the latest first: the order of the backward
+            inp = calls[0][1]
+            outs = sum(grad_out.shape[-1] for _, _, grad_out in calls)
+            scaled_inp = (
+                example_rows(inp, finite=finite, factors=factors) if inp.shape[-1] <= outs else None
+            )
+            plain_inp = None if scaled_inp is not None else example_rows(inp, finite=finite)
+            del inp  # the calls' own references go as each is popped
+            while calls:
+                site, _, grad_out = calls.pop()
+                module = site.module
+                weight = module.weight if module.weight.requires_grad else None
+                bias = module.bias
+                bias = bias if bias is not None and bias.requires_grad else None
+                w = b = None
+                if scaled_inp is not None:
+                    g = example_rows(grad_out, finite=finite)
+                    w = None if weight is None else g.t().matmul(scaled_inp)
+                    if bias is not None:  # Σ_i c_i Σ_t g_{i,t}
+                        per_example = g.reshape(factors.shape[0], -1, g.shape[-1]).sum(dim=1)
+                        b = factors.to(g.dtype) @ per_example
+                else:
+                    g = example_rows(grad_out, finite=finite, factors=factors)
+                    w = None if weight is None else g.t().matmul(plain_inp)
+                    b = None if bias is None else g.sum(dim=0)
+                del grad_out, g
+                for param, value in ((weight, w), (bias, b)):
+                    if param is not None and value is not None:
+                        sums[param] = sums[param] + value if param in sums else value
+            del scaled_inp, plain_inp
+
     def clip(self, max_grad_norm: float) -> ClipResult:
         """Clip every example's gradient to ``max_grad_norm`` and sum over examples."""
         sq = self._ghost_sq
@@ -366,15 +456,8 @@ class ClipCollector:
         sums: dict[nn.Parameter, torch.Tensor] = {}
         for param, gs in self._per_sample.items():
             sums[param] = clipped_sum(gs, factors=factors, finite=keep)
-        for site, inp, grad_out in self._ghost:
-            module = site.module
-            g, a = ghost_operands(inp, grad_out, factors=factors, finite=keep)
-            if module.weight.requires_grad:
-                w = g.t().matmul(a)
-                sums[module.weight] = sums[module.weight] + w if module.weight in sums else w
-            if module.bias is not None and module.bias.requires_grad:
-                b = g.sum(dim=0)
-                sums[module.bias] = sums[module.bias] + b if module.bias in sums else b
+        self._input_grams.clear()
+        self._ghost_sums(sums, factors=factors, finite=keep)
         for weight, uses in self._gram.items():
             w = gram.clipped_sum(uses, shape=weight.shape, factors=factors, finite=keep)
             sums[weight] = sums[weight] + w if weight in sums else w

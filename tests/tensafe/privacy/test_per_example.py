@@ -86,6 +86,8 @@ def _engine_sums(model, clipper, ids, mask, targets, weights, C):
     with clipper.collect(batch_size=ids.shape[0]) as col:
         _per_example_loss(model, ids, mask, targets, weights).sum().backward()
     counts = dict(col.strategy_counts)
+    if counts["ghost"]:
+        counts["shared_input_grams"] = col.shared_input_grams
     res = col.clip(C)
     return res, counts
 
@@ -113,6 +115,8 @@ def test_full_finetune_matches_reference_fp64_with_tied_embeddings(seq_len):
     assert counts["instantiate"] > 0
     if seq_len == 6:
         assert counts["ghost"] > 0
+        # q/k/v and gate/up of each layer share their input's Gram: 3 per layer
+        assert counts["shared_input_grams"] == 3 * model.config.num_hidden_layers
 
 
 def test_untied_full_finetune_matches_reference():
@@ -229,3 +233,46 @@ def test_module_called_twice_without_being_named_repeated_is_refused():
     x = torch.randn(3, 6, 8, dtype=torch.float64)
     with pytest.raises(PrivacyError, match="used twice"):
         _chunked_head_pass(clipper, lin, x, pieces=2, repeated=())
+
+
+class _SharedInput(torch.nn.Module):
+    """Three biased layers fed one tensor (like q/k/v), one narrow and one wide
+    (the clipped sums scale the shared input once, or each output gradient)."""
+
+    def __init__(self, *, wide: int) -> None:
+        super().__init__()
+        self.q, self.k = torch.nn.Linear(16, 8), torch.nn.Linear(16, 4)
+        self.v = torch.nn.Linear(16, wide)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.q(x).tanh().sum(-1) * self.k(x).sum(-1) + self.v(x).cos().sum(-1)).sum(-1)
+
+
+@pytest.mark.parametrize("wide", [2, 40])  # Σ out 14 < 16: scale each grad_out; 52: the input
+@pytest.mark.parametrize("poison", [False, True])
+def test_layers_sharing_an_input_match_reference(wide, poison):
+    torch.manual_seed(0)
+    model = _SharedInput(wide=wide).double()
+    params = list(model.parameters())
+    x = torch.randn(4, 3, 16, dtype=torch.float64)
+    if poison:
+        x[2, 1, 5] = float("nan")  # example 2 contributes nothing, the others exactly
+    C = 0.3
+    want = [torch.zeros_like(p) for p in params]
+    for i in range(x.shape[0]):
+        if poison and i == 2:
+            continue
+        grads = torch.autograd.grad(model(x[i : i + 1]).sum(), params)
+        norm = float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
+        for t, g in zip(want, grads, strict=True):
+            t.add_(g * min(1.0, C / (norm + CLIP_EPS)))
+    clipper = PerExampleClipper(model)
+    with clipper.collect(batch_size=x.shape[0]) as col:
+        model(x).sum().backward()
+    assert col.strategy_counts == {"ghost": 3, "instantiate": 0}
+    assert col.shared_input_grams == 2
+    res = col.clip(C)
+    assert res.nonfinite.tolist() == [False, False, poison, False]
+    assert float(res.norms[~res.nonfinite].min()) > C  # clipping active: wrong norms would show
+    for p, w in zip(params, want, strict=True):
+        torch.testing.assert_close(res.sums[p], w, rtol=1e-10, atol=1e-12)
