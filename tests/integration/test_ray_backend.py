@@ -191,6 +191,13 @@ def test_runs_share_actors_and_survive_a_killed_actor(
             service.close()
 
 
+def base_storage(engine: Any) -> dict[str, int]:
+    """Run inside the actor: ``{name: data_ptr}`` of the run's frozen base tensors."""
+    return {
+        name: p.data_ptr() for name, p in engine.model.named_parameters() if not p.requires_grad
+    }
+
+
 def test_two_tenants_on_one_actor_are_isolated(cluster: tuple[LiveServer, str]) -> None:
     server, namespace = cluster
     tenants = [server.create_tenant(), server.create_tenant()]
@@ -202,6 +209,11 @@ def test_two_tenants_on_one_actor_are_isolated(cluster: tuple[LiveServer, str]) 
         theirs = bob.create_training_client(tiny_config(dp_config=dp_config()))
         handle = actor_of(namespace, mine.run_id)
         assert handle == actor_of(namespace, theirs.run_id)  # one actor, one base model
+        # ... held once: both runs' frozen base tensors are the same memory
+        shared = ray.get(handle.call.remote(mine.run_id, base_storage, {}), timeout=60)
+        assert shared and shared == ray.get(
+            handle.call.remote(theirs.run_id, base_storage, {}), timeout=60
+        )
 
         theirs.forward_backward(random_batch(1)).result(timeout=120)  # pending in its sum
         before = digest(handle, theirs.run_id)

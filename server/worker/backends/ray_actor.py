@@ -5,7 +5,9 @@ runs on one actor never interleave inside an operation.
 
 Each run has its own :class:`~tensafe.engine.TrainingEngine` — its own adapter,
 optimizer, clipper accumulator and noise generator — keyed by run id; a call names
-its run and touches only that engine.
+its run and touches only that engine. LoRA runs of one base model share its frozen
+weights through the actor's :class:`~tensafe.models.BaseModelPool` (one base in memory
+plus each run's adapter and optimizer state); a full fine-tuning run loads its own.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from server.worker import engine_calls
 from server.worker.engine_calls import EngineFacts
 from server.worker.engine_factory import EngineOptions, build_engine
 from tensafe.engine import TrainingEngine
+from tensafe.models import BaseModelPool
 
 
 class RunNotHeldError(LookupError):
@@ -31,6 +34,7 @@ class EngineHost:
 
     def __init__(self, options: EngineOptions) -> None:
         self._options = options
+        self._base_models = BaseModelPool()
         self._engines: dict[str, TrainingEngine] = {}
 
     def pid(self) -> int:
@@ -39,7 +43,9 @@ class EngineHost:
     def build(self, run_id: str, spec: EngineSpec) -> EngineFacts:
         """Build (or replace) the run's engine; its public facts."""
         self._engines.pop(run_id, None)
-        engine = build_engine(run_id=run_id, spec=spec, options=self._options)
+        engine = build_engine(
+            run_id=run_id, spec=spec, options=self._options, base_models=self._base_models
+        )
         self._engines[run_id] = engine
         return engine_calls.facts(engine)
 
