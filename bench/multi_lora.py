@@ -34,6 +34,7 @@ target at N = 8: ≤ 0.35).
 
     python bench/multi_lora.py --json                                    # tiny Llama
     python bench/multi_lora.py --model smollm2-135m-instruct --steps 2 --json
+    python bench/multi_lora.py --runs 1 --ray --json    # + Ray backend vs in-process per step
 
 The last line of output is one JSON object (with ``--json``).
 """
@@ -208,11 +209,17 @@ def _measure(layout: str, runs: int, argv: list[str]) -> dict[str, float]:
     return figures
 
 
-def ray_overhead(*, model: str, steps: int) -> dict[str, float] | None:
-    """RAY BACKEND VS IN-PROCESS — hook for the lead: the per-step overhead of the Ray
-    worker backend over the in-process one on the same model (issue #16 target ≤ 5 %),
-    measured by ``bench/ray_overhead.py``. ``None`` until it is wired in here."""
-    return None
+def ray_overhead(
+    *, model: str, steps: int, batch: int, seq: int, lora_rank: int
+) -> dict[str, object]:
+    """The per-step overhead of the Ray worker backend over the in-process one on the
+    same model and batch (issue #16 target ≤ 5 %): one DP-LoRA run through two live
+    servers side by side, alternating steps (:mod:`ray_overhead`)."""
+    from ray_overhead import measure_ray_overhead
+
+    return measure_ray_overhead(
+        model=model, steps=max(steps, 4), batch=batch, seq=seq, lora_rank=lora_rank
+    )
 
 
 def run_benchmark(
@@ -225,9 +232,11 @@ def run_benchmark(
     seq: int = 128,
     lora_rank: int = 16,
     device: str = "cpu",
+    with_ray: bool = False,
 ) -> dict[str, object]:
     """Both layouts at each N in ``runs``, each in a fresh subprocess; the figures
-    side by side (see the module doc for what is measured and how)."""
+    side by side (see the module doc for what is measured and how); with ``with_ray``
+    also the Ray backend's per-step overhead (:func:`ray_overhead`), else ``None``."""
     argv = [
         f"--model={model}",
         f"--steps={steps}",
@@ -305,7 +314,11 @@ def run_benchmark(
         ),
         "rows": rows,
         "shared_vs_separate": ratios,
-        "ray_vs_inprocess": ray_overhead(model=model, steps=steps),
+        "ray_vs_inprocess": ray_overhead(
+            model=model, steps=steps, batch=batch, seq=seq, lora_rank=lora_rank
+        )
+        if with_ray
+        else None,
     }
 
 
@@ -320,6 +333,11 @@ def main() -> None:
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="also measure the Ray backend's per-step overhead vs in-process (two live servers)",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -352,6 +370,7 @@ def main() -> None:
         seq=args.seq,
         lora_rank=args.lora_rank,
         device=args.device,
+        with_ray=args.ray,
     )
     if not args.json:
         for row in summary["rows"]:  # type: ignore[union-attr]
