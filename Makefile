@@ -29,7 +29,7 @@ demo: install
 test: install
 	$(VPY) -m ruff check .
 	$(VENV)/bin/lint-imports
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q --durations=25
 
 test-all: install
 	$(VPY) -m pytest -q -m ''
