@@ -137,6 +137,25 @@ class LiveServer:
         self.start()
 
 
+def ledger_rows(server: LiveServer, *, column: str, value: str) -> list[dict[str, object]]:
+    """The server's ledger rows whose ``column`` (``run_id`` or ``dataset_id``) is
+    ``value``, in ``seq`` order, read straight from its database."""
+    from sqlalchemy import create_engine, text
+
+    if column not in ("run_id", "dataset_id"):
+        raise ValueError(f"column: run_id or dataset_id, not {column!r}")
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(f"select * from ledger_events where {column} = :v order by seq"),
+                {"v": value},
+            )
+            return [dict(r._mapping) for r in rows]
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def postgres_session_url() -> Iterator[str]:
     reason = postgres_available()

@@ -12,11 +12,10 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import create_engine, text
 from tg_tinker import ServiceClient, TrainingClient
 
 from tensafe.privacy import PrivacyAccountant
-from tests.integration.conftest import LiveServer
+from tests.integration.conftest import LiveServer, ledger_rows
 from tests.integration.test_end_to_end import dp_config, random_batch, tiny_config
 
 pytestmark = pytest.mark.integration
@@ -26,19 +25,7 @@ RUN_DELTA = min(1e-5, N**-1.1)
 
 
 def _ledger(server: LiveServer, run_id: str) -> list[dict[str, object]]:
-    engine = create_engine(server.database_url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "select kind, epsilon_run_exact, run_delta, run_accountant, delta "
-                    "from ledger_events where run_id = :r order by seq"
-                ),
-                {"r": run_id},
-            )
-            return [dict(r._mapping) for r in rows]
-    finally:
-        engine.dispose()
+    return ledger_rows(server, column="run_id", value=run_id)
 
 
 def _reported_in_audit(service: ServiceClient, dataset: str, run_id: str) -> float:

@@ -15,12 +15,11 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import create_engine, text
 from tg_tinker import ServiceClient
 from tg_tinker.errors import BudgetExceededError, PermissionDeniedError, ValidationError
 
 from tensafe.privacy.budget import DatasetBudget
-from tests.integration.conftest import LiveServer
+from tests.integration.conftest import LiveServer, ledger_rows
 from tests.integration.test_end_to_end import dp_config, random_batch, tiny_config
 
 pytestmark = pytest.mark.integration
@@ -36,16 +35,7 @@ def cap_for(k: int) -> float:
 
 
 def ledger(server: LiveServer, dataset: str) -> list[dict[str, object]]:
-    engine = create_engine(server.database_url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                text("select * from ledger_events where dataset_id = :d order by seq"),
-                {"d": dataset},
-            )
-            return [dict(r._mapping) for r in rows]
-    finally:
-        engine.dispose()
+    return ledger_rows(server, column="dataset_id", value=dataset)
 
 
 def config(dataset: str, seed: int = 0):  # type: ignore[no-untyped-def]

@@ -21,11 +21,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 from tg_tinker import SamplingParams, ServiceClient
 from tg_tinker.errors import TGTinkerError
 
-from tests.integration.conftest import LiveServer
+from tests.integration.conftest import LiveServer, ledger_rows
 from tests.integration.test_end_to_end import dp_config, random_batch, tiny_config
 
 ray = pytest.importorskip("ray")
@@ -107,25 +106,15 @@ def ledger_epsilon(server: LiveServer, run_id: str) -> tuple[int, float]:
     them gives (the run's own δ and accountant, as recorded)."""
     from tensafe.privacy import compute_epsilon
 
-    engine = create_engine(server.database_url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "select noise_multiplier, sample_rate, run_delta, run_accountant "
-                    "from ledger_events where run_id = :r and kind = 'dp_step' order by seq"
-                ),
-                {"r": run_id},
-            ).all()
-    finally:
-        engine.dispose()
+    rows = [r for r in ledger_rows(server, column="run_id", value=run_id) if r["kind"] == "dp_step"]
     history: list[tuple[float, float, int]] = []
-    for sigma, q, _, _ in rows:  # consecutive equal steps as one segment, as the run keeps them
-        if history and history[-1][:2] == (float(sigma), float(q)):
-            history[-1] = (float(sigma), float(q), history[-1][2] + 1)
+    for row in rows:  # consecutive equal steps as one segment, as the run keeps them
+        sigma, q = float(row["noise_multiplier"]), float(row["sample_rate"])
+        if history and history[-1][:2] == (sigma, q):
+            history[-1] = (sigma, q, history[-1][2] + 1)
         else:
-            history.append((float(sigma), float(q), 1))
-    delta, accountant = float(rows[-1][2]), str(rows[-1][3])
+            history.append((sigma, q, 1))
+    delta, accountant = float(rows[-1]["run_delta"]), str(rows[-1]["run_accountant"])
     return len(rows), compute_epsilon(history=history, delta=delta, accountant=accountant)
 
 
