@@ -571,16 +571,11 @@ class TrainingEngine:
         model's size to the first step's peak memory)."""
         probes: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         for p in self.params:
-            grad = None if p.grad is None else p.grad.detach().reshape(-1)
-            if grad is None or grad.numel() == 0:
+            if p.grad is None:
                 probes.append(None)
                 continue
-            where = torch.linspace(
-                0, grad.numel() - 1, min(grad.numel(), _MOVE_PROBES), device=grad.device
-            ).long()
-            first = torch.argmax(grad.ne(0).to(torch.uint8)).view(1)  # 0 when all are 0
-            where = torch.cat([where, first]).unique()
-            where = where[grad[where].ne(0)]
+            grad = p.grad.detach().reshape(-1)
+            where = probe_positions(grad)
             weights = p.detach().reshape(-1)[where].clone()
             probes.append((where, weights) if where.numel() else None)
         return probes
@@ -686,6 +681,21 @@ class TrainingEngine:
             dp_enabled=self.dp is not None,
             step=self.step,
         )
+
+
+def probe_positions(grad: torch.Tensor, *, count: int = _MOVE_PROBES) -> torch.Tensor:
+    """Sorted flat positions of the 1-d ``grad`` where it is non-zero, among ``count``
+    evenly spaced positions (first and last included) and the first non-zero one:
+    int64, empty when ``grad`` is all zeros or empty."""
+    n = grad.numel()
+    if n == 0:
+        return torch.zeros(0, dtype=torch.int64, device=grad.device)
+    spaced = torch.arange(min(n, count), dtype=torch.int64, device=grad.device)
+    if n > count:  # exact in int64 (a float32 linspace rounds 28,311,551 up to n)
+        spaced = spaced * (n - 1) // (count - 1)
+    first = torch.argmax(grad.ne(0).to(torch.uint8)).view(1)  # 0 when all are 0
+    where = torch.cat([spaced, first]).unique()
+    return where[grad[where].ne(0)]
 
 
 def _check_pooled(

@@ -193,3 +193,17 @@ def test_loss_falls_over_twenty_noise_free_steps(dp):
         eng.optim_step()
     last = eng.forward(batch).loss
     assert last < first - 0.5, (first, last)
+
+
+def test_probe_positions_stay_in_range_and_find_a_lone_non_zero():
+    from tensafe.engine.engine import probe_positions
+
+    n = 49152 * 576  # SmolLM2's embedding: float32 cannot hold n - 1 exactly
+    grad = torch.zeros(n)
+    assert probe_positions(grad).numel() == 0
+    grad[-1] = 1.0
+    grad[12_345] = -2.0  # between the evenly spaced positions: found as the first non-zero
+    assert probe_positions(grad).tolist() == [12_345, n - 1]
+    small = torch.tensor([0.0, 3.0, 0.0])
+    assert probe_positions(small).tolist() == [1]
+    assert probe_positions(torch.zeros(0)).numel() == 0
