@@ -15,6 +15,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tensafe.engine import ForwardBackwardResult, TrainingEngine
 from tensafe.engine.microbatches import plan_micro_batches
@@ -190,6 +192,26 @@ def test_a_unit_larger_than_the_limit_is_its_own_micro_batch() -> None:
     assert shapes == [(4, 8), (2, 6)]
     _assert_same_result(got, want)
     _assert_same_sums(_acc(micro), _acc(one), rtol=1e-5)
+
+
+@given(
+    labels=st.lists(st.integers(0, 5), min_size=1, max_size=30),
+    limit=st.integers(1, 8),
+    grouped=st.booleans(),
+)
+def test_a_plan_covers_every_row_once_and_never_splits_a_unit(labels, limit, grouped) -> None:
+    groups = labels if grouped else None
+    plans = plan_micro_batches(len(labels), max_examples=limit, groups=groups)
+    rows = [r for plan in plans for r in plan]
+    assert sorted(rows) == list(range(len(labels)))
+    assert all(list(plan) == sorted(plan) for plan in plans)
+    units = {}
+    for row, label in enumerate(groups if grouped else range(len(labels))):
+        units.setdefault(label, []).append(row)
+    for plan in plans:
+        inside = [u for u in units.values() if set(u) & set(plan)]
+        assert all(set(u) <= set(plan) for u in inside)  # a unit is never split
+        assert len(plan) <= limit or len(inside) == 1  # over the limit: one big unit alone
 
 
 def _datums(n: int, *, bad: int | None, seed: int = 0) -> list[Datum]:
