@@ -86,6 +86,8 @@ BatchInput = TokenBatch | Sequence[Datum] | Mapping[str, Any]
 
 STATE_FORMAT = 1
 
+_MOVE_PROBES = 1024  # coordinates per tensor checked to have moved after the first step
+
 
 class TrainingEngine:
     """Trains one model under DP-SGD (or plainly, when DP is disabled).
@@ -567,20 +569,16 @@ class TrainingEngine:
 
     def _noisy_gradients(
         self, dp: DPState, extra: Mapping[nn.Parameter, torch.Tensor]
-    ) -> Iterator[torch.Tensor]:
-        """Per parameter, in ``self.params`` order: (clipped sum + noise) ÷ q·N, the
-        sum including a probe's ``extra`` clipped contributions (never stored, so a
-        refused step leaves the accumulator as it was).
-
-        Lazy, so each gradient is cast to its parameter's dtype (by
-        :func:`~tensafe.engine.guards.finite_update`) before the next one is drawn;
-        the order of the noise draws is the parameter order.
-        """
+    ) -> list[torch.Tensor]:
+        """Per parameter, in ``self.params`` order and in its dtype: (clipped sum +
+        noise) ÷ q·N, the sum including a probe's ``extra`` clipped contributions
+        (never stored, so a refused step leaves the accumulator as it was); the
+        order of the noise draws is the parameter order."""
+        sums = []
         for p in self.params:
             acc, more = self._acc.get(p), extra.get(p)
-            if more is not None:
-                acc = more if acc is None else acc + more
-            yield dp.noisy_gradient(acc, like=p)
+            sums.append(acc if more is None else more if acc is None else acc + more)
+        return dp.noisy_gradients(sums, like=self.params)
 
     def _mean_gradients(self) -> Iterator[torch.Tensor | None]:
         """Per parameter: the summed gradient ÷ the number of examples (``None``
@@ -593,9 +591,9 @@ class TrainingEngine:
         """Set each parameter's gradient (already in its own dtype) and take the
         optimizer step; after the run's first step, check that the weights moved,
         and after every step that they are finite."""
-        snapshot = [p.detach().clone() for p in self.params] if self.step == 0 else None
         for p, grad in zip(self.params, grads, strict=True):
             p.grad = grad
+        snapshot = self._moved_probes() if self.step == 0 else None
         if adam_params is not None:
             apply_adam_params(self.optimizer, adam_params, name=self.optimizer_config.name)
         self.optimizer.step()
@@ -604,15 +602,34 @@ class TrainingEngine:
         check_weights_finite(self.params, names=self._param_names)
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _check_weights_moved(self, snapshot: list[torch.Tensor]) -> None:
-        # A tensor with a non-zero gradient and a positive learning rate must move.
-        # Under DP every gradient is non-zero (noise), so every tensor must move;
-        # catching the "optimizer holds stale copies" failure (e.g. a model moved
-        # to a device after the optimizer was built).
+    def _moved_probes(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Per parameter, before the optimizer step: flat positions where its gradient
+        is non-zero (up to ``_MOVE_PROBES`` evenly spaced ones, and the first one)
+        and the weights there; ``None`` where the gradient is absent or zero. A copy
+        of a few values per tensor, not of the model (a full copy would add the
+        model's size to the first step's peak memory)."""
+        probes: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        for p in self.params:
+            if p.grad is None:
+                probes.append(None)
+                continue
+            grad = p.grad.detach().reshape(-1)
+            where = probe_positions(grad)
+            weights = p.detach().reshape(-1)[where].clone()
+            probes.append((where, weights) if where.numel() else None)
+        return probes
+
+    def _check_weights_moved(self, probes: list[tuple[torch.Tensor, torch.Tensor] | None]) -> None:
+        # A coordinate with a non-zero gradient and a positive learning rate must
+        # move (Adam moves it by about the learning rate, SGD by lr × gradient), so a
+        # tensor none of whose probed coordinates moved is not being updated: the
+        # "optimizer holds stale copies" failure (e.g. a model moved to a device after
+        # the optimizer was built). Under DP every gradient is non-zero (noise), so
+        # every tensor is probed.
         frozen = [
             self._param_names[id(p)]
-            for p, before in zip(self.params, snapshot, strict=True)
-            if p.grad is not None and bool(p.grad.ne(0).any()) and torch.equal(p.detach(), before)
+            for p, probe in zip(self.params, probes, strict=True)
+            if probe is not None and torch.equal(p.detach().reshape(-1)[probe[0]], probe[1])
         ]
         if frozen:
             raise PrivacyError(
@@ -703,6 +720,21 @@ class TrainingEngine:
             dp_enabled=self.dp is not None,
             step=self.step,
         )
+
+
+def probe_positions(grad: torch.Tensor, *, count: int = _MOVE_PROBES) -> torch.Tensor:
+    """Sorted flat positions of the 1-d ``grad`` where it is non-zero, among ``count``
+    evenly spaced positions (first and last included) and the first non-zero one:
+    int64, empty when ``grad`` is all zeros or empty."""
+    n = grad.numel()
+    if n == 0:
+        return torch.zeros(0, dtype=torch.int64, device=grad.device)
+    spaced = torch.arange(min(n, count), dtype=torch.int64, device=grad.device)
+    if n > count:  # exact in int64 (a float32 linspace rounds 28,311,551 up to n)
+        spaced = spaced * (n - 1) // (count - 1)
+    first = torch.argmax(grad.ne(0).to(torch.uint8)).view(1)  # 0 when all are 0
+    where = torch.cat([spaced, first]).unique()
+    return where[grad[where].ne(0)]
 
 
 def _check_pooled(
