@@ -76,6 +76,7 @@ from tensafe.losses import (
     token_logprobs,
 )
 from tensafe.models import LoadedModel, LoRAConfig, apply_lora
+from tensafe.models.checkpointing import set_activation_checkpointing
 from tensafe.models.locking import holds_model_lock
 from tensafe.models.output_head import split_output_head
 from tensafe.models.shared_base import privatize_trainable, shared_base_storages
@@ -142,6 +143,13 @@ class TrainingEngine:
             ``groups`` a unit's examples always share a micro-batch; a unit larger
             than the limit forms a micro-batch of its own. Each micro-batch is
             padded only to its own longest example.
+        activation_checkpointing: keep only each decoder layer's input during
+            ``forward_backward`` and run the layer again in the backward pass
+            (torch's non-reentrant checkpoint; :mod:`tensafe.models.checkpointing`):
+            the activations saved for backward shrink from every layer's to about
+            one layer's, for one extra forward per step. Results are unchanged up to
+            float rounding — per-example clipping still sees each layer once — and
+            ``forward`` (no gradients, eval mode) is unaffected.
         test_fault: **test-only.** Breaks the DP step on purpose (``"sigma/10"``,
             ``"no-clipping"``; :mod:`tensafe.engine.faults`) so that tests can show the
             privacy audit catching it; warns ``BrokenPrivacyWarning``. Never set it
@@ -150,7 +158,8 @@ class TrainingEngine:
     Raises:
         ConfigError: invalid LoRA, optimizer or DP settings, ``test_fault``, or
             ``loss_chunk_tokens`` or ``microbatch_examples`` not ``None`` or a
-            positive integer; on a model
+            positive integer; ``activation_checkpointing`` not a bool, or true for
+            an architecture that cannot checkpoint its decoder layers; on a model
             from a :class:`~tensafe.models.BaseModelPool` (frozen base shared with
             other runs): ``lora_config=None`` (full fine-tuning needs a model of its
             own) or a ``device`` other than the pooled base's.
@@ -173,6 +182,7 @@ class TrainingEngine:
         limits: BatchLimits = BatchLimits(),
         loss_chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS,
         microbatch_examples: int | None = None,
+        activation_checkpointing: bool = False,
         test_fault: TestFault | None = None,
     ) -> None:
         if loss_chunk_tokens is not None:
@@ -180,6 +190,9 @@ class TrainingEngine:
         self.loss_chunk_tokens = loss_chunk_tokens
         check_microbatch_examples(microbatch_examples)
         self.microbatch_examples = microbatch_examples
+        if not isinstance(activation_checkpointing, bool):
+            raise ConfigError("activation_checkpointing", "must be true or false")
+        self.activation_checkpointing = activation_checkpointing
         fault = check_fault(test_fault)
         if fault is not None and not dp_config.enabled:
             raise ConfigError("test_fault", "breaks the DP step: needs a DP run")
@@ -202,7 +215,8 @@ class TrainingEngine:
             else:
                 for p in net.parameters():
                     p.requires_grad_(True)
-        net.train()
+        net.train()  # HF checkpoints a layer only in training mode
+        set_activation_checkpointing(net, enabled=activation_checkpointing)
         self.model = net
         self._split = split_output_head(net) if loss_chunk_tokens is not None else None
         self.params: list[nn.Parameter] = [p for p in net.parameters() if p.requires_grad]

@@ -26,6 +26,7 @@ def make_engine(
     lora_config: LoRAConfig | None = None,
     loss_chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS,
     microbatch_examples: int | None = None,
+    activation_checkpointing: bool = False,
 ) -> TrainingEngine:
     dp_config = (
         DPConfig(
@@ -48,6 +49,7 @@ def make_engine(
         noise_seed=seed,  # deterministic noise: tests compare runs bit for bit
         loss_chunk_tokens=loss_chunk_tokens,
         microbatch_examples=microbatch_examples,
+        activation_checkpointing=activation_checkpointing,
     )
 
 
