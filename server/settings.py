@@ -112,6 +112,12 @@ class Settings(BaseSettings):
             same up to float rounding. ``None`` (default, ``none`` in the
             environment): each batch in one pass. See docs/operations.md (memory
             planning for multi-LoRA workers).
+        activation_checkpointing: every engine keeps only each decoder layer's
+            input during forward_backward and recomputes the layer in the backward
+            pass (``TrainingEngine(activation_checkpointing=True)``, torch's
+            non-reentrant checkpoint): the activations held for backward shrink to
+            about one layer's, for one extra forward per training step; results are
+            the same up to float rounding. Off by default. See docs/operations.md.
         worker_backend: where runs' engines live: ``inprocess`` (default: worker threads
             of this process) or ``ray`` (Ray actors; needs the ``ray`` extra; docs/ray.md).
         ray_address: an existing Ray cluster (``host:port`` or ``ray://host:10001``);
@@ -193,6 +199,7 @@ class Settings(BaseSettings):
     worker_threads: int = Field(2, ge=1, le=64)
     device: str = "cpu"
     microbatch_examples: int | None = Field(None, ge=1)
+    activation_checkpointing: bool = False
     worker_backend: Literal["inprocess", "ray"] = "inprocess"
     ray_address: str | None = None
     ray_namespace: str = Field("tensafe", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")

@@ -34,6 +34,8 @@ class EngineOptions:
         max_batch_size, max_seq_len: the engine's batch limits.
         microbatch_examples: the engine runs at most this many examples at a time
             (``None``: each batch in one pass).
+        activation_checkpointing: the engine recomputes each decoder layer in the
+            backward pass instead of keeping its activations.
     """
 
     device: str
@@ -43,6 +45,7 @@ class EngineOptions:
     max_batch_size: int
     max_seq_len: int
     microbatch_examples: int | None
+    activation_checkpointing: bool
 
     @classmethod
     def from_settings(cls, settings: Settings, *, device: str | None = None) -> EngineOptions:
@@ -54,6 +57,7 @@ class EngineOptions:
             max_batch_size=settings.max_batch_size,
             max_seq_len=settings.max_seq_len,
             microbatch_examples=settings.microbatch_examples,
+            activation_checkpointing=settings.activation_checkpointing,
         )
 
     @property
@@ -114,6 +118,7 @@ def build_engine(
         device=options.device,
         limits=options.limits,
         microbatch_examples=options.microbatch_examples,
+        activation_checkpointing=options.activation_checkpointing,
     )
 
 

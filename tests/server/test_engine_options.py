@@ -1,0 +1,64 @@
+"""Engine options set in the server's settings reach every backend's engines."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from server.settings import Settings
+
+
+def _spec():
+    from server.services.wire import EngineSpec
+    from tensafe.engine import OptimizerConfig
+    from tensafe.models import LoRAConfig
+    from tensafe.privacy import DPConfig
+
+    return EngineSpec(
+        model_ref="tiny-llama",
+        lora=LoRAConfig(rank=2),
+        dp=DPConfig(noise_multiplier=1.0, dataset_size=100, expected_batch_size=4),
+        optimizer=OptimizerConfig(),
+        seed=0,
+        dataset_id=None,
+    )
+
+
+def test_activation_checkpointing_reaches_every_backends_engines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.worker.backends import InProcessBackend
+    from server.worker.backends.ray_actor import EngineHost
+    from server.worker.engine_factory import EngineOptions
+    from tensafe.models.checkpointing import checkpointed_layers
+
+    monkeypatch.setenv("TENSAFE_ACTIVATION_CHECKPOINTING", "true")
+    settings = Settings(data_dir=tmp_path, environment="development")
+    assert settings.activation_checkpointing is True
+    engine = InProcessBackend(settings).build(run_id="r1", spec=_spec())
+    assert engine.activation_checkpointing is True
+    assert len(checkpointed_layers(engine.model)) == 2  # the tiny model's two layers
+    # What the Ray backend ships to its actors (pickled options), built as an actor does.
+    options = pickle.loads(pickle.dumps(EngineOptions.from_settings(settings, device="cpu")))
+    host = EngineHost(options)
+    host.build("r2", _spec())
+    assert host.call("r2", lambda e: len(checkpointed_layers(e.model)), {}) == 2
+
+
+def test_activation_checkpointing_defaults_off_and_is_validated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.worker.backends import InProcessBackend
+    from tensafe.models.checkpointing import checkpointed_layers
+
+    settings = Settings(data_dir=tmp_path, environment="development")
+    assert settings.activation_checkpointing is False
+    engine = InProcessBackend(settings).build(run_id="r1", spec=_spec())
+    assert engine.activation_checkpointing is False
+    assert checkpointed_layers(engine.model) == []
+    monkeypatch.setenv("TENSAFE_ACTIVATION_CHECKPOINTING", "sometimes")
+    with pytest.raises(ValidationError, match="activation_checkpointing"):
+        Settings(data_dir=tmp_path)
