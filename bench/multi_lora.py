@@ -36,11 +36,18 @@ target at N = 8: ≤ 0.35).
     python bench/multi_lora.py --model smollm2-135m-instruct --steps 2 --json
     python bench/multi_lora.py --runs 1 --ray --json    # + Ray backend vs in-process per step
     python bench/multi_lora.py --microbatch 2 --json    # every engine, both layouts: 2 at a time
+    python bench/multi_lora.py --microbatch 1 --activation-checkpointing --json
 
 ``--microbatch m`` gives every engine of both layouts ``microbatch_examples=m`` (at most
 ``m`` examples per pass), so the comparison stays like for like; it bounds the step's
 transient memory that both layouts pay. It is recorded in the JSON
 (``microbatch_examples``, ``null`` when off).
+
+``--activation-checkpointing`` gives every engine of both layouts
+``activation_checkpointing=True``: each decoder layer keeps only its input and runs
+again in the backward pass, which shrinks the activations a step holds for backward
+(the bulk of its transient memory) for one extra forward per step. Recorded in the JSON
+(``activation_checkpointing``).
 
 The last line of output is one JSON object (with ``--json``).
 """
@@ -113,10 +120,11 @@ def run_layout(
     lora_rank: int,
     device: str,
     microbatch: int | None = None,
+    activation_checkpointing: bool = False,
 ) -> dict[str, float]:
     """Build ``runs`` DP-LoRA engines in ``layout`` (``microbatch``: their
-    ``microbatch_examples``) and train them round-robin (this process); their figures
-    (memory is measured by the parent)."""
+    ``microbatch_examples``; ``activation_checkpointing`` theirs) and train them
+    round-robin (this process); their figures (memory is measured by the parent)."""
     import torch
 
     from tensafe.engine import OptimizerConfig, TrainingEngine
@@ -149,6 +157,7 @@ def run_layout(
                 seed=i,
                 device=device,
                 microbatch_examples=microbatch,
+                activation_checkpointing=activation_checkpointing,
             )
         )
     build_s = time.perf_counter() - t_build
@@ -242,6 +251,7 @@ def run_benchmark(
     lora_rank: int = 16,
     device: str = "cpu",
     microbatch: int | None = None,
+    activation_checkpointing: bool = False,
     with_ray: bool = False,
 ) -> dict[str, object]:
     """Both layouts at each N in ``runs``, each in a fresh subprocess; the figures
@@ -256,6 +266,7 @@ def run_benchmark(
         f"--lora-rank={lora_rank}",
         f"--device={device}",
         *([f"--microbatch={microbatch}"] if microbatch is not None else []),
+        *(["--activation-checkpointing"] if activation_checkpointing else []),
     ]
     rows: list[dict[str, object]] = []
     for n in runs:
@@ -313,6 +324,7 @@ def run_benchmark(
         "seq": seq,
         "lora_rank": lora_rank,
         "microbatch_examples": microbatch,
+        "activation_checkpointing": activation_checkpointing,
         "steps": steps,
         "warmup": warmup,
         "schedule": "round-robin, one thread",
@@ -350,6 +362,11 @@ def main() -> None:
         default=None,
         help="every engine (both layouts) runs at most this many examples per pass",
     )
+    p.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="every engine (both layouts) recomputes each decoder layer in the backward pass",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--ray",
@@ -373,6 +390,7 @@ def main() -> None:
             lora_rank=args.lora_rank,
             device=args.device,
             microbatch=args.microbatch,
+            activation_checkpointing=args.activation_checkpointing,
         )
         print(json.dumps(figures))
         return
@@ -392,6 +410,7 @@ def main() -> None:
         lora_rank=args.lora_rank,
         device=args.device,
         microbatch=args.microbatch,
+        activation_checkpointing=args.activation_checkpointing,
         with_ray=args.ray,
     )
     if not args.json:
