@@ -28,7 +28,7 @@ from tensafe.losses import get_loss_function
 from tensafe.models import BaseModelPool, LoRAConfig, build_tiny_llama
 from tensafe.models.checkpointing import checkpointed_layers, set_activation_checkpointing
 from tensafe.privacy import DPConfig
-from tensafe.privacy.per_example import _Site
+from tensafe.privacy.per_example import ClipCollector, _Site
 
 from .conftest import make_engine
 from .test_dp_step import _randomise_lora_b
@@ -95,7 +95,8 @@ def _layer_runs(engine: TrainingEngine) -> list[int]:
 
 CASES = {
     "dp-lora": {"lora": True},
-    "dp-full-tied": {"lora": False},  # tied embedding/head: the Gram route, head repeated
+    "dp-full-tied": {"lora": False},  # tied embedding/head, head repeated: instantiated
+    "dp-full-tied-gram": {"lora": False, "loss_chunk_tokens": 1024},  # one chunk: Gram route
     "dp-full-untied": {"lora": False, "tied": False},
     "dp-lora-microbatch": {"lora": True, "microbatch_examples": 3},
     "dp-full-microbatch": {"lora": False, "microbatch_examples": 3},
@@ -108,7 +109,9 @@ def test_checkpointed_dp_step_equals_plain(case: str, groups: list[int] | None) 
     kw = CASES[case]
     batch = _batch()
     C = _clip_between(
-        make_engine(dtype=torch.float64, max_grad_norm=1e9, loss_chunk_tokens=CHUNK, **kw),
+        make_engine(
+            **{"dtype": torch.float64, "loss_chunk_tokens": CHUNK, **kw}, max_grad_norm=1e9
+        ),
         batch,
         groups=groups,
     )
@@ -148,29 +151,44 @@ def test_seeded_noise_step_equals_plain() -> None:
     assert _same_tensors(_weights(ckpt), _weights(plain))
 
 
-@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
-def test_every_site_records_once_per_use(monkeypatch, lora: bool) -> None:
-    """The recomputation refills saved tensors only: each clipping site reports as
-    many times as without checkpointing, and every layer call takes the same route."""
-    counts: collections.Counter[tuple[int, str]] = collections.Counter()
-    record = _Site.record
+@pytest.mark.parametrize(
+    ("lora", "chunk"),
+    [(True, CHUNK), (False, CHUNK), (False, 1024)],
+    ids=["lora-chunked-head", "full-chunked-head", "full-gram"],
+)
+def test_every_site_records_once_per_use(monkeypatch, lora: bool, chunk: int) -> None:
+    """The recomputation refills saved tensors only: each clipping site (by module
+    name) reports as many times as without checkpointing, every layer call takes the
+    same route (ghost, instantiate, Gram for the tied embedding/head) and q/k/v, gate/up
+    still share their input's Gram."""
+    counts: collections.Counter[nn.Module] = collections.Counter()
+    routes: list[tuple[dict[str, int], int]] = []
+    record, clip = _Site.record, ClipCollector.clip
 
     def counting_record(self, inp, grad_out):
-        counts[(id(self.owner), type(self.module).__name__)] += 1
+        counts[self.module] += 1
         return record(self, inp, grad_out)
 
+    def noting_clip(self, max_grad_norm):
+        routes.append((dict(self.strategy_counts), self.shared_input_grams))
+        return clip(self, max_grad_norm)
+
     monkeypatch.setattr(_Site, "record", counting_record)
+    monkeypatch.setattr(ClipCollector, "clip", noting_clip)
     batch = _batch()
     per_engine = []
-    for engine in _pair(lora=lora):
+    for engine in _pair(lora=lora, loss_chunk_tokens=chunk):
         counts.clear()
-        tb = engine.to_batch(batch)
         engine.forward_backward(batch)
-        per_engine.append(
-            (sorted(n for (_, n) in counts.elements()), len(engine._repeated_modules(tb)))
-        )
-    assert per_engine[0] == per_engine[1]
-    assert per_engine[0][1] > 0  # the chunked head (repeated) is part of the comparison
+        names = {m: n for n, m in engine.model.named_modules()}
+        per_engine.append({names[m]: c for m, c in counts.items()})
+        repeated = engine._repeated_modules(engine.to_batch(batch))
+        assert bool(repeated) == (chunk == CHUNK)  # the head applied chunk by chunk
+    assert per_engine[0] == per_engine[1] and per_engine[0]
+    assert routes[0] == routes[1]
+    if not lora:  # the tied embedding/head takes the Gram route unless chunked
+        assert (routes[0][0].get("gram", 0) > 0) == (chunk != CHUNK)
+        assert routes[0][0]["ghost"] > 0 and routes[0][1] > 0
 
 
 def test_comparison_catches_a_site_that_records_twice(monkeypatch) -> None:
