@@ -346,7 +346,8 @@ def test_restart_reattaches_only_an_actor_in_step_with_the_ledger(
 ) -> None:
     """On an existing cluster the actors are detached: a restarted server re-attaches a
     run whose actor copy is at the database's step (no checkpoint needed) and drops one
-    that stepped without a ledger row (that run must be restored from a checkpoint)."""
+    that stepped without a ledger row (that run must be restored from a checkpoint). A
+    full fine-tuning run's actor stays its own across the restart."""
     from server.worker.engine_calls import call_method
 
     server, namespace = cluster
@@ -357,6 +358,8 @@ def test_restart_reattaches_only_an_actor_in_step_with_the_ledger(
         for tc in (kept, ahead):
             tc.forward_backward(random_batch(1)).result(timeout=120)
             assert tc.optim_step().result(timeout=120).step == 1
+        full = service.create_training_client(tiny_config(lora_config=None))
+        full_actor = actor_of(namespace, full.run_id)  # the other actor, to itself
     # an actor that steps a run behind the server's back (no budget check, no ledger row)
     handle = actor_of(namespace, ahead.run_id)
     kwargs = {"method": "optim_step", "args": (), "kwargs": {}}
@@ -386,7 +389,14 @@ def test_restart_reattaches_only_an_actor_in_step_with_the_ledger(
         loaded = ahead.optim_step().result(timeout=120)
         assert loaded.step == 3 and loaded.dp_metrics is not None
         assert loaded.dp_metrics.steps == 1 + 2 + 1  # its own ledger step + kept's two + this
-        for tc in (kept, ahead):  # frees the actors' room for the next test
+
+        # the restarted server learnt from the actors which run is a full fine-tuning one
+        refused = service.create_training_client(tiny_config())
+        with pytest.raises(TGTinkerError, match="worker actors are full"):
+            refused.forward_backward(random_batch(0)).result(timeout=120)
+        (alone,) = [set(runs) for h, runs in placement(namespace).values() if h == full_actor]
+        assert alone == {full.run_id}
+        for tc in (kept, ahead, service.get_training_client(full.run_id)):  # frees the room
             tc.unload_model().result(timeout=120)
 
 
