@@ -35,6 +35,12 @@ target at N = 8: ≤ 0.35).
     python bench/multi_lora.py --json                                    # tiny Llama
     python bench/multi_lora.py --model smollm2-135m-instruct --steps 2 --json
     python bench/multi_lora.py --runs 1 --ray --json    # + Ray backend vs in-process per step
+    python bench/multi_lora.py --microbatch 2 --json    # every engine, both layouts: 2 at a time
+
+``--microbatch m`` gives every engine of both layouts ``microbatch_examples=m`` (at most
+``m`` examples per pass), so the comparison stays like for like; it bounds the step's
+transient memory that both layouts pay. It is recorded in the JSON
+(``microbatch_examples``, ``null`` when off).
 
 The last line of output is one JSON object (with ``--json``).
 """
@@ -106,9 +112,11 @@ def run_layout(
     seq: int,
     lora_rank: int,
     device: str,
+    microbatch: int | None = None,
 ) -> dict[str, float]:
-    """Build ``runs`` DP-LoRA engines in ``layout`` and train them round-robin (this
-    process); their figures (memory is measured by the parent)."""
+    """Build ``runs`` DP-LoRA engines in ``layout`` (``microbatch``: their
+    ``microbatch_examples``) and train them round-robin (this process); their figures
+    (memory is measured by the parent)."""
     import torch
 
     from tensafe.engine import OptimizerConfig, TrainingEngine
@@ -140,6 +148,7 @@ def run_layout(
                 optimizer=OptimizerConfig(learning_rate=1e-4),
                 seed=i,
                 device=device,
+                microbatch_examples=microbatch,
             )
         )
     build_s = time.perf_counter() - t_build
@@ -232,6 +241,7 @@ def run_benchmark(
     seq: int = 128,
     lora_rank: int = 16,
     device: str = "cpu",
+    microbatch: int | None = None,
     with_ray: bool = False,
 ) -> dict[str, object]:
     """Both layouts at each N in ``runs``, each in a fresh subprocess; the figures
@@ -245,6 +255,7 @@ def run_benchmark(
         f"--seq={seq}",
         f"--lora-rank={lora_rank}",
         f"--device={device}",
+        *([f"--microbatch={microbatch}"] if microbatch is not None else []),
     ]
     rows: list[dict[str, object]] = []
     for n in runs:
@@ -301,6 +312,7 @@ def run_benchmark(
         "batch": batch,
         "seq": seq,
         "lora_rank": lora_rank,
+        "microbatch_examples": microbatch,
         "steps": steps,
         "warmup": warmup,
         "schedule": "round-robin, one thread",
@@ -332,6 +344,12 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--microbatch",
+        type=int,
+        default=None,
+        help="every engine (both layouts) runs at most this many examples per pass",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--ray",
@@ -340,6 +358,8 @@ def main() -> None:
     )
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.microbatch is not None and args.microbatch < 1:
+        raise SystemExit("--microbatch: a positive integer (examples per pass)")
     if args.child:
         layout, _, n = args.child.partition(":")
         figures = run_layout(
@@ -352,6 +372,7 @@ def main() -> None:
             seq=args.seq,
             lora_rank=args.lora_rank,
             device=args.device,
+            microbatch=args.microbatch,
         )
         print(json.dumps(figures))
         return
@@ -370,6 +391,7 @@ def main() -> None:
         seq=args.seq,
         lora_rank=args.lora_rank,
         device=args.device,
+        microbatch=args.microbatch,
         with_ray=args.ray,
     )
     if not args.json:

@@ -105,6 +105,13 @@ class Settings(BaseSettings):
         worker_threads: training runs executing concurrently (operations of one run
             always run one at a time, in submission order).
         device: torch device for models (``cpu``, ``cuda``, ``cuda:1``).
+        microbatch_examples: every engine runs forward and forward_backward at most
+            this many examples at a time (``TrainingEngine(microbatch_examples=...)``),
+            which bounds one operation's transient memory (activations, per-example
+            clipping's per-layer tensors) whatever the batch size; results are the
+            same up to float rounding. ``None`` (default, ``none`` in the
+            environment): each batch in one pass. See docs/operations.md (memory
+            planning for multi-LoRA workers).
         worker_backend: where runs' engines live: ``inprocess`` (default: worker threads
             of this process) or ``ray`` (Ray actors; needs the ``ray`` extra; docs/ray.md).
         ray_address: an existing Ray cluster (``host:port`` or ``ray://host:10001``);
@@ -194,6 +201,7 @@ class Settings(BaseSettings):
     long_poll_max_s: float = Field(30.0, ge=0, le=600)
     worker_threads: int = Field(2, ge=1, le=64)
     device: str = "cpu"
+    microbatch_examples: int | None = Field(None, ge=1)
     worker_backend: Literal["inprocess", "ray"] = "inprocess"
     ray_address: str | None = None
     ray_namespace: str = Field("tensafe", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")

@@ -32,6 +32,8 @@ class EngineOptions:
         allow_model_paths: ``model_ref`` may name a directory.
         deterministic_noise: development only: seed the DP noise from the run seed.
         max_batch_size, max_seq_len: the engine's batch limits.
+        microbatch_examples: the engine runs at most this many examples at a time
+            (``None``: each batch in one pass).
     """
 
     device: str
@@ -40,6 +42,7 @@ class EngineOptions:
     deterministic_noise: bool
     max_batch_size: int
     max_seq_len: int
+    microbatch_examples: int | None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, device: str | None = None) -> EngineOptions:
@@ -50,6 +53,7 @@ class EngineOptions:
             deterministic_noise=settings.deterministic_noise,
             max_batch_size=settings.max_batch_size,
             max_seq_len=settings.max_seq_len,
+            microbatch_examples=settings.microbatch_examples,
         )
 
     @property
@@ -109,6 +113,7 @@ def build_engine(
         noise_seed=spec.seed if options.deterministic_noise else None,
         device=options.device,
         limits=options.limits,
+        microbatch_examples=options.microbatch_examples,
     )
 
 

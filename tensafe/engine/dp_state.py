@@ -5,7 +5,7 @@ resolved DP parameters, the per-example clipper, the noise source and the
 accountant. The engine's step reads (Opacus' ``pre_step`` is the model)::
 
     clip(collector)            →  each example's gradient clipped to C, summed
-    noisy_gradient(sum, like)  →  add_noise: + N(0, σ²C²)  →  scale: ÷ q·N
+    noisy_gradients(sums, like)  →  add noise: + N(0, σ²C²)  →  scale: ÷ q·N
     account()                  →  one accountant step (σ, q); the DPMetrics after it
 
 Checking the privacy budget is not part of this: the server's budget service
@@ -14,6 +14,7 @@ decides whether a step may be taken before it calls ``optim_step``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,8 +46,8 @@ class DPState:
             DPConfig(noise_multiplier=1.0, dataset_size=1000, expected_batch_size=8).resolve(),
             model=model,
         )
-        summed = torch.zeros(3)
-        grad = dp.noisy_gradient(summed, like=summed)  # noise once, ÷ q·N
+        weight = next(model.parameters())
+        (grad,) = dp.noisy_gradients([None], like=[weight])  # noise once, ÷ q·N
         metrics = dp.account()  # one step recorded
         print(metrics.epsilon_spent, dp.accountant.history)
 
@@ -121,36 +122,40 @@ class DPState:
         }
 
     # ------------------------------------------------------------- optim_step
-    def add_noise(self, clipped_sum: torch.Tensor) -> torch.Tensor:
-        """``clipped_sum`` plus i.i.d. N(0, σ²C²) per coordinate (a new tensor;
-        draws ``clipped_sum.numel()`` values from the noise generator)."""
+    def noisy_gradients(
+        self,
+        clipped_sums: Sequence[torch.Tensor | None],
+        *,
+        like: Sequence[nn.Parameter],
+    ) -> list[torch.Tensor]:
+        """The DP gradient of each parameter of ``like``: its clipped sum plus i.i.d.
+        N(0, σ²C²) per coordinate (``add noise``), divided by the *expected* batch
+        size q·N whatever the realised batch size (``scale``: dividing by the
+        realised size would leak it).
+
+        One noise draw per coordinate, in parameter order; each value is formed in
+        float64 and rounded once to its parameter's dtype (new tensors; the sums are
+        not changed). A ``None`` sum (no example reached the parameter, or the batch
+        was empty) counts as zeros, so the parameter still gets its noise.
+
+        Raises:
+            ConfigError: a sum is not a floating-point tensor on the run's device.
+        """
         std = faulted_noise_std(
             self.config.noise_multiplier * self.config.max_grad_norm, self.fault
         )
-        noise = self.noise.gaussian_like(clipped_sum, std=std)  # a fresh tensor we own
-        return noise.add_(clipped_sum)  # same value as clipped_sum + noise, one pass less
-
-    def scale(self, noisy_sum: torch.Tensor) -> torch.Tensor:
-        """Divide by the *expected* batch size q·N, whatever the realised batch size
-        (dividing by the realised size would leak it)."""
-        return noisy_sum / self.config.expected_batch_size
-
-    def noisy_gradient(
-        self, clipped_sum: torch.Tensor | None, *, like: nn.Parameter
-    ) -> torch.Tensor:
-        """The DP gradient of one parameter: ``scale(add_noise(clipped_sum))``.
-
-        ``clipped_sum`` is ``None`` when no example reached the parameter (or the
-        batch was empty); it then counts as zeros shaped like ``like``, in at least
-        float32, so the parameter still gets its noise.
-        """
-        total = (
-            clipped_sum
-            if clipped_sum is not None
-            else torch.zeros_like(like, dtype=torch.promote_types(like.dtype, torch.float32))
+        totals = [
+            s
+            if s is not None
+            else torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32))
+            for s, p in zip(clipped_sums, like, strict=True)
+        ]
+        return self.noise.noisy_means(
+            totals,
+            std=std,
+            divisor=self.config.expected_batch_size,
+            dtypes=[p.dtype for p in like],
         )
-        # scale() in place on the fresh noisy tensor: the same value, one pass less
-        return self.add_noise(total).div_(self.config.expected_batch_size)
 
     def account(self) -> DPMetrics:
         """Record one noisy step (σ, q) and return the privacy metrics after it."""

@@ -26,6 +26,7 @@ another thread never interleaves with them.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -37,6 +38,13 @@ from torch import nn
 from tensafe.engine.dp_state import DPState
 from tensafe.engine.faults import TestFault, check_fault
 from tensafe.engine.guards import check_finite_sums, check_weights_finite, finite_update
+from tensafe.engine.microbatches import (
+    LossTally,
+    add_sums,
+    check_microbatch_examples,
+    merge_clips,
+    split_batch,
+)
 from tensafe.engine.optimizers import (
     AdamParams,
     OptimizerConfig,
@@ -47,7 +55,6 @@ from tensafe.engine.probes import StepProbe
 from tensafe.engine.results import (
     EngineInfo,
     ForwardBackwardResult,
-    LossFnOutput,
     OptimStepResult,
 )
 from tensafe.errors import ConfigError, EngineStateError, InvalidBatchError, PrivacyError
@@ -73,10 +80,13 @@ from tensafe.models.locking import holds_model_lock
 from tensafe.models.output_head import split_output_head
 from tensafe.models.shared_base import privatize_trainable, shared_base_storages
 from tensafe.privacy.config import DPConfig
+from tensafe.privacy.per_example import ClipResult
 
 BatchInput = TokenBatch | Sequence[Datum] | Mapping[str, Any]
 
 STATE_FORMAT = 1
+
+_MOVE_PROBES = 1024  # coordinates per tensor checked to have moved after the first step
 
 
 class TrainingEngine:
@@ -120,6 +130,18 @@ class TrainingEngine:
             full logits (the reference path). Architectures that post-process
             their logits (see :func:`~tensafe.models.output_head.split_output_head`)
             always take the full path.
+        microbatch_examples: run ``forward`` and ``forward_backward`` at most this
+            many examples at a time, to bound a step's transient memory
+            (activations, per-example clipping's per-layer tensors) whatever the
+            batch size; ``None`` (the default) runs each batch in one pass. The
+            result is the one pass's, up to float rounding: outputs in batch order,
+            ``loss:sum`` and weights added (``loss:mean`` their quotient),
+            ``grad_norm`` and the DP clip statistics computed over the whole batch,
+            and under DP the micro-batches' clipped sums added (clipping is per
+            example, so nothing about the privacy guarantee changes). With
+            ``groups`` a unit's examples always share a micro-batch; a unit larger
+            than the limit forms a micro-batch of its own. Each micro-batch is
+            padded only to its own longest example.
         test_fault: **test-only.** Breaks the DP step on purpose (``"sigma/10"``,
             ``"no-clipping"``; :mod:`tensafe.engine.faults`) so that tests can show the
             privacy audit catching it; warns ``BrokenPrivacyWarning``. Never set it
@@ -127,7 +149,8 @@ class TrainingEngine:
 
     Raises:
         ConfigError: invalid LoRA, optimizer or DP settings, ``test_fault``, or
-            ``loss_chunk_tokens`` not ``None`` or a positive integer; on a model
+            ``loss_chunk_tokens`` or ``microbatch_examples`` not ``None`` or a
+            positive integer; on a model
             from a :class:`~tensafe.models.BaseModelPool` (frozen base shared with
             other runs): ``lora_config=None`` (full fine-tuning needs a model of its
             own) or a ``device`` other than the pooled base's.
@@ -149,11 +172,14 @@ class TrainingEngine:
         device: str | torch.device = "cpu",
         limits: BatchLimits = BatchLimits(),
         loss_chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS,
+        microbatch_examples: int | None = None,
         test_fault: TestFault | None = None,
     ) -> None:
         if loss_chunk_tokens is not None:
             check_chunk_tokens(loss_chunk_tokens, field="loss_chunk_tokens")
         self.loss_chunk_tokens = loss_chunk_tokens
+        check_microbatch_examples(microbatch_examples)
+        self.microbatch_examples = microbatch_examples
         fault = check_fault(test_fault)
         if fault is not None and not dp_config.enabled:
             raise ConfigError("test_fault", "breaks the DP step: needs a DP run")
@@ -291,20 +317,23 @@ class TrainingEngine:
         loss_fn: str = "cross_entropy",
         loss_fn_config: Mapping[str, float] | None = None,
     ) -> ForwardBackwardResult:
-        """Loss and log-probabilities without gradients; changes no state."""
+        """Loss and log-probabilities without gradients; changes no state. Runs in
+        micro-batches of ``microbatch_examples`` when that is set (same result)."""
         fn = get_loss_function(loss_fn)
         cfg = fn.resolve_config(loss_fn_config)
         tb = self.to_batch(
             batch, required_inputs=fn.required_inputs, signed_weights=fn.signed_weights
         ).to(self.device)
+        tally = LossTally(tb.batch_size)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                out = self._loss(tb, fn=fn, config=cfg)
+                for part in split_batch(tb, max_examples=self.microbatch_examples, groups=None):
+                    tally.add(part, self._loss(part.batch, fn=fn, config=cfg))
         finally:
             self.model.train(was_training)
-        return self._result(fn.name, tb, out, grad_norm=None, extra={})
+        return self._result(fn.name, tally, grad_norm=None, extra={})
 
     @holds_model_lock
     def forward_backward(
@@ -325,6 +354,12 @@ class TrainingEngine:
         or infinite contributes nothing (metric ``dp/nonfinite_examples:sum``). State
         changes only after the whole computation succeeded.
 
+        With ``microbatch_examples`` set, the batch runs in micro-batches of at most
+        that many examples (a ``groups`` unit is never split: one larger than the
+        limit is a micro-batch of its own); their sums are added locally and
+        committed once, after the last one succeeded. The result is the one pass's
+        (see the class docstring).
+
         Raises:
             InvalidBatchError, ConfigError: bad input (nothing changed); ``groups`` without
                 DP (``groups``) or not one label per example.
@@ -340,11 +375,24 @@ class TrainingEngine:
         ).to(self.device)
         if groups is not None and self.dp is None:
             raise ConfigError("groups", "groups clip units together: a DP run's option")
-        if self.dp is not None:
-            out, sums, extra = self._clipped_backward(self.dp, tb, fn=fn, config=cfg, groups=groups)
-        else:
-            out, sums = self._plain_backward(tb, fn=fn, config=cfg)
-            extra = {}
+        parts = split_batch(tb, max_examples=self.microbatch_examples, groups=groups)
+        tally = LossTally(tb.batch_size)
+        sums: dict[nn.Parameter, torch.Tensor] = {}  # this call's, committed only at the end
+        clips: list[ClipResult] = []
+        for part in parts:
+            if self.dp is not None:
+                out, clip = self._clipped_backward(
+                    self.dp, part.batch, fn=fn, config=cfg, groups=part.groups
+                )
+                part_sums = clip.sums
+                clips.append(dataclasses.replace(clip, sums={}))  # per-unit stats only
+                del clip
+            else:
+                out, part_sums = self._plain_backward(part.batch, fn=fn, config=cfg)
+            add_sums(sums, part_sums)
+            tally.add(part, out)
+            del out, part_sums  # last references: freed before the next micro-batch runs
+        extra = {} if self.dp is None else self.dp.clip_metrics(merge_clips(clips, sums=sums))
         # one pass per tensor, no squared temporary (a vector norm, squared)
         grad_sq = sum(
             float(torch.linalg.vector_norm(s, dtype=torch.promote_types(s.dtype, torch.float32)))
@@ -355,7 +403,7 @@ class TrainingEngine:
             check_finite_sums(sums, names=self._param_names)
         self._accumulate(sums, examples=tb.batch_size)  # commit: from here on nothing can fail
         result = self._result(
-            fn.name, tb, out, grad_norm=math.sqrt(grad_sq) / tb.batch_size, extra=extra
+            fn.name, tally, grad_norm=math.sqrt(grad_sq) / tb.batch_size, extra=extra
         )
         self._acc_losses.append(result.loss)
         return result
@@ -368,7 +416,7 @@ class TrainingEngine:
         fn: LossFunction,
         config: Mapping[str, float],
         groups: Sequence[int] | None = None,
-    ) -> tuple[LossOutput, dict[nn.Parameter, torch.Tensor], dict[str, float]]:
+    ) -> tuple[LossOutput, ClipResult]:
         """Per-example (per-unit, with ``groups``) gradients, each clipped to C, summed
         per parameter (DP path)."""
         with dp.clipper.collect(
@@ -385,8 +433,7 @@ class TrainingEngine:
             raise PrivacyError(
                 "gradients reached parameters outside per-example clipping: " + ", ".join(stray[:5])
             )
-        clip = dp.clip(collector)
-        return out, clip.sums, dp.clip_metrics(clip)
+        return out, dp.clip(collector)
 
     def _plain_backward(
         self, tb: TokenBatch, *, fn: LossFunction, config: Mapping[str, float]
@@ -398,35 +445,29 @@ class TrainingEngine:
 
     def _accumulate(self, sums: Mapping[nn.Parameter, torch.Tensor], *, examples: int) -> None:
         """Add gradient sums to the logical batch's accumulator (in at least float32)."""
-        for p, s in sums.items():
-            acc = self._acc.get(p)
-            s32 = s.to(torch.promote_types(s.dtype, torch.float32))
-            self._acc[p] = s32 if acc is None else acc.add_(s32)
+        add_sums(self._acc, sums)
         self._acc_examples += examples
 
-    def _result(self, name, tb, out, *, grad_norm, extra) -> ForwardBackwardResult:
-        wsum = float(out.weight_sum.sum())
-        loss_sum = float(out.elementwise.sum())
-        loss_mean = loss_sum / wsum if wsum > 0 else 0.0
-        logprobs = out.logprobs.float().cpu().numpy()
-        elementwise = out.elementwise.float().cpu().numpy()
-        outputs = [
-            LossFnOutput(
-                logprobs=logprobs[i, :n].copy(), elementwise_loss=elementwise[i, :n].copy()
-            )
-            for i, n in enumerate(tb.lengths)
-        ]
+    def _result(
+        self,
+        name: str,
+        tally: LossTally,
+        *,
+        grad_norm: float | None,
+        extra: Mapping[str, float],
+    ) -> ForwardBackwardResult:
+        outputs = tally.outputs()
         metrics = {
-            "loss:mean": loss_mean,
-            "loss:sum": loss_sum,
-            "num_examples:sum": float(tb.batch_size),
+            "loss:mean": tally.loss_mean,
+            "loss:sum": tally.loss_sum,
+            "num_examples:sum": float(len(outputs)),
             "step:max": float(self.step),
             **extra,
         }
         return ForwardBackwardResult(
-            loss=loss_mean,
+            loss=tally.loss_mean,
             grad_norm=grad_norm,
-            tokens_processed=tb.num_tokens,
+            tokens_processed=tally.num_tokens,
             loss_fn_output_type=name,
             loss_fn_outputs=outputs,
             metrics=metrics,
@@ -528,20 +569,16 @@ class TrainingEngine:
 
     def _noisy_gradients(
         self, dp: DPState, extra: Mapping[nn.Parameter, torch.Tensor]
-    ) -> Iterator[torch.Tensor]:
-        """Per parameter, in ``self.params`` order: (clipped sum + noise) ÷ q·N, the
-        sum including a probe's ``extra`` clipped contributions (never stored, so a
-        refused step leaves the accumulator as it was).
-
-        Lazy, so each gradient is cast to its parameter's dtype (by
-        :func:`~tensafe.engine.guards.finite_update`) before the next one is drawn;
-        the order of the noise draws is the parameter order.
-        """
+    ) -> list[torch.Tensor]:
+        """Per parameter, in ``self.params`` order and in its dtype: (clipped sum +
+        noise) ÷ q·N, the sum including a probe's ``extra`` clipped contributions
+        (never stored, so a refused step leaves the accumulator as it was); the
+        order of the noise draws is the parameter order."""
+        sums = []
         for p in self.params:
             acc, more = self._acc.get(p), extra.get(p)
-            if more is not None:
-                acc = more if acc is None else acc + more
-            yield dp.noisy_gradient(acc, like=p)
+            sums.append(acc if more is None else more if acc is None else acc + more)
+        return dp.noisy_gradients(sums, like=self.params)
 
     def _mean_gradients(self) -> Iterator[torch.Tensor | None]:
         """Per parameter: the summed gradient ÷ the number of examples (``None``
@@ -554,9 +591,9 @@ class TrainingEngine:
         """Set each parameter's gradient (already in its own dtype) and take the
         optimizer step; after the run's first step, check that the weights moved,
         and after every step that they are finite."""
-        snapshot = [p.detach().clone() for p in self.params] if self.step == 0 else None
         for p, grad in zip(self.params, grads, strict=True):
             p.grad = grad
+        snapshot = self._moved_probes() if self.step == 0 else None
         if adam_params is not None:
             apply_adam_params(self.optimizer, adam_params, name=self.optimizer_config.name)
         self.optimizer.step()
@@ -565,15 +602,34 @@ class TrainingEngine:
         check_weights_finite(self.params, names=self._param_names)
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _check_weights_moved(self, snapshot: list[torch.Tensor]) -> None:
-        # A tensor with a non-zero gradient and a positive learning rate must move.
-        # Under DP every gradient is non-zero (noise), so every tensor must move;
-        # catching the "optimizer holds stale copies" failure (e.g. a model moved
-        # to a device after the optimizer was built).
+    def _moved_probes(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Per parameter, before the optimizer step: flat positions where its gradient
+        is non-zero (up to ``_MOVE_PROBES`` evenly spaced ones, and the first one)
+        and the weights there; ``None`` where the gradient is absent or zero. A copy
+        of a few values per tensor, not of the model (a full copy would add the
+        model's size to the first step's peak memory)."""
+        probes: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        for p in self.params:
+            if p.grad is None:
+                probes.append(None)
+                continue
+            grad = p.grad.detach().reshape(-1)
+            where = probe_positions(grad)
+            weights = p.detach().reshape(-1)[where].clone()
+            probes.append((where, weights) if where.numel() else None)
+        return probes
+
+    def _check_weights_moved(self, probes: list[tuple[torch.Tensor, torch.Tensor] | None]) -> None:
+        # A coordinate with a non-zero gradient and a positive learning rate must
+        # move (Adam moves it by about the learning rate, SGD by lr × gradient), so a
+        # tensor none of whose probed coordinates moved is not being updated: the
+        # "optimizer holds stale copies" failure (e.g. a model moved to a device after
+        # the optimizer was built). Under DP every gradient is non-zero (noise), so
+        # every tensor is probed.
         frozen = [
             self._param_names[id(p)]
-            for p, before in zip(self.params, snapshot, strict=True)
-            if p.grad is not None and bool(p.grad.ne(0).any()) and torch.equal(p.detach(), before)
+            for p, probe in zip(self.params, probes, strict=True)
+            if probe is not None and torch.equal(p.detach().reshape(-1)[probe[0]], probe[1])
         ]
         if frozen:
             raise PrivacyError(
@@ -664,6 +720,21 @@ class TrainingEngine:
             dp_enabled=self.dp is not None,
             step=self.step,
         )
+
+
+def probe_positions(grad: torch.Tensor, *, count: int = _MOVE_PROBES) -> torch.Tensor:
+    """Sorted flat positions of the 1-d ``grad`` where it is non-zero, among ``count``
+    evenly spaced positions (first and last included) and the first non-zero one:
+    int64, empty when ``grad`` is all zeros or empty."""
+    n = grad.numel()
+    if n == 0:
+        return torch.zeros(0, dtype=torch.int64, device=grad.device)
+    spaced = torch.arange(min(n, count), dtype=torch.int64, device=grad.device)
+    if n > count:  # exact in int64 (a float32 linspace rounds 28,311,551 up to n)
+        spaced = spaced * (n - 1) // (count - 1)
+    first = torch.argmax(grad.ne(0).to(torch.uint8)).view(1)  # 0 when all are 0
+    where = torch.cat([spaced, first]).unique()
+    return where[grad[where].ne(0)]
 
 
 def _check_pooled(

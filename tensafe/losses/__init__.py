@@ -9,6 +9,7 @@ from tensafe.losses.batch import (
     batch_from_arrays,
     batch_from_datums,
     check_token_batch,
+    take_rows,
 )
 from tensafe.losses.chunked import (
     DEFAULT_CHUNK_TOKENS,
@@ -45,5 +46,6 @@ __all__ = [
     "get_loss_function",
     "loss_from_logprobs",
     "num_chunks",
+    "take_rows",
     "token_logprobs",
 ]

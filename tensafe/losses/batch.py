@@ -97,6 +97,45 @@ class TokenBatch:
         )
 
 
+def take_rows(batch: TokenBatch, rows: Sequence[int]) -> TokenBatch:
+    """The examples ``rows`` of ``batch`` (in that order) as a batch of their own,
+    padded only as wide as they need.
+
+    A column is dropped when it is padding in every chosen row: attention mask 0
+    and weight 0, so it feeds no real position (right padding, causal attention)
+    and adds nothing to any loss; the width never falls below the chosen rows'
+    longest ``lengths``. Each kept example's log-probabilities and losses are
+    therefore the ones it has in ``batch``, up to float rounding.
+
+    Raises:
+        InvalidBatchError: (``rows``) empty, or an index outside the batch.
+    """
+    if not rows:
+        raise InvalidBatchError("rows", "must choose at least one example")
+    bad = [r for r in rows if not 0 <= r < batch.batch_size]
+    if bad:
+        raise InvalidBatchError("rows", f"index {bad[0]} is outside a batch of {batch.batch_size}")
+    index = torch.tensor(list(rows), dtype=torch.long, device=batch.input_ids.device)
+    mask = batch.attention_mask.index_select(0, index)
+    weights = batch.weights.index_select(0, index)
+    used = (mask != 0) | (weights != 0)
+    cols = used.any(dim=0).nonzero()
+    lengths = tuple(batch.lengths[r] for r in rows)
+    width = max(int(cols[-1]) + 1 if cols.numel() else 0, *lengths)
+
+    def pick(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.index_select(0, index)[:, :width].contiguous()
+
+    return TokenBatch(
+        input_ids=pick(batch.input_ids),
+        attention_mask=mask[:, :width].contiguous(),
+        targets=pick(batch.targets),
+        weights=weights[:, :width].contiguous(),
+        lengths=lengths,
+        extras={k: pick(v) for k, v in batch.extras.items()},
+    )
+
+
 def _as_int_list(value: object, *, field: str) -> list[int]:
     arr = np.asarray(value)
     if arr.ndim != 1:
@@ -441,4 +480,5 @@ __all__ = [
     "batch_from_datums",
     "check_float_row",
     "check_token_batch",
+    "take_rows",
 ]

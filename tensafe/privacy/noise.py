@@ -34,7 +34,7 @@ import hashlib
 import math
 import secrets
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -115,17 +115,14 @@ class NoiseSource:
                 ``reference`` is not a floating-point tensor on this source's device
                 (field ``reference``).
         """
-        if isinstance(std, bool) or not isinstance(std, int | float) or not math.isfinite(std):
-            raise ConfigError("std", f"must be a finite number, got {std!r}")
-        if std < 0:
-            raise ConfigError("std", f"must be >= 0, got {std!r}")
+        _check_std(std)
         self._check_reference(reference)
         if std == 0:
             return torch.zeros_like(reference, memory_format=torch.contiguous_format)
         on_cuda = reference.device.type == "cuda"
         host = torch.empty(reference.shape, dtype=reference.dtype, pin_memory=on_cuda)
         flat = host.view(-1)
-        chunk = _CHUNK // SECURE_DRAWS if self.secure_mode else _CHUNK
+        chunk = self._chunk()
         starts = range(0, flat.numel(), chunk)
         if len(starts):
             first = self._normals.reserve(len(starts))  # chunk k uses call first + k
@@ -141,6 +138,82 @@ class NoiseSource:
         if reference.device.type == "cpu":
             return host
         return host.to(reference.device, non_blocking=on_cuda)
+
+    def noisy_means(
+        self,
+        sums: Sequence[torch.Tensor],
+        *,
+        std: float,
+        divisor: float,
+        dtypes: Sequence[torch.dtype] | None = None,
+    ) -> list[torch.Tensor]:
+        """For each tensor ``s`` of ``sums``, a new tensor ``(s + Z) / divisor`` with
+        ``Z`` i.i.d. N(0, std²): DP-SGD's noisy mean gradient, for all of a step's
+        parameters in one call.
+
+        Each entry is formed in float64 from ``s``, the float64 normal and ``std``,
+        and rounded once to its output dtype (``dtypes[i]``, by default ``s``'s
+        dtype). On CPU the work is split into chunks of the flattened tensors, in
+        order, which the noise workers share; chunk ``k`` uses keystream call
+        ``first + k``, so the noise is the same as :meth:`gaussian_like` on each tensor
+        in turn, whatever the number of workers, and every value is computed where it
+        is written (no full-size temporaries, no torch intra-op parallel regions
+        between the chunks). For a CUDA tensor the noise is staged as in
+        :meth:`gaussian_like` and the sum and division run on the device.
+
+        Raises:
+            ConfigError: ``std`` negative or not finite (field ``std``), ``divisor``
+                not a finite number > 0 (field ``divisor``), ``dtypes`` not one
+                floating-point dtype per tensor (field ``dtypes``), or a tensor that
+                :meth:`gaussian_like` would refuse (field ``reference``).
+        """
+        _check_std(std)
+        if (
+            isinstance(divisor, bool)
+            or not isinstance(divisor, int | float)
+            or not math.isfinite(divisor)
+            or divisor <= 0
+        ):
+            raise ConfigError("divisor", f"must be a finite number > 0, got {divisor!r}")
+        sums = list(sums)
+        for s in sums:
+            self._check_reference(s)
+        out_dtypes = [s.dtype for s in sums] if dtypes is None else list(dtypes)
+        if len(out_dtypes) != len(sums) or not all(
+            isinstance(d, torch.dtype) and d.is_floating_point for d in out_dtypes
+        ):
+            raise ConfigError("dtypes", "must give one floating-point dtype per tensor")
+        if self.device.type != "cpu":
+            return [
+                s.add(self.gaussian_like(s, std=std)).div_(divisor).to(d)
+                for s, d in zip(sums, out_dtypes, strict=True)
+            ]
+        outs = [torch.empty(s.shape, dtype=d) for s, d in zip(sums, out_dtypes, strict=True)]
+        chunk = self._chunk()
+        tasks = [  # (tensor, start, count) in tensor order: chunk k ↔ call first + k
+            (i, start, min(chunk, s.numel() - start))
+            for i, s in enumerate(sums)
+            for start in range(0, s.numel(), chunk)
+        ]
+        if not tasks:
+            return outs
+        if std == 0:  # as gaussian_like: no draw
+            return [s.div(divisor).to(d) for s, d in zip(sums, out_dtypes, strict=True)]
+        first = self._normals.reserve(len(tasks))
+        flats = [s.detach().reshape(-1) for s in sums]
+
+        def fill(k: int) -> None:
+            i, start, count = tasks[k]
+            value = self._standard_normal(first + k, count).mul_(std)
+            value.add_(flats[i][start : start + count]).div_(divisor)
+            outs[i].view(-1)[start : start + count].copy_(value)
+
+        _run_serial_tasks(fill, len(tasks))
+        return outs
+
+    def _chunk(self) -> int:
+        """Values per keystream call (secure mode draws ``SECURE_DRAWS`` per value)."""
+        return _CHUNK // SECURE_DRAWS if self.secure_mode else _CHUNK
 
     def _standard_normal(self, call: int, count: int) -> torch.Tensor:
         """``count`` normals from reserved call index ``call`` (secure mode: the sum
@@ -225,6 +298,13 @@ def _run_serial_tasks(task: Callable[[int], None], count: int) -> None:
                 pass
     finally:
         torch.set_num_threads(before)  # the workers' setting also became the default
+
+
+def _check_std(std: float) -> None:
+    if isinstance(std, bool) or not isinstance(std, int | float) or not math.isfinite(std):
+        raise ConfigError("std", f"must be a finite number, got {std!r}")
+    if std < 0:
+        raise ConfigError("std", f"must be >= 0, got {std!r}")
 
 
 def _test_key(seed: int) -> bytes:

@@ -70,3 +70,52 @@ def test_remote_ray_cluster_without_tls_is_refused(
     assert local.insecure_settings() == []
     monkeypatch.setenv("RAY_USE_TLS", "1")
     assert Settings(data_dir=tmp_path, **remote).ray_address == "ray://head.cluster:10001"  # type: ignore[arg-type]
+
+
+def _spec():
+    from server.services.wire import EngineSpec
+    from tensafe.engine import OptimizerConfig
+    from tensafe.models import LoRAConfig
+    from tensafe.privacy import DPConfig
+
+    return EngineSpec(
+        model_ref="tiny-llama",
+        lora=LoRAConfig(rank=2),
+        dp=DPConfig(noise_multiplier=1.0, dataset_size=100, expected_batch_size=4),
+        optimizer=OptimizerConfig(),
+        seed=0,
+        dataset_id=None,
+    )
+
+
+def test_microbatch_examples_reaches_every_backends_engines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pickle
+
+    from server.worker.backends import InProcessBackend
+    from server.worker.backends.ray_actor import EngineHost
+    from server.worker.engine_factory import EngineOptions
+
+    monkeypatch.setenv("TENSAFE_MICROBATCH_EXAMPLES", "3")
+    settings = Settings(data_dir=tmp_path, environment="development")
+    assert settings.microbatch_examples == 3
+    engine = InProcessBackend(settings).build(run_id="r1", spec=_spec())
+    assert engine.microbatch_examples == 3
+    # What the Ray backend ships to its actors (pickled options), built as an actor does.
+    options = pickle.loads(pickle.dumps(EngineOptions.from_settings(settings, device="cpu")))
+    host = EngineHost(options)
+    host.build("r2", _spec())
+    assert host.call("r2", lambda e: e.microbatch_examples, {}) == 3
+
+
+def test_microbatch_examples_defaults_off_and_is_validated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert Settings(data_dir=tmp_path).microbatch_examples is None
+    monkeypatch.setenv("TENSAFE_MICROBATCH_EXAMPLES", "none")
+    assert Settings(data_dir=tmp_path).microbatch_examples is None
+    for bad in ("0", "-2", "two"):
+        monkeypatch.setenv("TENSAFE_MICROBATCH_EXAMPLES", bad)
+        with pytest.raises(ValidationError, match="microbatch_examples"):
+            Settings(data_dir=tmp_path)

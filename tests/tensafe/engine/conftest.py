@@ -25,6 +25,7 @@ def make_engine(
     tied: bool = True,
     lora_config: LoRAConfig | None = None,
     loss_chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS,
+    microbatch_examples: int | None = None,
 ) -> TrainingEngine:
     dp_config = (
         DPConfig(
@@ -46,6 +47,7 @@ def make_engine(
         seed=seed,
         noise_seed=seed,  # deterministic noise: tests compare runs bit for bit
         loss_chunk_tokens=loss_chunk_tokens,
+        microbatch_examples=microbatch_examples,
     )
 
 

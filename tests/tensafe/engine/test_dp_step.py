@@ -161,6 +161,27 @@ def test_stale_optimizer_parameters_are_detected():
 
 
 @pytest.mark.parametrize("dp", [False, True])
+def test_stale_full_fine_tuning_tensors_are_detected_from_probed_coordinates(dp):
+    """Full fine-tuning, where (without DP) the embedding's gradient is non-zero only
+    in the rows of the batch's tokens: the first step's check probes coordinates with
+    a non-zero gradient, so a stale embedding is caught and a live one is not."""
+    from tensafe.errors import PrivacyError
+
+    live = make_engine(lora=False, dp=dp, sigma=1.0 if dp else 0.0, tied=False)
+    live.forward_backward(random_batch())
+    live.optim_step()  # no false alarm: every tensor moved where it had a gradient
+
+    eng = make_engine(lora=False, dp=dp, sigma=1.0 if dp else 0.0, tied=False)
+    embed = eng.model.get_input_embeddings().weight
+    stale = [torch.nn.Parameter(p.detach().clone()) if p is embed else p for p in eng.params]
+    eng.optimizer = torch.optim.SGD(stale, lr=1.0)
+    eng.forward_backward(random_batch())
+    with pytest.raises(PrivacyError, match="did not change after step 1") as exc:
+        eng.optim_step()
+    assert "embed" in str(exc.value)
+
+
+@pytest.mark.parametrize("dp", [False, True])
 def test_loss_falls_over_twenty_noise_free_steps(dp):
     eng = make_engine(
         dp=dp, sigma=0.0, max_grad_norm=100.0, optimizer=OptimizerConfig(learning_rate=1e-2)
@@ -172,3 +193,17 @@ def test_loss_falls_over_twenty_noise_free_steps(dp):
         eng.optim_step()
     last = eng.forward(batch).loss
     assert last < first - 0.5, (first, last)
+
+
+def test_probe_positions_stay_in_range_and_find_a_lone_non_zero():
+    from tensafe.engine.engine import probe_positions
+
+    n = 49152 * 576  # SmolLM2's embedding: float32 cannot hold n - 1 exactly
+    grad = torch.zeros(n)
+    assert probe_positions(grad).numel() == 0
+    grad[-1] = 1.0
+    grad[12_345] = -2.0  # between the evenly spaced positions: found as the first non-zero
+    assert probe_positions(grad).tolist() == [12_345, n - 1]
+    small = torch.tensor([0.0, 3.0, 0.0])
+    assert probe_positions(small).tolist() == [1]
+    assert probe_positions(torch.zeros(0)).numel() == 0

@@ -273,3 +273,86 @@ def test_noise_does_not_depend_on_the_number_of_worker_threads(secure):
     for first, second in draws[1:]:
         assert torch.equal(first, draws[0][0]) and torch.equal(second, draws[0][1])
     assert not torch.equal(draws[0][0][:1_000], draws[0][1])  # later calls: fresh keystream
+
+
+# ------------------------------------------- a step's noisy means, in one call
+def _seeded(seed: int = 5) -> NoiseSource:
+    with pytest.warns(InsecureNoiseWarning):
+        return NoiseSource(secure_mode=False, seed=seed)
+
+
+SIZES = [(3 * 2**16 + 1,), (0,), (5, 7), (2**16,)]
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_noisy_means_are_sum_plus_the_same_noise_over_divisor_rounded_once(out_dtype):
+    """Known answer: the noise of gaussian_like on each tensor in turn (float64
+    references keep it unrounded), added to the sum and divided in float64, rounded
+    once to the output dtype."""
+    g = torch.Generator().manual_seed(0)
+    sums = [torch.randn(shape, generator=g) for shape in SIZES]
+    std, divisor = SIGMA * C, 24.0
+    got = _seeded().noisy_means(sums, std=std, divisor=divisor, dtypes=[out_dtype] * len(sums))
+    reference = _seeded()
+    for s, out in zip(sums, got, strict=True):
+        noise = reference.gaussian_like(torch.zeros(s.shape, dtype=torch.float64), std=std)
+        expected = ((s.double() + noise) / divisor).to(out_dtype)
+        assert out.dtype == out_dtype and out.shape == s.shape
+        assert torch.equal(out, expected)
+
+
+def test_noisy_means_leave_the_sums_alone_and_do_not_depend_on_worker_threads():
+    sums = [torch.ones(2**17 + 3), torch.full((4, 4), 2.0)]
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            source = _seeded(9)
+            source.secure_mode = True  # the seeded stream drawn the secure-mode way
+            results.append(source.noisy_means(sums, std=0.5, divisor=2.0))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(sums[0], torch.ones(2**17 + 3)) and torch.equal(
+        sums[1], torch.full((4, 4), 2.0)
+    )
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
+
+
+def test_noisy_means_distribution_and_fresh_noise_per_call():
+    source = NoiseSource(secure_mode=False)
+    sums = [torch.full((2**18,), 3.0)]
+    (first,) = source.noisy_means(sums, std=SIGMA * C, divisor=4.0)
+    (second,) = source.noisy_means(sums, std=SIGMA * C, divisor=4.0)
+    centred = (first.double() - 0.75) * 4.0
+    assert _ks_pvalue(centred, SIGMA * C) > ALPHA
+    assert not torch.equal(first, second)
+    # std 0: no draw, the plain mean
+    calls = source._normals.calls
+    (exact,) = source.noisy_means(sums, std=0.0, divisor=4.0)
+    assert torch.equal(exact, torch.full((2**18,), 0.75)) and source._normals.calls == calls
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"std": -1.0, "divisor": 1.0}, "std"),
+        ({"std": math.nan, "divisor": 1.0}, "std"),
+        ({"std": 1.0, "divisor": 0.0}, "divisor"),
+        ({"std": 1.0, "divisor": math.inf}, "divisor"),
+        ({"std": 1.0, "divisor": True}, "divisor"),
+        ({"std": 1.0, "divisor": 1.0, "dtypes": [torch.float32]}, "dtypes"),
+        ({"std": 1.0, "divisor": 1.0, "dtypes": [torch.int64, torch.float32]}, "dtypes"),
+    ],
+)
+def test_noisy_means_refuse_bad_arguments_before_drawing(kwargs, field):
+    source = NoiseSource(secure_mode=False)
+    with pytest.raises(ConfigError) as exc:
+        source.noisy_means([torch.zeros(3), torch.zeros(2)], **kwargs)
+    assert exc.value.field == field
+    assert source._normals.calls == 0
+    with pytest.raises(ConfigError) as exc:
+        source.noisy_means([torch.zeros(3, dtype=torch.int64)], std=1.0, divisor=1.0)
+    assert exc.value.field == "reference"
