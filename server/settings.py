@@ -129,6 +129,15 @@ class Settings(BaseSettings):
             actor; a full fine-tuning run takes an actor of its own).
         ray_cpus_per_actor: CPUs each actor reserves when ``device`` is not CUDA.
         ray_num_cpus: CPUs of the local Ray the server starts (``None``: all).
+        ray_call_timeout_s: longest one call may run in a worker actor (a model load, a
+            ``forward_backward``, an ``optim_step``, sealing a checkpoint), counted from
+            when the actor finished its previous call, so time queued behind other runs'
+            calls does not count. An actor past it is treated as hung: it is killed, its
+            runs are rebuilt like a dead actor's and the call fails with
+            ``WorkerLostError`` (503). Set it well above your slowest step.
+        ray_actor_start_timeout_s: longest a new worker actor may take to start
+            (scheduling, e.g. waiting for an autoscaler's GPU node, and imports); past
+            it the actor is killed and the load fails with ``WorkerLostError``.
         sampling_threads: threads that prepare sampling operations (resolve the
             sampler's model, decrypt and load a checkpoint's adapter); generation itself
             runs batched, one batch at a time per model, never in a run's training queue.
@@ -207,6 +216,8 @@ class Settings(BaseSettings):
     ray_runs_per_actor: int = Field(4, ge=1, le=256)
     ray_cpus_per_actor: float = Field(1.0, gt=0, le=256)
     ray_num_cpus: int | None = Field(None, ge=1)
+    ray_call_timeout_s: float = Field(600.0, gt=0, le=7 * 24 * 3600)
+    ray_actor_start_timeout_s: float = Field(600.0, gt=0, le=7 * 24 * 3600)
     tinker_tokenizer_id: str | None = None
     tinker_default_dp: dict[str, float | int | str] | None = None
     tinker_fwdbwd_max_chunk_len: int = Field(1024, gt=0)

@@ -41,6 +41,7 @@ from tg_tinker.errors import (
     ServerError,
     TGTinkerError,
     ValidationError,
+    WorkerLostError,
 )
 from tg_tinker.futures import APIFuture
 from tg_tinker.sampling_client import SamplingClient
@@ -111,5 +112,6 @@ __all__ = [
     "TrainingRun",
     "UnloadModelResponse",
     "ValidationError",
+    "WorkerLostError",
     "__version__",
 ]

@@ -99,6 +99,30 @@ class ServerError(TGTinkerError, RuntimeError):
     """The server failed (HTTP 5xx) or answered with something the SDK cannot read."""
 
 
+class WorkerLostError(ServerError):
+    """The server's worker holding the run (a Ray actor) died or hung (HTTP 503), and the
+    operation was **not applied**; nothing it did survives. Retryable: submit the
+    operation again and the server rebuilds the run from its last checkpoint, with its
+    privacy accounting from the ledger. Gradients ``forward_backward`` had accumulated
+    since the last ``optim_step`` are lost with the worker; the first operation after the
+    rebuild says so (:class:`ConflictError`) and the whole logical batch must be
+    resubmitted.
+
+    Automatic retries: an operation's failure (how this error usually arrives, from
+    ``future.result()``) is never resubmitted by the SDK; resubmit it yourself. A plain
+    ``GET`` answered 503 with this error (e.g. reading a run's tokenizer) is retried
+    like any 503, up to ``max_retries``, and raises this error only after the last one
+    (see :mod:`tg_tinker._http` for the whole policy).
+
+    Example::
+
+        try:
+            tc.forward_backward(batch).result()
+        except WorkerLostError:
+            tc.forward_backward(batch).result()  # rebuilt from the last checkpoint
+    """
+
+
 class APIConnectionError(TGTinkerError, ConnectionError):
     """The server could not be reached, or the connection broke mid-request."""
 
@@ -142,6 +166,7 @@ _BY_NAME: dict[str, type[TGTinkerError]] = {
         BudgetExceededError,
         RateLimitError,
         ServerError,
+        WorkerLostError,
         APIConnectionError,
         FutureTimeoutError,
         FutureCancelledError,
@@ -224,5 +249,6 @@ __all__ = [
     "ServerError",
     "TGTinkerError",
     "ValidationError",
+    "WorkerLostError",
     "error_from_body",
 ]

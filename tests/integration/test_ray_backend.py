@@ -5,6 +5,13 @@ runs of one base model.
 * a killed actor: the next operation of its run fails with the retryable
   ``WorkerLostError``; the run then resumes from its checkpoint on a live/new actor, ε
   equals what its ledger history recomputes, ``tensafe audit verify`` passes;
+* an actor killed mid-operation: the running call and another run's call queued behind
+  it both fail at once with ``WorkerLostError``, then both runs resume;
+* a hung actor (really blocked by a test call submitted straight to it): past
+  ``ray_call_timeout_s`` the server kills it; the timed-out ``optim_step`` and a queued
+  call fail with ``WorkerLostError``, no ledger row is written for the step, and the
+  runs resume with ε equal to the ledger's;
+* placement: a full fine-tuning run has an actor of its own;
 * two tenants' runs on one actor: one run's forward_backward/optim_step leaves the
   other's adapter weights and accumulated clipped sum untouched (read inside the actor);
   another tenant's run id is 404.
@@ -21,7 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tg_tinker import SamplingParams, ServiceClient
+from tg_tinker import SamplingParams, ServiceClient, TrainingClient, WorkerLostError
 from tg_tinker.errors import TGTinkerError
 
 from tests.integration.conftest import LiveServer, ledger_rows
@@ -118,6 +125,59 @@ def ledger_epsilon(server: LiveServer, run_id: str) -> tuple[int, float]:
     return len(rows), compute_epsilon(history=history, delta=delta, accountant=accountant)
 
 
+def stall(engine: Any, seconds: float) -> None:
+    """Run inside the actor (test only, submitted by the test straight to the actor):
+    block it, as a hung call would."""
+    time.sleep(seconds)
+
+
+def resumes_from_checkpoint(
+    server: LiveServer, tc: TrainingClient, *, seed: int, step: int, noisy_steps: int
+) -> None:
+    """One forward_backward + optim_step of a run whose worker was lost: it reaches
+    ``step`` (its checkpoint's step + 1) with ``noisy_steps`` in its accountant, and ε
+    equals what an independent recomputation of its ledger rows gives."""
+    tc.forward_backward(random_batch(seed)).result(timeout=120)
+    resumed = tc.optim_step().result(timeout=120)
+    assert resumed.step == step
+    dp = resumed.dp_metrics
+    assert dp is not None and dp.steps == noisy_steps
+    steps, expected = ledger_epsilon(server, tc.run_id)
+    assert steps == noisy_steps and dp.epsilon_spent == pytest.approx(expected, rel=1e-6)
+
+
+def wait_until_running(server: LiveServer, api_key: str, future_id: str) -> None:
+    """Until the server has started the operation (claimed it from the run's queue)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        response = httpx.get(
+            f"{server.url}/v1/futures/{future_id}",
+            headers={"Authorization": f"Bearer {api_key}"},
+        )
+        if response.json()["status"] != "pending":
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"operation {future_id} never started")
+
+
+def two_runs_on_one_actor(
+    service: ServiceClient, namespace: str, **config: object
+) -> tuple[TrainingClient, TrainingClient, Any]:
+    """Two DP-LoRA runs of one base model (packed on one actor), each trained one step
+    and checkpointed; and their actor."""
+    runs = tuple(
+        service.create_training_client(tiny_config(dp_config=dp_config(), **config))
+        for _ in range(2)
+    )
+    for i, tc in enumerate(runs):
+        tc.forward_backward(random_batch(100 + i)).result(timeout=120)
+        tc.optim_step().result(timeout=120)
+        tc.save_state("one").result(timeout=120)
+    handle = actor_of(namespace, runs[0].run_id)
+    assert handle == actor_of(namespace, runs[1].run_id)
+    return runs[0], runs[1], handle
+
+
 def test_runs_share_actors_and_survive_a_killed_actor(
     cluster: tuple[LiveServer, str], tmp_path: Path
 ) -> None:
@@ -157,14 +217,9 @@ def test_runs_share_actors_and_survive_a_killed_actor(
         assert "Retry" in str(lost.value)
 
         for label in ("A1", "B1"):  # rebuilt on a live or new actor from checkpoint "one"
-            tc = runs[label]
-            tc.forward_backward(random_batch(30)).result(timeout=120)
-            resumed = tc.optim_step().result(timeout=120)
-            assert resumed.step == checkpoints[label].step + 1 == 2
-            dp = resumed.dp_metrics
-            assert dp is not None and dp.steps == 3  # both ledger steps + this one
-            steps, expected = ledger_epsilon(server, tc.run_id)
-            assert steps == 3 and dp.epsilon_spent == pytest.approx(expected, rel=1e-6)
+            assert checkpoints[label].step == 1
+            # at checkpoint step + 1, with both ledger steps + this one
+            resumes_from_checkpoint(server, runs[label], seed=30, step=2, noisy_steps=3)
         for label in ("A2", "B2"):  # the other actor's runs never noticed
             tc = runs[label]
             tc.forward_backward(random_batch(40)).result(timeout=120)
@@ -178,6 +233,54 @@ def test_runs_share_actors_and_survive_a_killed_actor(
     finally:
         for service in clients:
             service.close()
+
+
+def test_an_actor_killed_mid_operation_fails_running_and_queued_calls_at_once(
+    cluster: tuple[LiveServer, str],
+) -> None:
+    server, namespace = cluster
+    tenant = server.create_tenant()
+    with ServiceClient(server.url, api_key=tenant["api_key"], max_retries=0) as service:
+        long_run, other, victim = two_runs_on_one_actor(service, namespace)
+        # a forward_backward of seconds runs in the actor; the other run's call (the
+        # server's second worker thread) waits behind it in the actor's queue
+        running = long_run.forward_backward(random_batch(1, rows=16, length=256))
+        queued = other.forward_backward(random_batch(2))
+        time.sleep(1.0)
+        killed_at = time.monotonic()
+        ray.kill(victim, no_restart=True)
+        for future in (running, queued):
+            with pytest.raises(WorkerLostError, match="was lost"):
+                future.result(timeout=60)
+        assert time.monotonic() - killed_at < 30  # failed at once, nothing hung
+
+        for i, tc in enumerate((long_run, other)):  # checkpoint "one" (step 1), elsewhere
+            resumes_from_checkpoint(server, tc, seed=3 + i, step=2, noisy_steps=2)
+            assert actor_of(namespace, tc.run_id) != victim
+        for tc in (long_run, other):
+            tc.unload_model().result(timeout=120)
+
+
+def test_a_full_fine_tuning_run_has_an_actor_of_its_own(cluster: tuple[LiveServer, str]) -> None:
+    server, namespace = cluster
+    tenant = server.create_tenant()
+    with ServiceClient(server.url, api_key=tenant["api_key"], max_retries=0) as service:
+        full = service.create_training_client(tiny_config(lora_config=None))
+        lora = [service.create_training_client(tiny_config()) for _ in range(2)]
+        own = actor_of(namespace, full.run_id)
+        # LoRA runs of the same base model go elsewhere (and pack together there)
+        assert all(actor_of(namespace, tc.run_id) != own for tc in lora)
+        assert actor_of(namespace, lora[0].run_id) == actor_of(namespace, lora[1].run_id)
+        # the other actor is full now: a third LoRA run is refused, not put beside `full`
+        refused = service.create_training_client(tiny_config())
+        with pytest.raises(TGTinkerError, match="worker actors are full"):
+            refused.forward_backward(random_batch(0)).result(timeout=120)
+        held = {name: set(runs) for name, (_, runs) in placement(namespace).items()}
+        assert {full.run_id} in held.values()
+        full.forward_backward(random_batch(1)).result(timeout=120)
+        assert full.optim_step().result(timeout=120).step == 1
+        for tc in (full, *lora):
+            tc.unload_model().result(timeout=120)
 
 
 def base_storage(engine: Any) -> dict[str, int]:
@@ -243,7 +346,8 @@ def test_restart_reattaches_only_an_actor_in_step_with_the_ledger(
 ) -> None:
     """On an existing cluster the actors are detached: a restarted server re-attaches a
     run whose actor copy is at the database's step (no checkpoint needed) and drops one
-    that stepped without a ledger row (that run must be restored from a checkpoint)."""
+    that stepped without a ledger row (that run must be restored from a checkpoint). A
+    full fine-tuning run's actor stays its own across the restart."""
     from server.worker.engine_calls import call_method
 
     server, namespace = cluster
@@ -254,6 +358,8 @@ def test_restart_reattaches_only_an_actor_in_step_with_the_ledger(
         for tc in (kept, ahead):
             tc.forward_backward(random_batch(1)).result(timeout=120)
             assert tc.optim_step().result(timeout=120).step == 1
+        full = service.create_training_client(tiny_config(lora_config=None))
+        full_actor = actor_of(namespace, full.run_id)  # the other actor, to itself
     # an actor that steps a run behind the server's back (no budget check, no ledger row)
     handle = actor_of(namespace, ahead.run_id)
     kwargs = {"method": "optim_step", "args": (), "kwargs": {}}
@@ -283,3 +389,56 @@ def test_restart_reattaches_only_an_actor_in_step_with_the_ledger(
         loaded = ahead.optim_step().result(timeout=120)
         assert loaded.step == 3 and loaded.dp_metrics is not None
         assert loaded.dp_metrics.steps == 1 + 2 + 1  # its own ledger step + kept's two + this
+
+        # the restarted server learnt from the actors which run is a full fine-tuning one
+        refused = service.create_training_client(tiny_config())
+        with pytest.raises(TGTinkerError, match="worker actors are full"):
+            refused.forward_backward(random_batch(0)).result(timeout=120)
+        (alone,) = [set(runs) for h, runs in placement(namespace).values() if h == full_actor]
+        assert alone == {full.run_id}
+        for tc in (kept, ahead, service.get_training_client(full.run_id)):  # frees the room
+            tc.unload_model().result(timeout=120)
+
+
+def test_a_hung_actor_is_killed_after_the_call_timeout(cluster: tuple[LiveServer, str]) -> None:
+    """The actor is really blocked (a call the test submits straight to it sleeps); the
+    server, restarted with a 5 s ``ray_call_timeout_s``, gives up on the calls queued
+    behind it, kills it and rebuilds its runs elsewhere. The timed-out call is an
+    ``optim_step``: it leaves no ledger row, and the rebuilt run's ε is the ledger's."""
+    server, namespace = cluster
+    timeout_s = 5.0
+    server.extra_env["TENSAFE_RAY_CALL_TIMEOUT_S"] = str(timeout_s)
+    server.restart()
+    try:
+        tenant = server.create_tenant()
+        with ServiceClient(server.url, api_key=tenant["api_key"], max_retries=0) as service:
+            stepping, other, victim = two_runs_on_one_actor(service, namespace)
+            stepping.forward_backward(random_batch(1)).result(timeout=120)  # pending: 4
+            blocked = victim.call.remote(stepping.run_id, stall, {"seconds": 600})
+            submitted = time.monotonic()
+            # queued in the actor first: the optim_step holds the (SQLite) database's
+            # write transaction while it waits, which would keep this one from starting
+            queued = other.forward_backward(random_batch(2))
+            wait_until_running(server, tenant["api_key"], queued.future_id)
+            time.sleep(0.5)  # from claimed to submitted to the actor
+            timed_out = stepping.optim_step()
+            for future in (timed_out, queued):
+                with pytest.raises(WorkerLostError, match="hung"):
+                    future.result(timeout=120)
+            waited = time.monotonic() - submitted
+            assert timeout_s <= waited < timeout_s + 30
+            with pytest.raises(ray.exceptions.RayActorError):  # killed, not left blocked
+                ray.get(blocked, timeout=60)
+            assert ledger_epsilon(server, stepping.run_id)[0] == 1  # the lost step: no row
+
+            # its accumulated gradients died with the actor: the client is told so once
+            with pytest.raises(TGTinkerError, match="resubmit the whole logical batch"):
+                stepping.forward_backward(random_batch(3)).result(timeout=120)
+            for i, tc in enumerate((stepping, other)):  # from checkpoint "one", elsewhere
+                resumes_from_checkpoint(server, tc, seed=4 + i, step=2, noisy_steps=2)
+                assert actor_of(namespace, tc.run_id) != victim
+            for tc in (stepping, other):
+                tc.unload_model().result(timeout=120)
+    finally:
+        server.extra_env.pop("TENSAFE_RAY_CALL_TIMEOUT_S")
+        server.restart()

@@ -21,6 +21,7 @@ ALL = [
     errors.BudgetExceededError,
     errors.RateLimitError,
     errors.ServerError,
+    errors.WorkerLostError,
     errors.APIConnectionError,
     errors.FutureTimeoutError,
     errors.FutureCancelledError,
@@ -81,6 +82,7 @@ def test_errors_also_are_the_stdlib_error_they_refine(cls, stdlib):
         ("RateLimitError", errors.RateLimitError),
         ("ServerError", errors.ServerError),
         ("IntegrityError", errors.ArtifactIntegrityError),
+        ("WorkerLostError", errors.WorkerLostError),
     ],
 )
 def test_server_error_names_map_to_the_same_class(name, expected):
@@ -125,3 +127,15 @@ def test_permission_denied_is_still_an_authentication_error():
     assert issubclass(errors.PermissionDeniedError, errors.AuthenticationError)
     assert issubclass(errors.PermissionDeniedError, PermissionError)
     assert tg_tinker.PermissionDeniedError is errors.PermissionDeniedError
+
+
+def test_a_lost_worker_is_a_retryable_server_error_from_a_failed_future():
+    """The server's 503 ``WorkerLostError`` (a dead or hung Ray actor) arrives as a failed
+    future's body, without a status code: its own class, still caught as a ServerError
+    (and RuntimeError), exported at the top level."""
+    body = ErrorBody(error="WorkerLostError", category="server", detail="Retry it", field=None)
+    err = error_from_body(body)
+    assert type(err) is errors.WorkerLostError
+    assert isinstance(err, errors.ServerError) and isinstance(err, RuntimeError)
+    assert tg_tinker.WorkerLostError is errors.WorkerLostError
+    assert error_class("ServiceUnavailableError", 503) is errors.ServerError  # unchanged

@@ -40,11 +40,23 @@ def test_ray_address_needs_the_ray_backend(tmp_path: Path) -> None:
         ("ray_cpus_per_actor", 0),
         ("ray_namespace", "bad namespace"),
         ("worker_backend", "threads"),
+        ("ray_call_timeout_s", 0),
+        ("ray_call_timeout_s", "soon"),
+        ("ray_actor_start_timeout_s", -1),
     ],
 )
 def test_bad_ray_settings_name_the_field(tmp_path: Path, field: str, value: object) -> None:
     with pytest.raises(ValidationError, match=field):
         Settings(data_dir=tmp_path, **{field: value})  # type: ignore[arg-type]
+
+
+def test_ray_timeouts_are_generous_by_default_and_read_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defaults = Settings(data_dir=tmp_path)
+    assert defaults.ray_call_timeout_s == defaults.ray_actor_start_timeout_s == 600.0
+    monkeypatch.setenv("TENSAFE_RAY_CALL_TIMEOUT_S", "2.5")
+    assert Settings(data_dir=tmp_path).ray_call_timeout_s == 2.5
 
 
 def test_remote_ray_cluster_without_tls_is_refused(

@@ -36,17 +36,19 @@ class EngineHost:
         self._options = options
         self._base_models = BaseModelPool()
         self._engines: dict[str, TrainingEngine] = {}
+        self._placements: dict[str, tuple[str, bool]] = {}
 
     def pid(self) -> int:
         return os.getpid()
 
     def build(self, run_id: str, spec: EngineSpec) -> EngineFacts:
         """Build (or replace) the run's engine; its public facts."""
-        self._engines.pop(run_id, None)
+        self.release(run_id)
         engine = build_engine(
             run_id=run_id, spec=spec, options=self._options, base_models=self._base_models
         )
         self._engines[run_id] = engine
+        self._placements[run_id] = (spec.model_ref, spec.lora is not None)
         return engine_calls.facts(engine)
 
     def facts(self, run_id: str) -> EngineFacts:
@@ -56,6 +58,7 @@ class EngineHost:
         return fn(self._engine(run_id), **kwargs)
 
     def release(self, run_id: str) -> None:
+        self._placements.pop(run_id, None)
         if self._engines.pop(run_id, None) is not None:
             gc.collect()
 
@@ -65,6 +68,11 @@ class EngineHost:
             run_id: (engine_calls.step(e), engine_calls.pending_examples(e))
             for run_id, e in self._engines.items()
         }
+
+    def placements(self) -> dict[str, tuple[str, bool]]:
+        """``{run_id: (base model ref, is LoRA)}`` of the engines held (so a restarted
+        server keeps a full fine-tuning run's actor to itself)."""
+        return dict(self._placements)
 
     def _engine(self, run_id: str) -> TrainingEngine:
         engine = self._engines.get(run_id)

@@ -14,7 +14,12 @@
 * **Faults.** A call that finds its actor dead (``RayActorError``) forgets the actor,
   hands its runs to ``on_lost`` (the server evicts them) and raises
   :class:`~server.errors.WorkerLostError` (503, retryable); the next operation
-  rebuilds the run on a live or new actor from its checkpoint and the ledger.
+  rebuilds the run on a live or new actor from its checkpoint and the ledger. A *hung*
+  actor is lost the same way: a call still running ``ray_call_timeout_s`` after the
+  actor finished its previous call (or after it was submitted to an idle actor), or an
+  actor not started within ``ray_actor_start_timeout_s``, gets the actor killed
+  (``ray.kill``); every call waiting on it, running or queued, then fails with
+  ``WorkerLostError`` at once.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import contextlib
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -42,6 +48,11 @@ T = TypeVar("T")
 ACTOR_PREFIX = "tensafe-worker-"
 
 
+class ActorHungError(TimeoutError):
+    """A worker actor did not finish a call (or did not start) in time; it is then
+    killed and treated as lost (never leaves :class:`RayBackend`)."""
+
+
 @dataclass(eq=False)
 class ActorSlot:
     """One actor and the runs the server placed on it."""
@@ -53,6 +64,10 @@ class ActorSlot:
     exclusive: bool = False  # a full fine-tuning run
     runs: set[str] = field(default_factory=set)
     alive: bool = True
+    lost_reason: str = "was lost"  # why it was lost, for every call that finds it so
+    starting: Any = None  # a new actor's first call (``pid``), until it has answered
+    inflight: int = 0  # calls the server submitted and has not seen finish
+    busy_since: float = 0.0  # when the actor's current call began, as the server sees it
 
     def invoke(self, run_id: str, fn: Callable[..., T], kwargs: dict[str, Any]) -> T:
         return self.backend.invoke(self, "call", run_id, fn, kwargs)  # type: ignore[no-any-return]
@@ -90,6 +105,8 @@ class RayBackend:
         )
         self._max_actors = settings.ray_actors or self._default_actors()
         self._capacity = settings.ray_runs_per_actor
+        self._call_timeout = settings.ray_call_timeout_s
+        self._start_timeout = settings.ray_actor_start_timeout_s
         self._lock = threading.Lock()
         self._slots: list[ActorSlot] = []
         self._names = itertools.count()
@@ -127,11 +144,16 @@ class RayBackend:
                 continue
             try:
                 handle = self._ray.get_actor(name, namespace=self._settings.ray_namespace)
-                held = self._ray.get(handle.runs.remote(), timeout=30)
+                held = self._ray.get(handle.placements.remote(), timeout=30)
             except Exception as exc:
                 log.warning("worker actor %s is not usable (%s); ignored", name, exc)
                 continue
-            self._slots.append(ActorSlot(name=name, handle=handle, backend=self, runs=set(held)))
+            slot = ActorSlot(name=name, handle=handle, backend=self, runs=set(held))
+            # keep the placement rules across the restart: a full fine-tuning run's
+            # actor stays its own; LoRA runs keep attracting their base model's runs
+            slot.exclusive = any(not lora for _, lora in held.values())
+            slot.base_model = next((model for model, _ in held.values()), None)
+            self._slots.append(slot)
         used = {int(s.name[len(ACTOR_PREFIX) :]) for s in self._slots if s.name[-1].isdigit()}
         self._names = itertools.count(max(used, default=-1) + 1)
 
@@ -150,6 +172,7 @@ class RayBackend:
             elif len(live) < self._max_actors:
                 name = f"{ACTOR_PREFIX}{next(self._names)}"
                 slot = ActorSlot(name=name, handle=self._new_actor(name), backend=self)
+                slot.starting = slot.handle.pid.remote()
                 self._slots.append(slot)
             elif lora and room:
                 slot = min(room, key=lambda s: len(s.runs))
@@ -170,15 +193,23 @@ class RayBackend:
     # ------------------------------------------------------------- calls
     def invoke(self, slot: ActorSlot, method: str, *args: Any) -> Any:
         """``slot.handle.method(*args)``, waited for; an error the actor's code raised is
-        re-raised as itself; a dead actor becomes :class:`WorkerLostError`."""
+        re-raised as itself; a dead or hung actor (see the module docstring) becomes
+        :class:`WorkerLostError` and is killed."""
         from ray.exceptions import RayActorError, RayTaskError
 
+        run = args[0] if args and isinstance(args[0], str) else None
         if not slot.alive:  # lost earlier: this run's engine was placed there meanwhile
-            if args and isinstance(args[0], str):
-                self._on_lost([args[0]])
-            raise self._lost_error(slot, args)
+            if run is not None:
+                self._on_lost([run])
+            raise self._lost_error(slot, run)
+        self._await_start(slot, run)
+        ref = getattr(slot.handle, method).remote(*args)
+        with self._lock:
+            if slot.inflight == 0:  # an idle actor starts on this call now
+                slot.busy_since = time.monotonic()
+            slot.inflight += 1
         try:
-            return self._ray.get(getattr(slot.handle, method).remote(*args))
+            return self._wait(slot, ref)
         except RayTaskError as exc:
             cause = exc.cause
             if isinstance(cause, BaseException):
@@ -186,16 +217,66 @@ class RayBackend:
             raise
         except RayActorError as exc:
             self._lose(slot, exc)
-            raise self._lost_error(slot, args) from None
+            raise self._lost_error(slot, run) from None
+        except ActorHungError as exc:
+            self._lose(slot, exc)
+            raise self._lost_error(slot, run) from None
+        finally:
+            with self._lock:
+                # Ray runs an actor's calls one at a time in submission order: when
+                # one finishes, the next queued one starts
+                slot.inflight -= 1
+                slot.busy_since = time.monotonic()
+
+    def _wait(self, slot: ActorSlot, ref: Any) -> Any:
+        """The call's result, or :class:`ActorHungError` once the actor's current call
+        has run for ``ray_call_timeout_s`` (time queued behind earlier calls, which
+        finish and move ``busy_since``, does not count)."""
+        from ray.exceptions import GetTimeoutError
+
+        while True:
+            with self._lock:
+                left = slot.busy_since + self._call_timeout - time.monotonic()
+            try:
+                return self._ray.get(ref, timeout=max(left, 0.0))
+            except GetTimeoutError:
+                if left <= 0:
+                    raise ActorHungError(
+                        f"no call finished within ray_call_timeout_s={self._call_timeout:g} s"
+                    ) from None
+
+    def _await_start(self, slot: ActorSlot, run: str | None) -> None:
+        """Wait (up to ``ray_actor_start_timeout_s``) for a new actor to answer its first
+        call, so that its start-up never counts against a call's timeout."""
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        starting = slot.starting
+        if starting is None:
+            return
+        try:
+            self._ray.get(starting, timeout=self._start_timeout)
+        except GetTimeoutError:
+            hung = ActorHungError(
+                f"it did not start within ray_actor_start_timeout_s={self._start_timeout:g} s"
+            )
+            self._lose(slot, hung)
+            raise self._lost_error(slot, run) from None
+        except RayActorError as exc:
+            self._lose(slot, exc)
+            raise self._lost_error(slot, run) from None
+        slot.starting = None
 
     @staticmethod
-    def _lost_error(slot: ActorSlot, args: tuple[Any, ...]) -> WorkerLostError:
-        run = args[0] if args and isinstance(args[0], str) else "this run"
+    def _lost_error(slot: ActorSlot, run: str | None) -> WorkerLostError:
+        """The error of every call the loss of ``slot`` failed (running, queued or later),
+        all giving the first cause seen (a dead actor, or a hung one the server killed)."""
         return WorkerLostError(
-            f"the worker holding training run {run} ({slot.name}) was lost; this operation "
-            "was not applied. Retry it: the run is rebuilt from its last checkpoint, with its "
-            "privacy accounting from the ledger (gradients accumulated since the last "
-            "optim_step are lost: resubmit that logical batch)"
+            f"the worker holding training run {run or 'this run'} ({slot.name}) "
+            f"{slot.lost_reason}; this "
+            "operation was not applied (nothing it did in the worker survives). Retry it: the "
+            "run is rebuilt from its last checkpoint, with its privacy accounting from the "
+            "ledger (gradients accumulated since the last optim_step are lost: resubmit that "
+            "logical batch)"
         )
 
     def _lose(self, slot: ActorSlot, exc: BaseException) -> None:
@@ -203,6 +284,8 @@ class RayBackend:
             if not slot.alive:
                 return
             slot.alive = False
+            if isinstance(exc, ActorHungError):
+                slot.lost_reason = f"was stopped as hung ({exc})"
             self._slots.remove(slot)
             runs = sorted(slot.runs)
             slot.runs.clear()
@@ -234,8 +317,6 @@ class RayBackend:
             held = self.invoke(slot, "runs").get(run_id)
             if held is not None and held == (step, 0):
                 facts: EngineFacts = self.invoke(slot, "facts", run_id)
-                with self._lock:
-                    slot.base_model = slot.base_model or facts.name
                 log.info("run %s re-attached on %s at step %d", run_id, slot.name, step)
                 return RemoteEngine(run_id=run_id, facts=facts, caller=slot, actor=slot.name)
         except WorkerLostError:
@@ -270,4 +351,4 @@ class RayBackend:
             return {s.name: sorted(s.runs) for s in self._slots if s.alive}
 
 
-__all__ = ["ACTOR_PREFIX", "ActorSlot", "RayBackend"]
+__all__ = ["ACTOR_PREFIX", "ActorHungError", "ActorSlot", "RayBackend"]
