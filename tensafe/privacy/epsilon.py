@@ -417,8 +417,11 @@ def compute_epsilon(
     """ε spent by a DP-SGD history at ``delta``, as a guaranteed upper bound.
 
     ``history`` is a sequence of ``(noise_multiplier, sample_rate, num_steps)``
-    segments composed in order (they may differ). Segments with ``num_steps == 0``
-    or ``sample_rate == 0`` spend nothing. Pure: no state, no caching.
+    segments (they may differ). The ε of a composition does not depend on the order
+    of its mechanisms, and the segments are evaluated sorted by ``(σ, q, steps)``, so
+    the same segments in any order give the same float (summing them in the given
+    order differed by an ulp between orders). Segments with ``num_steps == 0`` or
+    ``sample_rate == 0`` spend nothing. Pure: no state, no caching.
 
     Returns:
         ε ≥ 0; ``0.0`` for an empty history; ``math.inf`` when any spending
@@ -433,7 +436,9 @@ def compute_epsilon(
     delta_value = _check_real(delta, "delta")
     if not 0.0 < delta_value < 1.0:
         raise ConfigError("delta", f"must be in (0, 1), got {delta_value!r}")
-    spending = tuple(seg for seg in validate_history(history) if seg[1] > 0.0 and seg[2] > 0)
+    spending = tuple(
+        sorted(seg for seg in validate_history(history) if seg[1] > 0.0 and seg[2] > 0)
+    )
     if not spending:
         return 0.0
     if any(sigma == 0.0 for sigma, _, _ in spending):

@@ -290,3 +290,16 @@ def test_compute_epsilon_names_the_bad_field(kwargs: dict[str, object], field: s
 
 def test_validate_history_normalizes_types() -> None:
     assert validate_history([[1, 0.5, 3]]) == ((1.0, 0.5, 3),)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_the_order_of_segments_does_not_change_epsilon_by_a_single_bit(accountant):
+    """ε of a composition does not depend on the order of its steps; the float must not
+    either (the schedule's canonical order once read 1 ulp below another order's value,
+    which a strict "never under-reports" comparison saw as an under-report)."""
+    history = [(8.0, 1.0, 118_466), (0.5, 0.5, 169_211), (1.3, 0.01, 7), (0.8, 0.003, 1_234)]
+    values = {
+        compute_epsilon(history=order, delta=1e-5, accountant=accountant)
+        for order in (history, history[::-1], history[1:] + history[:1])
+    }
+    assert len(values) == 1
