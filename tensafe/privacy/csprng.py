@@ -22,7 +22,7 @@ Construction, one :meth:`KeystreamNormals.standard_normal` call at a time:
 3. **Normals.** Box–Muller in float64: ``r = √(−2 ln u₁)``, ``z = r·cos(2πu₂)``
    and ``r·sin(2πu₂)``. It is exact in real arithmetic (unlike a rational
    approximation of the inverse CDF), uses one uniform per normal, and its
-   float64 ``log``/``sin``/``cos`` are vectorised in torch.
+   float64 ``log``/``sqrt`` (numpy) and ``sin``/``cos`` (torch) are vectorised.
 
 Floating-point caveats (documented, not hidden): the samples are a deterministic
 function of a 53-bit grid, so their distribution is discrete and truncated —
