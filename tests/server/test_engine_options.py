@@ -27,25 +27,53 @@ def _spec():
     )
 
 
-def test_activation_checkpointing_reaches_every_backends_engines(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _in_both_backends(settings: Settings, probe):
+    """``probe(engine)`` of a run built by the in-process backend, and of one built as a
+    Ray actor builds it, from the pickled options the Ray backend ships to its actors."""
     from server.worker.backends import InProcessBackend
     from server.worker.backends.ray_actor import EngineHost
     from server.worker.engine_factory import EngineOptions
+
+    engine = InProcessBackend(settings).build(run_id="r1", spec=_spec())
+    options = pickle.loads(pickle.dumps(EngineOptions.from_settings(settings, device="cpu")))
+    host = EngineHost(options)
+    host.build("r2", _spec())
+    return probe(engine), host.call("r2", probe, {})
+
+
+def test_activation_checkpointing_reaches_every_backends_engines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tensafe.models.checkpointing import checkpointed_layers
 
     monkeypatch.setenv("TENSAFE_ACTIVATION_CHECKPOINTING", "true")
     settings = Settings(data_dir=tmp_path, environment="development")
     assert settings.activation_checkpointing is True
-    engine = InProcessBackend(settings).build(run_id="r1", spec=_spec())
-    assert engine.activation_checkpointing is True
-    assert len(checkpointed_layers(engine.model)) == 2  # the tiny model's two layers
-    # What the Ray backend ships to its actors (pickled options), built as an actor does.
-    options = pickle.loads(pickle.dumps(EngineOptions.from_settings(settings, device="cpu")))
-    host = EngineHost(options)
-    host.build("r2", _spec())
-    assert host.call("r2", lambda e: len(checkpointed_layers(e.model)), {}) == 2
+    # the tiny model's two layers, in both backends
+    assert _in_both_backends(
+        settings, lambda e: (e.activation_checkpointing, len(checkpointed_layers(e.model)))
+    ) == ((True, 2), (True, 2))
+
+
+def test_microbatch_examples_reaches_every_backends_engines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TENSAFE_MICROBATCH_EXAMPLES", "3")
+    settings = Settings(data_dir=tmp_path, environment="development")
+    assert settings.microbatch_examples == 3
+    assert _in_both_backends(settings, lambda e: e.microbatch_examples) == (3, 3)
+
+
+def test_microbatch_examples_defaults_off_and_is_validated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert Settings(data_dir=tmp_path).microbatch_examples is None
+    monkeypatch.setenv("TENSAFE_MICROBATCH_EXAMPLES", "none")
+    assert Settings(data_dir=tmp_path).microbatch_examples is None
+    for bad in ("0", "-2", "two"):
+        monkeypatch.setenv("TENSAFE_MICROBATCH_EXAMPLES", bad)
+        with pytest.raises(ValidationError, match="microbatch_examples"):
+            Settings(data_dir=tmp_path)
 
 
 def test_activation_checkpointing_defaults_off_and_is_validated(
