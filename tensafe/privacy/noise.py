@@ -121,20 +121,7 @@ class NoiseSource:
             return torch.zeros_like(reference, memory_format=torch.contiguous_format)
         on_cuda = reference.device.type == "cuda"
         host = torch.empty(reference.shape, dtype=reference.dtype, pin_memory=on_cuda)
-        flat = host.view(-1)
-        chunk = self._chunk()
-        starts = range(0, flat.numel(), chunk)
-        if len(starts):
-            first = self._normals.reserve(len(starts))  # chunk k uses call first + k
-
-            def fill(k: int) -> None:
-                start = starts[k]
-                count = min(chunk, flat.numel() - start)
-                # scale in float64 and round to the reference dtype once
-                normals = self._standard_normal(first + k, count)
-                flat[start : start + count].copy_(normals.mul_(std))
-
-            _run_serial_tasks(fill, len(starts))
+        self._draw_into([host], std=std)
         if reference.device.type == "cpu":
             return host
         return host.to(reference.device, non_blocking=on_cuda)
@@ -188,28 +175,44 @@ class NoiseSource:
                 s.add(self.gaussian_like(s, std=std)).div_(divisor).to(d)
                 for s, d in zip(sums, out_dtypes, strict=True)
             ]
-        outs = [torch.empty(s.shape, dtype=d) for s, d in zip(sums, out_dtypes, strict=True)]
-        chunk = self._chunk()
-        tasks = [  # (tensor, start, count) in tensor order: chunk k ↔ call first + k
-            (i, start, min(chunk, s.numel() - start))
-            for i, s in enumerate(sums)
-            for start in range(0, s.numel(), chunk)
-        ]
-        if not tasks:
-            return outs
         if std == 0:  # as gaussian_like: no draw
             return [s.div(divisor).to(d) for s, d in zip(sums, out_dtypes, strict=True)]
+        outs = [torch.empty(s.shape, dtype=d) for s, d in zip(sums, out_dtypes, strict=True)]
+        self._draw_into(outs, std=std, sums=sums, divisor=divisor)
+        return outs
+
+    def _draw_into(
+        self,
+        outs: Sequence[torch.Tensor],
+        *,
+        std: float,
+        sums: Sequence[torch.Tensor] | None = None,
+        divisor: float = 1.0,
+    ) -> None:
+        """Write ``(sums[i] + std·Z) / divisor`` (``std·Z`` without ``sums``) into each
+        contiguous CPU tensor ``outs[i]``: chunks of the flattened tensors in order,
+        chunk ``k`` from keystream call ``first + k`` (all reserved before any is
+        drawn), each formed in float64 and rounded once, shared by the noise workers."""
+        chunk = self._chunk()
+        tasks = [  # (tensor, start, count) in tensor order: chunk k ↔ call first + k
+            (i, start, min(chunk, out.numel() - start))
+            for i, out in enumerate(outs)
+            for start in range(0, out.numel(), chunk)
+        ]
+        if not tasks:
+            return
         first = self._normals.reserve(len(tasks))
-        flats = [s.detach().reshape(-1) for s in sums]
+        flat_outs = [out.view(-1) for out in outs]
+        flat_sums = None if sums is None else [t.detach().reshape(-1) for t in sums]
 
         def fill(k: int) -> None:
             i, start, count = tasks[k]
             value = self._standard_normal(first + k, count).mul_(std)
-            value.add_(flats[i][start : start + count]).div_(divisor)
-            outs[i].view(-1)[start : start + count].copy_(value)
+            if flat_sums is not None:
+                value.add_(flat_sums[i][start : start + count]).div_(divisor)
+            flat_outs[i][start : start + count].copy_(value)
 
         _run_serial_tasks(fill, len(tasks))
-        return outs
 
     def _chunk(self) -> int:
         """Values per keystream call (secure mode draws ``SECURE_DRAWS`` per value)."""
