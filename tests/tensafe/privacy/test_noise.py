@@ -17,6 +17,7 @@ from scipy import stats
 from tensafe.errors import ConfigError
 from tensafe.privacy import InsecureNoiseWarning, KeystreamNormals, NoiseSource
 from tensafe.privacy.csprng import box_muller
+from tensafe.privacy.noise import _CHUNK as CHUNK  # values per keystream call
 
 # Statistical tests on the production path use a fresh random key each run, so they
 # can fail by chance: each has a false-alarm rate of at most ALPHA.
@@ -168,7 +169,7 @@ def test_no_repetition_across_steps_or_sources():
 
 def test_each_chunk_uses_a_fresh_counter_block():
     noise = NoiseSource(secure_mode=False)
-    noise.gaussian_like(torch.zeros(3 * 2**16 + 1), std=1.0)
+    noise.gaussian_like(torch.zeros(3 * CHUNK + 1), std=1.0)
     assert noise._normals.calls == 4
     noise.gaussian_like(torch.zeros(1), std=1.0)
     assert noise._normals.calls == 5
@@ -265,7 +266,7 @@ def test_noise_does_not_depend_on_the_number_of_worker_threads(secure):
             with pytest.warns(InsecureNoiseWarning):
                 source = NoiseSource(secure_mode=False, seed=11)
             source.secure_mode = secure  # the seeded stream, drawn the secure-mode way
-            first = source.gaussian_like(torch.zeros(300_001), std=0.5)
+            first = source.gaussian_like(torch.zeros(2 * CHUNK + 17), std=0.5)
             second = source.gaussian_like(torch.zeros(1_000), std=0.5)
             draws.append((first, second))
     finally:
@@ -281,7 +282,7 @@ def _seeded(seed: int = 5) -> NoiseSource:
         return NoiseSource(secure_mode=False, seed=seed)
 
 
-SIZES = [(3 * 2**16 + 1,), (0,), (5, 7), (2**16,)]
+SIZES = [(3 * CHUNK + 1,), (0,), (5, 7), (CHUNK,)]
 
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -302,7 +303,7 @@ def test_noisy_means_are_sum_plus_the_same_noise_over_divisor_rounded_once(out_d
 
 
 def test_noisy_means_leave_the_sums_alone_and_do_not_depend_on_worker_threads():
-    sums = [torch.ones(2**17 + 3), torch.full((4, 4), 2.0)]
+    sums = [torch.ones(2 * CHUNK + 3), torch.full((4, 4), 2.0)]
     before = torch.get_num_threads()
     results = []
     try:
@@ -314,7 +315,7 @@ def test_noisy_means_leave_the_sums_alone_and_do_not_depend_on_worker_threads():
             assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(sums[0], torch.ones(2**17 + 3)) and torch.equal(
+    assert torch.equal(sums[0], torch.ones(2 * CHUNK + 3)) and torch.equal(
         sums[1], torch.full((4, 4), 2.0)
     )
     for other in results[1:]:
