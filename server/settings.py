@@ -118,6 +118,13 @@ class Settings(BaseSettings):
             non-reentrant checkpoint): the activations held for backward shrink to
             about one layer's, for one extra forward per training step; results are
             the same up to float rounding. Off by default. See docs/operations.md.
+        retain_freed_memory: each worker process (this one for the in-process
+            backend, every Ray actor) keeps freed memory for reuse instead of returning
+            it to the OS after every step (glibc ``mallopt``:
+            :func:`tensafe.engine.allocator.retain_freed_memory`): fewer page faults
+            per step (DP full fine-tuning of SmolLM2 on CPU: 7.98 → 7.18 s per step);
+            the peak resident size is unchanged, but it is not given back between
+            steps. On by default.
         worker_backend: where runs' engines live: ``inprocess`` (default: worker threads
             of this process) or ``ray`` (Ray actors; needs the ``ray`` extra; docs/ray.md).
         ray_address: an existing Ray cluster (``host:port`` or ``ray://host:10001``);
@@ -209,6 +216,7 @@ class Settings(BaseSettings):
     device: str = "cpu"
     microbatch_examples: int | None = Field(None, ge=1)
     activation_checkpointing: bool = False
+    retain_freed_memory: bool = True
     worker_backend: Literal["inprocess", "ray"] = "inprocess"
     ray_address: str | None = None
     ray_namespace: str = Field("tensafe", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")

@@ -15,6 +15,7 @@ from pathlib import Path
 from server.services.wire import EngineSpec
 from server.settings import Settings
 from tensafe.engine import TrainingEngine
+from tensafe.engine.allocator import retain_freed_memory
 from tensafe.errors import ModelLoadError
 from tensafe.losses import BatchLimits
 from tensafe.models import BaseModelPool
@@ -36,6 +37,8 @@ class EngineOptions:
             (``None``: each batch in one pass).
         activation_checkpointing: the engine recomputes each decoder layer in the
             backward pass instead of keeping its activations.
+        retain_freed_memory: the process that builds the engine keeps freed memory
+            for reuse (:func:`tensafe.engine.allocator.retain_freed_memory`).
     """
 
     device: str
@@ -46,6 +49,7 @@ class EngineOptions:
     max_seq_len: int
     microbatch_examples: int | None
     activation_checkpointing: bool
+    retain_freed_memory: bool
 
     @classmethod
     def from_settings(cls, settings: Settings, *, device: str | None = None) -> EngineOptions:
@@ -58,6 +62,7 @@ class EngineOptions:
             max_seq_len=settings.max_seq_len,
             microbatch_examples=settings.microbatch_examples,
             activation_checkpointing=settings.activation_checkpointing,
+            retain_freed_memory=settings.retain_freed_memory,
         )
 
     @property
@@ -84,6 +89,8 @@ def build_engine(
     """
     from tensafe.models import load_causal_lm
 
+    if options.retain_freed_memory:  # a process setting; idempotent
+        retain_freed_memory()
     try:
         if spec.lora is not None and base_models is not None:
             loaded = base_models.lora_model(

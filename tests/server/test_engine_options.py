@@ -90,3 +90,25 @@ def test_activation_checkpointing_defaults_off_and_is_validated(
     monkeypatch.setenv("TENSAFE_ACTIVATION_CHECKPOINTING", "sometimes")
     with pytest.raises(ValidationError, match="activation_checkpointing"):
         Settings(data_dir=tmp_path)
+
+
+@pytest.mark.parametrize(("env", "expected"), [(None, True), ("false", False), ("true", True)])
+def test_retain_freed_memory_is_applied_where_every_backend_builds_engines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str | None, expected: bool
+) -> None:
+    import server.worker.engine_factory as factory
+
+    calls: list[int] = []
+    monkeypatch.setattr(factory, "retain_freed_memory", lambda: calls.append(1) or True)
+    if env is not None:
+        monkeypatch.setenv("TENSAFE_RETAIN_FREED_MEMORY", env)
+    settings = Settings(data_dir=tmp_path, environment="development")
+    assert settings.retain_freed_memory is expected  # on by default
+    _in_both_backends(settings, lambda e: None)
+    assert len(calls) == (2 if expected else 0)  # once per engine built, in both backends
+
+
+def test_retain_freed_memory_is_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TENSAFE_RETAIN_FREED_MEMORY", "sometimes")
+    with pytest.raises(ValidationError, match="retain_freed_memory"):
+        Settings(data_dir=tmp_path)
