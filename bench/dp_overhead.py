@@ -9,14 +9,19 @@ For LoRA and for full fine-tuning, the same model and batch are trained three wa
 * ``plain``: what a user would run without TenSafe — transformers (+ peft for LoRA,
   the same adapter shape), the model's own mean loss ``model(input_ids,
   labels=input_ids).loss``, ``loss.backward()``, ``torch.optim.AdamW`` (same learning
-  rate), ``zero_grad(set_to_none=True)``: no engine, no handicap (same weights, dtype,
+  rate, ``fused=True``: torch's fastest AdamW, as the engine uses),
+  ``zero_grad(set_to_none=True)``: no engine, no handicap (same weights, dtype,
   threads, batch and warm-up; no attention mask since the batch has no padding).
 
-* **Time.** All trainers of a kind live in one process and take steps in turns (dp,
-  nodp, plain, dp, ...), so drift in machine load hits them alike; the median step
-  time of each is reported after warm-up, with its split into forward+backward and
-  optimizer step and the process CPU time. A step is everything the user waits for
-  (for ``dp`` including clipping, noise and privacy accounting).
+* **Time.** Each trainer runs in a process of its own — as a TenSafe worker and the
+  user's own training script do — and they take steps in turns (dp, nodp, plain, dp,
+  ...), so drift in machine load hits them alike; the median step time of each is
+  reported after warm-up, with its split into forward+backward and optimizer step and
+  the process CPU time. A step is everything the user waits for (for ``dp``
+  including clipping, noise and privacy accounting). ``--shared-process`` puts all
+  three in this process instead; they then share one allocator heap, and which of
+  them pays for fresh pages depends on the others' frees (on a 2-core CPU the plain
+  SmolLM2 step moved between 5.7 and 6.4 s from run to run that way).
 * **Memory.** Each configuration runs alone in a fresh subprocess for two steps: on
   CPU, the peak resident set size (``VmHWM`` from ``/proc/self/status``) minus the
   resident size before the model was built, i.e. model + optimizer state +
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import statistics
 import subprocess
@@ -235,7 +241,9 @@ def plain_stepper(args: argparse.Namespace, *, kind: str, device: str):
         for p in model.parameters():
             p.requires_grad_(True)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True
+    )
     vocab = int(model.get_input_embeddings().weight.shape[0])
     input_ids = _token_ids(args, vocab)[:, :-1].contiguous().to(device)
 
@@ -257,9 +265,66 @@ def _stepper(args: argparse.Namespace, *, kind: str, mode: str, device: str):
     return engine_stepper(args, kind=kind, dp=mode == "dp", device=device)
 
 
-def time_kind(args: argparse.Namespace, kind: str) -> dict[str, dict[str, float]]:
-    """Median step time (and its parts) of the dp, nodp and plain trainers of ``kind``,
-    stepping in turns in this process."""
+def _allocator(args: argparse.Namespace) -> None:
+    """The trainer process's allocator: with ``--allocator retain`` (default) glibc keeps
+    freed memory for reuse, as TenSafe's workers do
+    (:func:`tensafe.engine.allocator.retain_freed_memory`), for every trainer alike."""
+    if args.allocator == "retain":
+        from tensafe.engine.allocator import retain_freed_memory
+
+        if not retain_freed_memory():
+            raise SystemExit("--allocator retain: this C library refused it; use default")
+
+
+def _trainer_process(conn, args: argparse.Namespace, kind: str, mode: str) -> None:
+    """A trainer in a process of its own: builds its stepper, then takes one step per
+    ``"step"`` it receives and sends back the step's times, until ``"stop"``."""
+    try:
+        _allocator(args)
+        step = _stepper(args, kind=kind, mode=mode, device=_device(args.device))
+        conn.send("ready")
+        while conn.recv() == "step":
+            conn.send(step())
+    except BaseException as exc:  # report, do not hang the parent
+        conn.send(f"error: {type(exc).__name__}: {exc}")
+        raise
+
+
+def _in_processes(args: argparse.Namespace, kind: str) -> dict[str, list[dict[str, float]]]:
+    """Each trainer of ``kind`` in its own process (as a TenSafe worker and the user's
+    own training script are), stepping in turns (dp, nodp, plain, dp, ...)."""
+    ctx = mp.get_context("spawn")
+    trainers = {}
+    for mode in MODES:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_trainer_process, args=(child, args, kind, mode), daemon=True)
+        proc.start()
+        trainers[mode] = (proc, parent)
+    try:
+        for mode, (_, conn) in trainers.items():
+            if (msg := conn.recv()) != "ready":
+                raise SystemExit(f"{kind} {mode} trainer: {msg}")
+        times: dict[str, list[dict[str, float]]] = {mode: [] for mode in trainers}
+        for i in range(args.warmup + args.steps):
+            for mode, (_, conn) in trainers.items():
+                conn.send("step")
+                t = conn.recv()
+                if isinstance(t, str):
+                    raise SystemExit(f"{kind} {mode} trainer: {t}")
+                if i >= args.warmup:
+                    times[mode].append(t)
+        return times
+    finally:
+        for proc, conn in trainers.values():
+            if proc.is_alive():
+                conn.send("stop")
+            proc.join(timeout=60)
+
+
+def _in_this_process(args: argparse.Namespace, kind: str) -> dict[str, list[dict[str, float]]]:
+    """All trainers of ``kind`` in this process, stepping in turns (they share one
+    allocator heap: who pays the page faults depends on the others' frees)."""
+    _allocator(args)
     device = _device(args.device)
     steppers = {mode: _stepper(args, kind=kind, mode=mode, device=device) for mode in MODES}
     times: dict[str, list[dict[str, float]]] = {mode: [] for mode in steppers}
@@ -268,6 +333,14 @@ def time_kind(args: argparse.Namespace, kind: str) -> dict[str, dict[str, float]
             t = step()
             if i >= args.warmup:
                 times[mode].append(t)
+    return times
+
+
+def time_kind(args: argparse.Namespace, kind: str) -> dict[str, dict[str, float]]:
+    """Median step time (and its parts) of the dp, nodp and plain trainers of ``kind``,
+    stepping in turns: each in its own process (default), or all in this one
+    (``--shared-process``)."""
+    times = (_in_this_process if args.shared_process else _in_processes)(args, kind)
     return {
         mode: {part: statistics.median(t[part] for t in ts) for part in ts[0]}
         for mode, ts in times.items()
@@ -291,6 +364,7 @@ def memory_worker(args: argparse.Namespace) -> dict[str, float]:
     """Peak training memory of one configuration (run in a fresh process)."""
     import torch
 
+    _allocator(args)
     device = _device(args.device)
     kind, mode = args.worker.split("-")
     base = _rss_kib("VmRSS:")
@@ -430,6 +504,17 @@ def main() -> None:
         action="store_true",
         help="compare full logits with chunked ones (DP engines) instead of DP with non-DP",
     )
+    p.add_argument(
+        "--allocator",
+        choices=("retain", "default"),
+        default="retain",
+        help="every trainer's malloc: keep freed memory (as TenSafe workers do) or glibc's default",
+    )
+    p.add_argument(
+        "--shared-process",
+        action="store_true",
+        help="time all trainers of a kind in this process instead of one process each",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -443,6 +528,7 @@ def main() -> None:
         f"--lora-rank={args.lora_rank}",
         f"--device={args.device}",
         f"--memory-steps={args.memory_steps}",
+        f"--allocator={args.allocator}",
     ]
     if args.loss_chunks:
         summary = compare_loss_chunks(args, passthrough)
@@ -467,6 +553,10 @@ def main() -> None:
         else f"torch.cuda.max_memory_allocated, fresh process, {args.memory_steps} steps"
     )
     summary["threads"] = _threads()
+    summary["allocator"] = args.allocator
+    summary["timing"] = (
+        "one process, in turns" if args.shared_process else ("a process per trainer, in turns")
+    )
     for kind in _kinds(args):
         med = time_kind(args, kind)
         mem = {mode: _peak_memory(f"{kind}-{mode}", passthrough) for mode in MODES}
