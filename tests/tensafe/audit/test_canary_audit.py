@@ -23,9 +23,13 @@ from tensafe.errors import ConfigError, EngineStateError
 from tensafe.models import LoRAConfig
 from tensafe.privacy import DPConfig
 
-# 20 steps of σ = 8, q = ½: ε ≈ 1.1 at δ = 1e-5 — well below what 1000 canaries can
-# prove (≈ 4.6 with every guess right), so a broken step cannot hide.
-AUDIT = CanaryAuditConfig(canaries=1000, steps=20, noise_multiplier=8.0, sample_rate=0.5, seed=11)
+# 20 steps of σ = 8, q = ½: ε ≈ 1.1 at δ = 1e-5 — well below what the canaries can
+# prove (≈ 4.6 with every guess right already at 1000), so a broken step cannot hide.
+# 4000 canaries: each score carries noise of sd σ·C·√steps ≈ 36, so the included-minus-
+# excluded mean gap (expected q·steps·C = 10) has sd ≈ 36·√(4/4000) ≈ 1.1 and the check
+# 5 < gap < 15 is ±4.5 sd (1000 canaries made it ±2.2 sd: a false alarm in ~3 % of runs;
+# 30 runs at 4000 measured mean 9.81, sd 1.07, range 7.2–12.0).
+AUDIT = CanaryAuditConfig(canaries=4000, steps=20, noise_multiplier=8.0, sample_rate=0.5, seed=11)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +41,7 @@ def test_honest_engine_passes(honest: CanaryAuditResult) -> None:
     assert 0.5 < honest.epsilon_upper < 2.0
     assert honest.epsilon_lower_bound <= honest.epsilon_upper
     assert honest.passed and honest.verdict().startswith("passed")
-    assert len(honest.included_scores) + len(honest.excluded_scores) == 1000
+    assert len(honest.included_scores) + len(honest.excluded_scores) == 4000
     assert honest.seeded and honest.test_fault is None
     # included canaries joined ~q·steps = 10 steps, each adding C: their mean score shows it
     gap = np.mean(honest.included_scores) - np.mean(honest.excluded_scores)
