@@ -122,7 +122,7 @@ class Settings(BaseSettings):
             backend, every Ray actor) keeps freed memory for reuse instead of returning
             it to the OS after every step (glibc ``mallopt``:
             :func:`tensafe.engine.allocator.retain_freed_memory`): fewer page faults
-            per step (DP full fine-tuning of SmolLM2 on CPU: 7.98 → 7.18 s per step);
+            per step (DP full fine-tuning of SmolLM2 on CPU: 7.8–8.0 → 7.2–7.5 s per step);
             the peak resident size is unchanged, but it is not given back between
             steps. On by default.
         worker_backend: where runs' engines live: ``inprocess`` (default: worker threads
