@@ -555,7 +555,7 @@ def main() -> None:
     summary["threads"] = _threads()
     summary["allocator"] = args.allocator
     summary["timing"] = (
-        "one process, in turns" if args.shared_process else ("a process per trainer, in turns")
+        "one process, in turns" if args.shared_process else "a process per trainer, in turns"
     )
     for kind in _kinds(args):
         med = time_kind(args, kind)

@@ -9,7 +9,7 @@ memory again and the kernel zeroes every page of it on first touch. DP-SGD's gho
 clipping keeps each layer's output gradients until the clipped sums are formed, so its
 heap grows further within a step and it pays more of those page faults than plain
 training: on SmolLM2-135M full fine-tuning (2-core CPU) about 0.3–0.5 M minor faults
-per ``forward_backward``, 0.5–1 s of the step, varying with whatever else the machine
+per ``forward_backward``, 0.3–0.8 s of the step, varying with whatever else the machine
 does.
 
 :func:`retain_freed_memory` sets ``M_MMAP_THRESHOLD`` to 32 MiB (blocks up to that size
@@ -27,7 +27,7 @@ baseline included.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import logging
 
 log = logging.getLogger("tensafe.engine")
@@ -39,19 +39,19 @@ MMAP_THRESHOLD_BYTES = 32 << 20
 TRIM_THRESHOLD_BYTES = 1 << 30
 
 
+@functools.cache
 def retain_freed_memory() -> bool:
     """Make this process's glibc ``malloc`` reuse freed memory instead of returning it
-    to the OS (see the module docstring). Idempotent.
+    to the OS (see the module docstring). Applied once per process; later calls return
+    the first call's outcome (every engine build calls it).
 
     Returns:
-        ``True`` if both settings took effect; ``False`` where the C library is not
-        glibc or refused one (nothing else changes; a warning is logged).
+        ``True`` if both settings took effect; ``False`` where the process has no
+        ``mallopt`` (not glibc) or it refused a setting (logged as a warning).
     """
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
+        mallopt = ctypes.CDLL(None).mallopt  # the C library already loaded in this process
+    except (OSError, AttributeError):
         log.warning("retain_freed_memory: no glibc mallopt in this process; left as is")
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
@@ -60,7 +60,7 @@ def retain_freed_memory() -> bool:
         mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
     )
     if not applied:
-        log.warning("retain_freed_memory: mallopt refused a setting; allocator left as is")
+        log.warning("retain_freed_memory: mallopt refused a setting")
     return applied
 
 
